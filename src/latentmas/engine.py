@@ -1,0 +1,238 @@
+"""One model, one shared KV cache, three moves: prefill, latent steps, decode.
+
+Every agent of a batch appends to the same cache (`SharedMemory`). Rows are padded per
+segment on the left, so the newest column is always a real token or thought for every
+row; the attention mask has zeros wherever a row has padding (at any depth) and position
+ids count only a row's real positions. That is what keeps a question's result independent
+of the batch it runs in, the property the reference implementation lacks.
+
+    prefill(prompt) -> latent_steps(m) -> prefill(next prompt) -> ... -> decode()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+from .errors import LatentMASError
+from .realign import Realigner
+
+
+@dataclass
+class Sampling:
+    """How the final text is drawn. temperature 0 means greedy (the default)."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+
+@dataclass
+class SharedMemory:
+    """The batch's working memory: one KV cache that every agent appends to.
+
+    attention_mask: [batch, length], 1 for a real position, 0 for padding.
+    next_position:  [batch], the position id of each row's next real position.
+    is_latent:      [length], True where the column holds a latent thought.
+    """
+
+    cache: DynamicCache
+    attention_mask: torch.Tensor
+    next_position: torch.Tensor
+    is_latent: torch.Tensor
+
+    @classmethod
+    def empty(cls, model: PreTrainedModel, batch_size: int) -> SharedMemory:
+        device = model.device
+        return cls(
+            cache=DynamicCache(config=model.config),
+            attention_mask=torch.zeros(batch_size, 0, dtype=torch.long, device=device),
+            next_position=torch.zeros(batch_size, dtype=torch.long, device=device),
+            is_latent=torch.zeros(0, dtype=torch.bool, device=device),
+        )
+
+    @property
+    def batch_size(self) -> int:
+        return self.attention_mask.shape[0]
+
+    @property
+    def length(self) -> int:
+        """Columns in the cache, padding included."""
+        return self.attention_mask.shape[1]
+
+    def real_lengths(self) -> torch.Tensor:
+        """[batch] positions each row really holds (no padding)."""
+        return self.attention_mask.sum(dim=1)
+
+    def keep_columns(self, columns: torch.Tensor) -> None:
+        """Forget every column but `columns` (used by the `latent_only` memory mode)."""
+        for layer in self.cache.layers:
+            if layer.keys is None or layer.keys.numel() == 0:
+                continue
+            if layer.keys.shape[-2] != self.length:
+                raise LatentMASError(
+                    "latent_only memory cannot drop columns from a sliding-window cache; "
+                    "use --memory full with this model"
+                )
+            layer.keys = layer.keys.index_select(-2, columns)
+            layer.values = layer.values.index_select(-2, columns)
+        self.attention_mask = self.attention_mask.index_select(1, columns)
+        self.is_latent = self.is_latent.index_select(0, columns)
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Drop finished rows so they stop costing compute."""
+        self.cache.batch_select_indices(rows)
+        self.attention_mask = self.attention_mask.index_select(0, rows)
+        self.next_position = self.next_position.index_select(0, rows)
+
+
+def left_pad(
+    sequences: list[list[int]], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> ids [batch, width], mask [batch, width]; padding on the left."""
+    width = max(len(s) for s in sequences)
+    if width == 0:
+        raise LatentMASError("empty prompt")
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(sequences), width, dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if seq:
+            ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+            mask[row, width - len(seq) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def append(
+    model: PreTrainedModel,
+    memory: SharedMemory,
+    segment_mask: torch.Tensor,
+    *,
+    input_ids: torch.Tensor | None = None,
+    inputs_embeds: torch.Tensor | None = None,
+    latent: bool = False,
+) -> torch.Tensor:
+    """Run one segment [batch, width] through the model into the cache.
+
+    Asks the decoder body for its last layer only (no LM head, no per-layer states) and
+    returns the last column's hidden state [batch, hidden].
+    """
+    # Position ids count a row's real positions only, so padding never shifts RoPE.
+    positions = memory.next_position[:, None] + segment_mask.cumsum(dim=1) - 1
+    positions = positions.clamp_min(0)
+    memory.attention_mask = torch.cat([memory.attention_mask, segment_mask], dim=1)
+    memory.next_position = memory.next_position + segment_mask.sum(dim=1)
+    width = segment_mask.shape[1]
+    memory.is_latent = torch.cat(
+        [memory.is_latent, torch.full((width,), latent, dtype=torch.bool, device=segment_mask.device)]
+    )
+    out = model.base_model(
+        input_ids=input_ids,
+        inputs_embeds=inputs_embeds,
+        attention_mask=memory.attention_mask,
+        position_ids=positions,
+        cache=memory.cache,
+        use_cache=True,
+    )
+    return out.last_hidden_state[:, -1]
+
+
+def prefill(
+    model: PreTrainedModel, memory: SharedMemory, prompts: list[list[int]], pad_id: int
+) -> torch.Tensor:
+    """Append one prompt per row; -> last hidden state [batch, hidden]."""
+    ids, mask = left_pad(prompts, pad_id, memory.attention_mask.device)
+    return append(model, memory, mask, input_ids=ids)
+
+
+LatentCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
+
+
+def latent_steps(
+    model: PreTrainedModel,
+    memory: SharedMemory,
+    hidden: torch.Tensor,
+    steps: int,
+    realign: Realigner,
+    on_step: LatentCallback | None = None,
+) -> torch.Tensor:
+    """Think `steps` times without sampling a token: realign the last hidden state and feed
+    it back as the next input embedding. -> the last hidden state [batch, hidden].
+
+    `on_step(step, hidden, embedding)` sees each thought (used by tracing).
+    """
+    ones = torch.ones(memory.batch_size, 1, dtype=torch.long, device=hidden.device)
+    for step in range(steps):
+        embedding = realign(hidden)
+        if on_step is not None:
+            on_step(step, hidden, embedding)
+        hidden = append(model, memory, ones, inputs_embeds=embedding[:, None, :], latent=True)
+    return hidden
+
+
+def lm_logits(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
+    """[batch, hidden] -> [batch, vocab] through the LM head, with Gemma-style soft-capping."""
+    logits = model.get_output_embeddings()(hidden).float()
+    cap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def next_tokens(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> torch.Tensor:
+    """[batch, vocab] -> [batch] token ids: argmax, or temperature + nucleus sampling."""
+    if sampling.temperature <= 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits / sampling.temperature, dim=-1)
+    if sampling.top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        outside = sorted_probs.cumsum(dim=-1) - sorted_probs > sampling.top_p
+        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
+
+
+def decode(
+    model: PreTrainedModel,
+    memory: SharedMemory,
+    hidden: torch.Tensor,
+    sampling: Sampling,
+    stop_ids: set[int],
+    on_token: Callable[[int, int], None] | None = None,
+) -> list[list[int]]:
+    """Generate text for every row from its last hidden state [batch, hidden].
+
+    A row leaves the batch (and its cache rows are dropped) as soon as it emits a stop
+    token, so short answers stop costing compute. -> new token ids per row, stop token
+    excluded. `on_token(row, token)` streams tokens as they are chosen.
+    """
+    generator = None
+    if sampling.temperature > 0:
+        generator = torch.Generator().manual_seed(sampling.seed)
+    outputs: list[list[int]] = [[] for _ in range(memory.batch_size)]
+    active = list(range(memory.batch_size))  # original row of each current row
+    stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=hidden.device)
+    ones = torch.ones(memory.batch_size, 1, dtype=torch.long, device=hidden.device)
+    for step in range(sampling.max_new_tokens):
+        tokens = next_tokens(lm_logits(model, hidden), sampling, generator)
+        finished = torch.isin(tokens, stop)
+        for row, token in zip(active, tokens.tolist()):
+            if token not in stop_ids:
+                outputs[row].append(token)
+                if on_token is not None:
+                    on_token(row, token)
+        if finished.any():
+            keep = (~finished).nonzero().squeeze(-1)
+            if keep.numel() == 0:
+                break
+            active = [active[i] for i in keep.tolist()]
+            memory.keep_rows(keep)
+            tokens = tokens.index_select(0, keep)
+            ones = ones[: len(active)]
+        if step == sampling.max_new_tokens - 1:
+            break  # the last token needs no forward pass
+        hidden = append(model, memory, ones, input_ids=tokens[:, None])
+    return outputs

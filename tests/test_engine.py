@@ -1,0 +1,142 @@
+"""The engine's contract: batch invariance, shared memory bookkeeping, m = 0, memory modes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from latentmas import LatentMAS, Sampling, SingleAgent, TextMAS, engine
+from latentmas.engine import SharedMemory
+from latentmas.roles import shared_conversation, topology_roles
+
+from .conftest import QUESTIONS
+
+SAMPLING = Sampling(max_new_tokens=8)
+
+
+def _solo_and_batched(method, questions):
+    batched = method.solve(questions)
+    alone = [method.solve([q])[0] for q in questions]
+    return batched, alone
+
+
+def test_latent_mas_batch_of_8_matches_batch_of_1(tiny_any):
+    method = LatentMAS(tiny_any, SAMPLING, latent_steps=3)
+    batched, alone = _solo_and_batched(method, QUESTIONS)
+    assert [a.final_text for a in batched] == [a.final_text for a in alone]
+    assert [a.output_tokens for a in batched] == [a.output_tokens for a in alone]
+    # The answers really depend on the question: a model that ignores its input would pass trivially.
+    assert len({a.final_text for a in alone}) > 4
+
+
+@pytest.mark.parametrize("method_cls", [SingleAgent, TextMAS])
+def test_text_methods_batch_of_8_match_batch_of_1(tiny, method_cls):
+    method = method_cls(tiny, SAMPLING)
+    batched, alone = _solo_and_batched(method, QUESTIONS)
+    assert [a.final_text for a in batched] == [a.final_text for a in alone]
+
+
+def test_padding_changes_nothing_inside_the_engine(tiny):
+    """Direct engine check: hidden states of a padded row equal those of the row alone."""
+    model, tok = tiny.model, tiny.tokenizer
+    short, long = tok("2+2").input_ids, tok("A much longer prompt with many tokens in it").input_ids
+    realign = LatentMAS(tiny, SAMPLING, latent_steps=0).realigner
+    with torch.inference_mode():
+        both = SharedMemory.empty(model, 2)
+        h2 = engine.prefill(model, both, [short, long], tok.pad_token_id)
+        h2 = engine.latent_steps(model, both, h2, 4, realign)
+        alone = SharedMemory.empty(model, 1)
+        h1 = engine.prefill(model, alone, [short], tok.pad_token_id)
+        h1 = engine.latent_steps(model, alone, h1, 4, realign)
+    # Equal up to float summation order (a different batch shape picks other kernels).
+    torch.testing.assert_close(h2[0], h1[0], atol=1e-4, rtol=1e-3)
+    assert both.next_position.tolist() == [len(short) + 4, len(long) + 4]
+
+
+def _record_memory(monkeypatch):
+    """Record the memory's real length per row at every prefill and before decoding."""
+    events = []
+    prefill, decode = engine.prefill, engine.decode
+
+    def recording_prefill(model, memory, prompts, pad_id):
+        events.append(("before_prefill", memory.real_lengths().tolist(), memory.is_latent.clone()))
+        return prefill(model, memory, prompts, pad_id)
+
+    def recording_decode(model, memory, hidden, sampling, stop_ids, on_token=None):
+        events.append(("decode", memory.real_lengths().tolist(), memory.is_latent.clone()))
+        return decode(model, memory, hidden, sampling, stop_ids, on_token)
+
+    monkeypatch.setattr(engine, "prefill", recording_prefill)
+    monkeypatch.setattr(engine, "decode", recording_decode)
+    return events
+
+
+@pytest.mark.parametrize("steps", [0, 5])
+def test_cache_length_after_each_agent(tiny, monkeypatch, steps):
+    events = _record_memory(monkeypatch)
+    questions = QUESTIONS[:3]
+    LatentMAS(tiny, SAMPLING, latent_steps=steps).solve(questions)
+    roles = topology_roles("sequential")
+    segments = [shared_conversation(tiny.tokenizer, roles, q, "") for q in questions]
+    before_prefills = [lengths for kind, lengths, _ in events if kind == "before_prefill"]
+    for agent in range(len(roles)):
+        expected = [sum(len(s[j]) + steps for j in range(agent)) for s in segments]
+        assert before_prefills[agent] == expected
+    # m = 0: the final agent still reads everything the earlier agents put in the cache.
+    (decode_lengths,) = [lengths for kind, lengths, _ in events if kind == "decode"]
+    assert decode_lengths == [sum(len(x) for x in s) + steps * (len(roles) - 1) for s in segments]
+
+
+def test_zero_latent_steps_final_answer_depends_on_earlier_agents(tiny):
+    """With m = 0 the last agent must still attend to the earlier agents' prompts."""
+    method = LatentMAS(tiny, Sampling(max_new_tokens=12), latent_steps=0)
+    roles = method.roles
+    with torch.inference_mode():
+        segments = shared_conversation(tiny.tokenizer, roles, QUESTIONS[0], "")
+        memory = SharedMemory.empty(tiny.model, 1)
+        hidden = engine.prefill(tiny.model, memory, [segments[-1]], tiny.tokenizer.pad_token_id)
+        final_alone = engine.decode(tiny.model, memory, hidden, method.sampling, method.stop_ids)
+    final_alone_text = tiny.tokenizer.decode(final_alone[0], skip_special_tokens=True).strip()
+    assert method.solve([QUESTIONS[0]])[0].final_text != final_alone_text
+
+
+def test_latent_only_memory_keeps_only_latent_thoughts(tiny, monkeypatch):
+    events = _record_memory(monkeypatch)
+    steps = 4
+    method = LatentMAS(tiny, SAMPLING, latent_steps=steps, memory="latent_only")
+    answers = method.solve(QUESTIONS[:2])
+    before_prefills = [(lengths, latent) for kind, lengths, latent in events if kind == "before_prefill"]
+    for agent, (lengths, latent) in enumerate(before_prefills):
+        assert lengths == [steps * agent] * 2
+        assert bool(latent.all())
+    assert all(a.latent_steps == steps * 3 for a in answers)
+
+
+def test_latent_only_with_batches_is_batch_invariant(tiny):
+    method = LatentMAS(tiny, SAMPLING, latent_steps=3, memory="latent_only")
+    batched, alone = _solo_and_batched(method, QUESTIONS)
+    assert [a.final_text for a in batched] == [a.final_text for a in alone]
+
+
+def test_hierarchical_topology_runs_all_roles(tiny):
+    (answer,) = LatentMAS(tiny, SAMPLING, topology="hierarchical", latent_steps=2).solve(["2+2"])
+    assert [a.role for a in answer.agents] == ["math_expert", "science_expert", "code_expert", "summarizer"]
+    assert [a.mode for a in answer.agents] == ["latent"] * 3 + ["text"]
+    (text_answer,) = TextMAS(tiny, SAMPLING, topology="hierarchical").solve(["2+2"])
+    assert all(a.mode == "text" for a in text_answer.agents)
+
+
+def test_records_count_tokens_per_agent(tiny):
+    (latent,) = LatentMAS(tiny, SAMPLING, latent_steps=3).solve(["2+2"])
+    (text,) = TextMAS(tiny, SAMPLING).solve(["2+2"])
+    assert latent.latent_steps == 9 and text.latent_steps == 0
+    assert latent.output_tokens == latent.agents[-1].output_tokens <= SAMPLING.max_new_tokens
+    assert text.output_tokens == sum(a.output_tokens for a in text.agents)
+    assert all(a.input_tokens > 0 for a in latent.agents + text.agents)
+
+
+def test_sampling_is_reproducible_with_a_seed(tiny):
+    sampling = Sampling(max_new_tokens=8, temperature=1.0, top_p=0.9, seed=7)
+    first = SingleAgent(tiny, sampling).solve(["2+2"])[0].final_text
+    again = SingleAgent(tiny, sampling).solve(["2+2"])[0].final_text
+    assert first == again
