@@ -9,9 +9,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -21,6 +21,11 @@ from .evaluate import evaluate
 from .methods import MAX_LATENT_STEPS, Answer, make_method
 from .models import load_model
 from .tasks import get_task
+
+try:  # typer >= 0.20 ships its own copy of click
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+except ImportError:  # pragma: no cover - older typer on top of click
+    from click.exceptions import ClickException, NoArgsIsHelpError
 
 app = typer.Typer(
     add_completion=False,
@@ -238,25 +243,25 @@ def eval_(
     console.print(f"results in {out}/results.jsonl, summary in {out}/summary.json")
 
 
+def _fail(err: Console, message: str) -> None:
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    sys.exit(2)
+
+
 def main() -> None:
     """Entry point: user errors print one line and exit 2, never a traceback."""
     logging.basicConfig(level=os.environ.get("LATENTMAS_LOG", "WARNING"))
     err = Console(stderr=True)
     try:
         app(standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.exceptions.NoArgsIsHelpError:
+    except NoArgsIsHelpError:
         sys.exit(0)
-    except click.ClickException as exc:
-        err.print(f"[red]error:[/red] {exc.format_message()}", highlight=False)
-        sys.exit(2)
+    except ClickException as exc:
+        _fail(err, exc.format_message().replace("Value error, ", ""))
     except LatentMASError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        sys.exit(2)
-    except click.exceptions.Abort:
-        err.print("interrupted; finished results are saved (rerun the same command to resume)")
-        sys.exit(130)
-    except KeyboardInterrupt:
+        _fail(err, str(exc))
+    except (typer.Abort, KeyboardInterrupt):
         err.print("interrupted; finished results are saved (rerun the same command to resume)")
         sys.exit(130)

@@ -23,6 +23,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.utils import logging as hf_logging
 
 from .errors import LatentMASError
 from .paths import cache_dir
@@ -129,6 +130,7 @@ def load_model(
     chat_template: str | None = None,
 ) -> LoadedModel:
     """Load a causal LM with a chat template. `name=None` gives the embedded SmolLM2-135M."""
+    hf_logging.disable_progress_bar()  # our console shows progress; theirs garbles it
     source, display = _resolve(name)
     target = pick_device(device)
     if dtype is None:

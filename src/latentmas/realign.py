@@ -45,6 +45,7 @@ class Realigner:
         return (x.float() * (self.target_norm / norm)).to(hidden.dtype)
 
 
+@torch.no_grad()
 def input_embedding_matrix(model: PreTrainedModel, chunk: int = 16384) -> torch.Tensor:
     """Every token's input embedding as the decoder sees it, [vocab, hidden] in float32.
 
@@ -64,7 +65,7 @@ def output_embedding_matrix(model: PreTrainedModel) -> torch.Tensor:
     head = model.get_output_embeddings()
     if head is None:
         raise LatentMASError(f"{type(model).__name__} has no LM head; it is not a causal LM")
-    return head.weight.float()
+    return head.weight.detach().float()
 
 
 def ridge_matrix(w_out: torch.Tensor, w_in: torch.Tensor, lam: float) -> torch.Tensor:
@@ -100,7 +101,8 @@ def build_realigner(
     if lam < 0:
         raise LatentMASError("the ridge lambda must be >= 0")
     dtype = model.get_input_embeddings().weight.dtype
-    with torch.inference_mode():
+    # no_grad rather than inference_mode: the matrix is later used in both contexts.
+    with torch.no_grad():
         w_in = input_embedding_matrix(model)
         target_norm = w_in.norm(dim=-1).mean().item()
         if mode != "ridge":

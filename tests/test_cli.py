@@ -1,0 +1,153 @@
+"""The command line: end to end on a tiny local model, and one clear line for every bad input."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from latentmas.cli import main
+from latentmas.tiny import tiny_loaded
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """A tiny llama saved as a normal transformers folder, as a user's local model would be."""
+    path = tmp_path_factory.mktemp("tiny-model")
+    lm = tiny_loaded("llama")
+    lm.model.save_pretrained(path)
+    lm.tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def model_dir_without_template(tmp_path_factory):
+    path = tmp_path_factory.mktemp("no-template")
+    lm = tiny_loaded("llama")
+    lm.tokenizer.chat_template = None
+    lm.model.save_pretrained(path)
+    lm.tokenizer.save_pretrained(path)
+    return path
+
+
+def cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["latentmas", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+        raise SystemExit(0)
+    out = capsys.readouterr()
+    return exit_info.value.code, out.out, out.err
+
+
+def test_run_prints_every_agent_and_the_answer(monkeypatch, capsys, model_dir):
+    code, out, _ = cli(
+        monkeypatch, capsys, "run", "What is 2+2?", "--model", model_dir, "--max-new-tokens", "4"
+    )
+    assert code == 0
+    for role in ("planner", "critic", "refiner", "solver", "answer"):
+        assert role in out
+
+
+@pytest.mark.parametrize("method", ["single", "text_mas", "latent_mas"])
+def test_eval_writes_results_and_summary(monkeypatch, capsys, model_dir, tmp_path, method):
+    out_dir = tmp_path / method
+    args = ["eval", "--model", model_dir, "--method", method, "--limit", "3", "--batch-size", "2"]
+    code, out, _ = cli(monkeypatch, capsys, *args, "--max-new-tokens", "4", "--out", out_dir)
+    assert code == 0, out
+    rows = [json.loads(line) for line in (out_dir / "results.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["gsm8k-0", "gsm8k-1", "gsm8k-2"]
+    fields = {
+        "id",
+        "question",
+        "gold",
+        "prediction",
+        "correct",
+        "final_text",
+        "input_tokens",
+        "output_tokens",
+        "latent_steps",
+        "seconds",
+        "agents",
+    }
+    assert fields <= rows[0].keys()
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert {
+        "method",
+        "model",
+        "task",
+        "n",
+        "accuracy",
+        "output_tokens_mean",
+        "seconds_total",
+    } <= summary.keys()
+    assert summary["method"] == method and summary["n"] == 3
+    assert "accuracy" in out
+
+
+def test_rerun_with_other_settings_into_the_same_folder_is_refused(monkeypatch, capsys, model_dir, tmp_path):
+    base = ["eval", "--model", model_dir, "--limit", "1", "--max-new-tokens", "2", "--out", tmp_path]
+    assert cli(monkeypatch, capsys, *base)[0] == 0
+    code, _, err = cli(monkeypatch, capsys, *base, "--latent-steps", "3")
+    assert code == 2 and "latent_steps" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "q", "--method", "telepathy"], "telepathy"),
+        (["run", "q", "--latent-steps", "-1"], "latent-steps"),
+        (["run", "q", "--latent-steps", "100000"], "latent-steps"),
+        (["eval", "--batch-size", "0"], "batch-size"),
+        (["eval", "--limit", "0"], "limit"),
+        (["run", "q", "--top-p", "1.5"], "top-p"),
+        (["run", "q", "--model", "./no/such/model"], "does not exist"),
+        (["run", "q", "--model", "missing.gguf"], "GGUF file not found"),
+        (["eval", "--task", "chess"], "unknown task"),
+        (["eval", "--data", "/no/such/file.jsonl"], "not found"),
+        (["run", "   "], "empty"),
+        (["frobnicate"], "frobnicate"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(monkeypatch, capsys, args, message):
+    code, out, err = cli(monkeypatch, capsys, *args)
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in out + err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_folder_that_is_not_a_model(monkeypatch, capsys, tmp_path):
+    code, _, err = cli(monkeypatch, capsys, "run", "q", "--model", tmp_path)
+    assert code == 2 and "no config.json" in err
+
+
+def test_model_without_chat_template_is_refused_unless_one_is_given(
+    monkeypatch, capsys, model_dir_without_template, tmp_path
+):
+    code, _, err = cli(monkeypatch, capsys, "run", "q", "--model", model_dir_without_template)
+    assert code == 2 and "chat template" in err
+    template = tmp_path / "chatml.jinja"
+    from latentmas.tiny import CHATML_TEMPLATE
+
+    template.write_text(CHATML_TEMPLATE)
+    args = [
+        "run",
+        "q",
+        "--model",
+        model_dir_without_template,
+        "--chat-template",
+        template,
+        "--max-new-tokens",
+        "2",
+    ]
+    assert cli(monkeypatch, capsys, *args)[0] == 0
+
+
+def test_malformed_data_file_exits_2(monkeypatch, capsys, model_dir, tmp_path):
+    data = tmp_path / "broken.jsonl"
+    data.write_text('{"question": "q", "answer": "1"}\n{oops\n')
+    code, _, err = cli(
+        monkeypatch, capsys, "eval", "--model", model_dir, "--data", data, "--out", tmp_path / "o"
+    )
+    assert code == 2 and "broken.jsonl:2" in err

@@ -1,0 +1,74 @@
+"""Realignment: ridge recovers the output->input embedding map, norms match, disk cache works."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from latentmas import realign
+from latentmas.errors import LatentMASError
+from latentmas.realign import build_realigner, input_embedding_matrix, output_embedding_matrix
+from latentmas.tiny import tiny_model
+
+
+def _row_cosines(model, realigner):
+    w_out, w_in = output_embedding_matrix(model), input_embedding_matrix(model)
+    real = w_in.norm(dim=-1) > 0  # the padding row is all zeros
+    mapped = realigner(w_out[real])
+    return torch.nn.functional.cosine_similarity(mapped, w_in[real], dim=-1)
+
+
+def test_ridge_on_tied_embeddings_maps_each_row_to_itself():
+    model = tiny_model("llama", tie_word_embeddings=True)
+    realigner = build_realigner(model, "ridge", use_disk_cache=False)
+    assert _row_cosines(model, realigner).min() > 0.999
+
+
+def test_ridge_on_untied_embeddings_recovers_a_linear_relation():
+    model = tiny_model("qwen2", tie_word_embeddings=False)
+    torch.manual_seed(1)
+    hidden = model.config.hidden_size
+    mixing = torch.randn(hidden, hidden) / hidden**0.5
+    with torch.no_grad():
+        w_in = model.get_output_embeddings().weight @ mixing
+        model.get_input_embeddings().weight.copy_(w_in + 1e-3 * torch.randn_like(w_in))
+    cosines = _row_cosines(model, build_realigner(model, "ridge", use_disk_cache=False))
+    assert cosines.mean() > 0.99
+    # Without the map (norm only) the rows are unrelated: the test would catch a no-op ridge.
+    assert _row_cosines(model, build_realigner(model, "norm")).mean() < 0.5
+
+
+@pytest.mark.parametrize("mode", ["ridge", "norm"])
+def test_realigned_vectors_have_the_mean_input_embedding_norm(mode):
+    model = tiny_model("gemma")  # Gemma scales embeddings inside the embedding module
+    realigner = build_realigner(model, mode, use_disk_cache=False)
+    target = input_embedding_matrix(model).norm(dim=-1).mean()
+    hidden = torch.randn(5, model.config.hidden_size) * 37.0
+    norms = realigner(hidden).norm(dim=-1)
+    torch.testing.assert_close(norms, target.expand(5), rtol=1e-4, atol=1e-4)
+
+
+def test_norm_mode_keeps_direction_and_none_is_identity():
+    model = tiny_model("llama")
+    hidden = torch.randn(3, model.config.hidden_size)
+    scaled = build_realigner(model, "norm")(hidden)
+    cos = torch.nn.functional.cosine_similarity(scaled, hidden, dim=-1)
+    torch.testing.assert_close(cos, torch.ones(3))
+    assert torch.equal(build_realigner(model, "none")(hidden), hidden)
+
+
+def test_ridge_matrix_is_computed_once_and_read_from_disk(monkeypatch):
+    model = tiny_model("qwen3", tie_word_embeddings=False, seed=3)
+    first = build_realigner(model, "ridge")
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("ridge recomputed although it is cached on disk")
+
+    monkeypatch.setattr(realign, "ridge_matrix", must_not_run)
+    second = build_realigner(model, "ridge")
+    assert torch.equal(first.matrix, second.matrix)
+
+
+def test_unknown_mode_is_a_user_error():
+    with pytest.raises(LatentMASError, match="unknown realignment"):
+        build_realigner(tiny_model("llama"), "bogus")
