@@ -18,9 +18,11 @@ from rich.table import Table
 from .engine import Sampling
 from .errors import LatentMASError
 from .evaluate import evaluate
-from .methods import MAX_LATENT_STEPS, Answer, make_method
+from .methods import Answer, make_method
 from .models import load_model
 from .tasks import get_task
+from .trace import read_traces
+from .trace_view import print_trace, trace_html
 
 try:  # typer >= 0.20 ships its own copy of click
     from typer._click.exceptions import ClickException, NoArgsIsHelpError
@@ -77,13 +79,21 @@ TopologyOpt = Annotated[
     Topology, typer.Option(help="Agent roles: planner->critic->refiner->solver, or experts->summarizer.")
 ]
 StepsOpt = Annotated[
-    int,
+    str,
     typer.Option(
         "--latent-steps",
-        min=0,
-        max=MAX_LATENT_STEPS,
-        help="Latent thoughts per non-final agent (latent_mas).",
+        help="Latent thoughts per non-final agent (latent_mas): N, or auto[:MAX] to stop a row "
+        "early when its thoughts converge or drift.",
     ),
+]
+TraceOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--trace", help="latent_mas: record what each agent thought (.json for run, .jsonl for eval)."
+    ),
+]
+VectorsOpt = Annotated[
+    bool, typer.Option("--trace-vectors", help="Also save the raw vectors beside the trace (.npz).")
 ]
 MemoryOpt = Annotated[
     Memory, typer.Option(help="latent_mas: keep the whole shared cache, or only the latent thoughts.")
@@ -125,13 +135,21 @@ def _print_answer(answer: Answer) -> None:
     console.print(f"[bold green]answer[/bold green]: {answer.final_text}")
 
 
+def _build_method(model, device, chat_template, method, sampling, **options):
+    with console.status("loading model"):
+        lm = load_model(model, device=device.value, chat_template=chat_template)
+    if options.get("trace") and method != MethodName.latent_mas:
+        raise LatentMASError("--trace records latent thoughts; use it with --method latent_mas")
+    return make_method(method.value, lm, sampling, **options)
+
+
 @app.command()
 def run(
     question: Annotated[str, typer.Argument(help="The question to answer.")],
     model: ModelOpt = None,
     method: MethodOpt = MethodName.latent_mas,
     topology: TopologyOpt = Topology.sequential,
-    latent_steps: StepsOpt = 10,
+    latent_steps: StepsOpt = "10",
     memory: MemoryOpt = Memory.full,
     realign: RealignOpt = Realign.ridge,
     max_new_tokens: MaxTokOpt = 256,
@@ -140,25 +158,31 @@ def run(
     seed: SeedOpt = 0,
     device: DeviceOpt = Device.auto,
     chat_template: TemplateOpt = None,
+    trace: TraceOpt = None,
+    trace_vectors: VectorsOpt = False,
 ) -> None:
     """Answer one question and show what each agent did."""
     if not question.strip():
         raise LatentMASError("the question is empty")
-    with console.status("loading model"):
-        lm = load_model(model, device=device.value, chat_template=chat_template)
     sampling = Sampling(max_new_tokens, temperature, top_p, seed)
-    solver = make_method(
-        method.value,
-        lm,
+    solver = _build_method(
+        model,
+        device,
+        chat_template,
+        method,
         sampling,
         topology=topology.value,
         latent_steps=latent_steps,
         memory=memory.value,
         realign=realign.value,
+        trace=trace is not None,
     )
-    with console.status(f"{method.value} on {lm.name}"):
+    with console.status(f"{method.value} on {solver.lm.name}"):
         (answer,) = solver.solve([question])
     _print_answer(answer)
+    if trace is not None and answer.trace is not None:
+        answer.trace.save(trace, vectors=trace_vectors)
+        console.print(f"trace written to {trace}; view it with `latentmas inspect {trace}`")
 
 
 @app.command("eval")
@@ -176,7 +200,7 @@ def eval_(
     model: ModelOpt = None,
     method: MethodOpt = MethodName.latent_mas,
     topology: TopologyOpt = Topology.sequential,
-    latent_steps: StepsOpt = 10,
+    latent_steps: StepsOpt = "10",
     memory: MemoryOpt = Memory.full,
     realign: RealignOpt = Realign.ridge,
     max_new_tokens: MaxTokOpt = 256,
@@ -185,22 +209,25 @@ def eval_(
     seed: SeedOpt = 0,
     device: DeviceOpt = Device.auto,
     chat_template: TemplateOpt = None,
+    trace: TraceOpt = None,
+    trace_vectors: VectorsOpt = False,
 ) -> None:
     """Run a method on a benchmark; write results.jsonl and summary.json."""
     bench = get_task(task)
     examples = bench.load(data)[:limit]
     out = out or Path("runs") / f"{task}-{method.value}"
-    with console.status("loading model"):
-        lm = load_model(model, device=device.value, chat_template=chat_template)
     sampling = Sampling(max_new_tokens, temperature, top_p, seed)
-    solver = make_method(
-        method.value,
-        lm,
+    solver = _build_method(
+        model,
+        device,
+        chat_template,
+        method,
         sampling,
         topology=topology.value,
         latent_steps=latent_steps,
         memory=memory.value,
         realign=realign.value,
+        trace=trace is not None,
     )
     columns = (
         TextColumn("{task.description}"),
@@ -213,22 +240,15 @@ def eval_(
         bar = progress.add_task(f"{method.value} · {task}", total=len(examples), acc="-")
         tally = {"n": 0, "correct": 0}
 
-        def on_batch(results):
+        def on_batch(results, traces=None):
             tally["n"] += len(results)
             tally["correct"] += sum(r.correct for r in results)
             progress.update(bar, advance=len(results), acc=f"{tally['correct'] / tally['n']:.1%}")
 
-        summary = evaluate(solver, bench, examples, out, batch_size, on_batch)
+        summary = evaluate(solver, bench, examples, out, batch_size, on_batch, trace_path=trace)
     table = Table(title=f"{summary.task} · {summary.model}")
-    for column in (
-        "method",
-        "n",
-        "accuracy",
-        "output tokens (mean)",
-        "input tokens (mean)",
-        "latent steps (mean)",
-        "seconds",
-    ):
+    headers = ("method", "n", "accuracy", "output tokens", "input tokens", "latent steps", "seconds")
+    for column in headers:
         table.add_column(column, justify="right")
     table.add_row(
         summary.method,
@@ -240,7 +260,27 @@ def eval_(
         f"{summary.seconds_total:.1f}",
     )
     console.print(table)
+    console.print("(token and step columns are means per question)")
     console.print(f"results in {out}/results.jsonl, summary in {out}/summary.json")
+
+
+@app.command()
+def inspect(
+    trace_file: Annotated[Path, typer.Argument(metavar="TRACE", help="A trace from run/eval --trace.")],
+    index: Annotated[int, typer.Option(min=0, help="Which trace of a .jsonl file (0 = first).")] = 0,
+    html: Annotated[
+        Path | None, typer.Option("--html", help="Also write a self-contained HTML page.")
+    ] = None,
+) -> None:
+    """Show what each agent thought: norms, drift, logit-lens and nearest tokens per latent step."""
+    traces = read_traces(trace_file)
+    if index >= len(traces):
+        raise LatentMASError(f"{trace_file} holds {len(traces)} trace(s); --index must be below that")
+    chosen = traces[index]
+    print_trace(chosen, console)
+    if html is not None:
+        html.write_text(trace_html(chosen), encoding="utf-8")
+        console.print(f"page written to {html}")
 
 
 def _fail(err: Console, message: str) -> None:

@@ -148,7 +148,22 @@ def prefill(
     return append(model, memory, mask, input_ids=ids)
 
 
-LatentCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
+LatentCallback = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
+
+
+@dataclass
+class DriftGuard:
+    """Stops a row's latent rollout early (`--latent-steps auto[:MAX]`).
+
+    After each step t, with h_t the new last-layer hidden state and h_0 the state at the
+    end of the agent's prompt (where thinking started), a row stops when
+      - its thoughts converged: cos(h_t, h_{t-1}) >= converge_cos (more steps add nothing), or
+      - its thoughts drifted:   cos(h_t, h_0) < drift_cos (it wandered off its context).
+    A stopped row's later columns are padding, exactly as if it had run alone.
+    """
+
+    converge_cos: float = 0.995
+    drift_cos: float = 0.3
 
 
 def latent_steps(
@@ -158,19 +173,35 @@ def latent_steps(
     steps: int,
     realign: Realigner,
     on_step: LatentCallback | None = None,
-) -> torch.Tensor:
-    """Think `steps` times without sampling a token: realign the last hidden state and feed
-    it back as the next input embedding. -> the last hidden state [batch, hidden].
+    guard: DriftGuard | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Think up to `steps` times without sampling a token: realign the last hidden state and
+    feed it back as the next input embedding.
 
-    `on_step(step, hidden, embedding)` sees each thought (used by tracing).
+    -> (last hidden state [batch, hidden], latent steps taken per row [batch]).
+    `on_step(step, hidden, embedding, active)` sees each thought (used by tracing).
     """
-    ones = torch.ones(memory.batch_size, 1, dtype=torch.long, device=hidden.device)
+    batch = memory.batch_size
+    active = torch.ones(batch, dtype=torch.bool, device=hidden.device)
+    taken = torch.zeros(batch, dtype=torch.long, device=hidden.device)
+    start, previous = hidden, hidden
     for step in range(steps):
         embedding = realign(hidden)
         if on_step is not None:
-            on_step(step, hidden, embedding)
-        hidden = append(model, memory, ones, inputs_embeds=embedding[:, None, :], latent=True)
-    return hidden
+            on_step(step, hidden, embedding, active)
+        mask = active.long()[:, None]
+        new = append(model, memory, mask, inputs_embeds=embedding[:, None, :], latent=True)
+        taken += mask[:, 0]
+        previous, hidden = hidden, torch.where(active[:, None], new, hidden)
+        if guard is not None:
+            cos = torch.nn.functional.cosine_similarity
+            done = (cos(hidden, previous, dim=-1) >= guard.converge_cos) | (
+                cos(hidden, start, dim=-1) < guard.drift_cos
+            )
+            active &= ~done
+            if not bool(active.any()):
+                break
+    return hidden, taken
 
 
 def lm_logits(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:

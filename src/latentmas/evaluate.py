@@ -112,8 +112,13 @@ def evaluate(
     out_dir: Path,
     batch_size: int = 1,
     on_batch: Callable[[list[QuestionResult]], None] | None = None,
+    trace_path: Path | None = None,
 ) -> Summary:
-    """Answer every example not already in `out_dir/results.jsonl`; write the summary."""
+    """Answer every example not already in `out_dir/results.jsonl`; write the summary.
+
+    With `trace_path`, each answer's trace (LatentMAS with trace=True) is appended to that
+    JSONL file as its batch finishes.
+    """
     if batch_size < 1:
         raise LatentMASError("batch size must be >= 1")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -125,6 +130,7 @@ def evaluate(
     todo = [e for e in examples if e.id not in done]
     if on_batch and done:
         on_batch([done[e.id] for e in examples if e.id in done])
+    trace_sink = trace_path.open("a", encoding="utf-8") if trace_path is not None else None
     with results_path.open("a", encoding="utf-8") as sink:
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
@@ -148,11 +154,17 @@ def evaluate(
                     agents=answer.agents,
                 )
                 sink.write(json.dumps(asdict(result)) + "\n")
+                if trace_sink is not None and answer.trace is not None:
+                    trace_sink.write(json.dumps({"id": example.id, **answer.trace.to_json()}) + "\n")
                 done[example.id] = result
                 finished.append(result)
             sink.flush()
+            if trace_sink is not None:
+                trace_sink.flush()
             if on_batch:
                 on_batch(finished)
+    if trace_sink is not None:
+        trace_sink.close()
     wanted = [done[e.id] for e in examples if e.id in done]
     summary = summarize(wanted, method, task, batch_size)
     (out_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")

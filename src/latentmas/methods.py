@@ -11,13 +11,15 @@ All three use the same roles, prompts, model and sampling, so their costs compar
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 
 from . import engine
-from .engine import Sampling, SharedMemory
+from .engine import DriftGuard, Sampling, SharedMemory
 from .errors import LatentMASError
 from .models import LoadedModel
 from .realign import build_realigner
@@ -31,23 +33,50 @@ from .roles import (
     text_context,
     topology_roles,
 )
+from .trace import Trace, TraceRecorder
 
 METHODS: tuple[str, ...] = ("single", "text_mas", "latent_mas")
 MEMORY_MODES: tuple[str, ...] = ("full", "latent_only")
 MAX_LATENT_STEPS = 1024
+DEFAULT_AUTO_MAX = 40
 
 
 @dataclass
 class AgentStep:
-    """What one agent did for one question."""
+    """What one agent did for one question. Seconds are this question's share of the
+    batch's wall time, split into reading the prompt, thinking latently, and decoding."""
 
     role: str
     mode: Literal["latent", "text"]
     input_tokens: int
     output_tokens: int
     latent_steps: int
-    seconds: float  # this question's share of the batch's wall time for this agent
+    prefill_seconds: float
+    latent_seconds: float
+    decode_seconds: float
     text: str | None = None  # decoded text (text agents only)
+
+    @property
+    def seconds(self) -> float:
+        return self.prefill_seconds + self.latent_seconds + self.decode_seconds
+
+
+class PhaseClock:
+    """Wall time per phase; waits for the GPU at phase boundaries so times are real."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seconds = {"prefill": 0.0, "latent": 0.0, "decode": 0.0}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.seconds[name] += time.perf_counter() - start
 
 
 @dataclass
@@ -56,6 +85,7 @@ class Answer:
 
     final_text: str
     agents: list[AgentStep] = field(default_factory=list)
+    trace: Trace | None = None  # what each agent thought (LatentMAS with trace=True)
 
     @property
     def input_tokens(self) -> int:
@@ -86,6 +116,8 @@ class Method:
             raise LatentMASError("max_new_tokens must be >= 1")
         self.stop_ids = stop_token_ids(lm.tokenizer, lm.model.generation_config.eos_token_id)
         self.pad_id = lm.tokenizer.pad_token_id
+        self.realigner = build_realigner(lm.model, "none")  # text methods take no latent steps
+        self.guard: DriftGuard | None = None
 
     def describe(self) -> dict:
         return {"method": self.name}
@@ -106,23 +138,42 @@ class Method:
         messages = chat_messages(role, question, answer_format, context)
         return encode_chat(self.lm.tokenizer, messages, continuation)
 
-    def _decode_text(self, memory: SharedMemory, hidden: torch.Tensor) -> tuple[list[str], list[int]]:
-        tokens = engine.decode(self.lm.model, memory, hidden, self.sampling, self.stop_ids)
-        texts = self.lm.tokenizer.batch_decode(tokens, skip_special_tokens=True)
-        return [t.strip() for t in texts], [len(t) for t in tokens]
-
-    def _text_agent(self, role: Role, prompts: list[list[int]]) -> tuple[list[str], list[AgentStep]]:
-        """One agent that reads its own fresh prompt and decodes text."""
-        start = time.perf_counter()
-        memory = SharedMemory.empty(self.lm.model, len(prompts))
-        hidden = engine.prefill(self.lm.model, memory, prompts, self.pad_id)
-        texts, counts = self._decode_text(memory, hidden)
-        share = (time.perf_counter() - start) / len(prompts)
+    def _agent(
+        self,
+        role: Role,
+        memory: SharedMemory,
+        prompts: list[list[int]],
+        latent_steps: int = 0,
+        decode: bool = True,
+        on_step: engine.LatentCallback | None = None,
+    ) -> tuple[list[str | None], list[AgentStep]]:
+        """One agent on a batch: read its prompt into `memory`, think latently, maybe decode."""
+        model, batch = self.lm.model, len(prompts)
+        clock = PhaseClock(model.device)
+        with clock.phase("prefill"):
+            hidden = engine.prefill(model, memory, prompts, self.pad_id)
+        with clock.phase("latent"):
+            hidden, taken = engine.latent_steps(
+                model, memory, hidden, latent_steps, self.realigner, on_step, self.guard
+            )
+        texts: list[str | None] = [None] * batch
+        counts = [0] * batch
+        if decode:
+            with clock.phase("decode"):
+                tokens = engine.decode(model, memory, hidden, self.sampling, self.stop_ids)
+            texts = [t.strip() for t in self.lm.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
+            counts = [len(t) for t in tokens]
+        share = {name: seconds / batch for name, seconds in clock.seconds.items()}
+        mode = "text" if decode else "latent"
         steps = [
-            AgentStep(role.name, "text", len(p), n, 0, share, text)
-            for p, n, text in zip(prompts, counts, texts)
+            AgentStep(role.name, mode, len(p), n, m, share["prefill"], share["latent"], share["decode"], text)
+            for p, n, m, text in zip(prompts, counts, taken.tolist(), texts)
         ]
         return texts, steps
+
+    def _text_agent(self, role: Role, prompts: list[list[int]]) -> tuple[list[str], list[AgentStep]]:
+        """An agent with a fresh cache of its own that decodes text."""
+        return self._agent(role, SharedMemory.empty(self.lm.model, len(prompts)), prompts)
 
 
 class SingleAgent(Method):
@@ -175,13 +226,13 @@ class LatentMAS(Method):
         lm: LoadedModel,
         sampling: Sampling | None = None,
         topology: str = "sequential",
-        latent_steps: int = 10,
+        latent_steps: int | str = 10,
         memory: str = "full",
         realign: str = "ridge",
+        trace: bool = False,
     ) -> None:
         super().__init__(lm, sampling)
-        if not 0 <= latent_steps <= MAX_LATENT_STEPS:
-            raise LatentMASError(f"latent_steps must be between 0 and {MAX_LATENT_STEPS}")
+        latent_steps, self.guard = parse_latent_steps(latent_steps)
         if memory not in MEMORY_MODES:
             raise LatentMASError(f"unknown memory mode {memory!r}; choose one of {', '.join(MEMORY_MODES)}")
         self.topology = topology
@@ -189,13 +240,14 @@ class LatentMAS(Method):
         self.latent_steps = latent_steps
         self.memory = memory
         self.realign_mode = realign
-        self.realigner = build_realigner(lm.model, realign)
+        self.realigner = build_realigner(lm.model, realign)  # replaces the base class's no-op
+        self.trace = trace
 
     def describe(self) -> dict:
         return {
             "method": self.name,
             "topology": self.topology,
-            "latent_steps": self.latent_steps,
+            "latent_steps": self.latent_steps if self.guard is None else f"auto:{self.latent_steps}",
             "memory": self.memory,
             "realign": self.realign_mode,
         }
@@ -206,26 +258,41 @@ class LatentMAS(Method):
         answers = [Answer(final_text="") for _ in questions]
         tokenizer = self.lm.tokenizer
         conversations = [shared_conversation(tokenizer, self.roles, q, answer_format) for q in questions]
+        recorder = TraceRecorder(self.lm, self.describe(), questions) if self.trace else None
         for index, role in enumerate(self.roles):
-            start = time.perf_counter()
             final = index == len(self.roles) - 1
             prompts = [segments[index] for segments in conversations]
-            hidden = engine.prefill(model, memory, prompts, self.pad_id)
-            if final:
-                texts, counts = self._decode_text(memory, hidden)
-            else:
-                engine.latent_steps(model, memory, hidden, self.latent_steps, self.realigner)
-                if self.memory == "latent_only":
-                    memory.keep_columns(memory.is_latent.nonzero().squeeze(-1))
-                texts, counts = [None] * batch, [0] * batch
-            share = (time.perf_counter() - start) / batch
-            for answer, prompt, text, count in zip(answers, prompts, texts, counts):
-                steps = 0 if final else self.latent_steps
-                mode = "text" if final else "latent"
-                answer.agents.append(AgentStep(role.name, mode, len(prompt), count, steps, share, text))
-                if final:
-                    answer.final_text = text
+            steps = 0 if final else self.latent_steps
+            on_step = None
+            if recorder is not None:
+                recorder.begin_agent(role.name, prompts)
+                on_step = recorder.on_step
+            texts, records = self._agent(role, memory, prompts, steps, decode=final, on_step=on_step)
+            if self.memory == "latent_only" and not final:
+                memory.keep_columns(memory.is_latent.nonzero().squeeze(-1))
+            for answer, text, record in zip(answers, texts, records):
+                answer.agents.append(record)
+                answer.final_text = text or ""
+        if recorder is not None:
+            for answer, trace in zip(answers, recorder.finish([a.final_text for a in answers])):
+                answer.trace = trace
         return answers
+
+
+def parse_latent_steps(value: int | str) -> tuple[int, DriftGuard | None]:
+    """`10` -> fixed 10 steps; `auto` / `auto:40` -> at most 40 steps with the drift guard."""
+    text = str(value).strip().lower()
+    guard = None
+    if text.startswith("auto"):
+        guard = DriftGuard()
+        text = text.partition(":")[2] or str(DEFAULT_AUTO_MAX)
+    try:
+        steps = int(text)
+    except ValueError:
+        raise LatentMASError(f"latent steps must be a number, 'auto' or 'auto:MAX', not {value!r}") from None
+    if not 0 <= steps <= MAX_LATENT_STEPS:
+        raise LatentMASError(f"latent steps must be between 0 and {MAX_LATENT_STEPS}, not {steps}")
+    return steps, guard
 
 
 def make_method(
@@ -234,9 +301,10 @@ def make_method(
     sampling: Sampling | None = None,
     *,
     topology: str = "sequential",
-    latent_steps: int = 10,
+    latent_steps: int | str = 10,
     memory: str = "full",
     realign: str = "ridge",
+    trace: bool = False,
 ) -> Method:
     """Build a method by name (`single`, `text_mas`, `latent_mas`)."""
     if name == "single":
@@ -244,5 +312,5 @@ def make_method(
     if name == "text_mas":
         return TextMAS(lm, sampling, topology)
     if name == "latent_mas":
-        return LatentMAS(lm, sampling, topology, latent_steps, memory, realign)
+        return LatentMAS(lm, sampling, topology, latent_steps, memory, realign, trace)
     raise LatentMASError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")

@@ -100,6 +100,8 @@ def build_realigner(
         raise LatentMASError(f"unknown realignment {mode!r}; choose one of {', '.join(REALIGN_MODES)}")
     if lam < 0:
         raise LatentMASError("the ridge lambda must be >= 0")
+    if mode == "none":
+        return Realigner(mode=mode, target_norm=0.0)
     dtype = model.get_input_embeddings().weight.dtype
     # no_grad rather than inference_mode: the matrix is later used in both contexts.
     with torch.no_grad():

@@ -1,0 +1,325 @@
+"""How much cheaper is latent collaboration? single vs TextMAS vs LatentMAS, one process.
+
+Same questions (GSM8K), same model, same --max-new-tokens for every method. For each
+method x topology x latent steps x batch size: decoded tokens, latent steps, wall seconds
+split into prefill / latent / decode, peak memory, questions per second, accuracy. Then a
+micro-benchmark: one latent step vs one greedy decode step at the same batch and cache
+length. Prints markdown tables, writes efficiency.json and efficiency.png.
+
+    python benchmarks/efficiency.py --quick                 # embedded model, < 5 min on 2 CPU cores
+    python benchmarks/efficiency.py                         # the full grid
+    python benchmarks/efficiency.py --config ../shared/data/configs/qwen3-4b.json --device cuda \
+        --batch-sizes 1,8,32                               # random weights at Qwen3-4B's shape
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from latentmas import Sampling, engine, get_task, load_model, make_method
+from latentmas.engine import SharedMemory
+from latentmas.models import LoadedModel
+from latentmas.tiny import model_from_config_file, tiny_tokenizer
+
+
+@dataclass
+class Row:
+    method: str
+    topology: str
+    latent_steps: int
+    batch_size: int
+    n: int
+    accuracy: float
+    output_tokens_mean: float
+    latent_steps_mean: float
+    seconds: float
+    prefill_seconds: float
+    latent_seconds: float
+    decode_seconds: float
+    questions_per_second: float
+    peak_rss_mib: float
+    peak_cuda_mib: float | None
+
+
+class PeakRSS:
+    """Samples this process's resident memory in a thread; the peak over a block of code."""
+
+    def __init__(self, interval: float = 0.01) -> None:
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+
+    @staticmethod
+    def current() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.current())
+            time.sleep(self.interval)
+
+    def __enter__(self) -> PeakRSS:
+        self.peak = self.current()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def measure(
+    lm: LoadedModel,
+    method_name: str,
+    topology: str,
+    steps: int,
+    batch_size: int,
+    questions,
+    task,
+    sampling: Sampling,
+) -> Row:
+    method = make_method(method_name, lm, sampling, topology=topology, latent_steps=steps)
+    method.solve([questions[0].question], task.answer_format)  # warm-up: allocator, kernels
+    cuda = lm.model.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    answers = []
+    with PeakRSS() as rss:
+        start = time.perf_counter()
+        for i in range(0, len(questions), batch_size):
+            batch = questions[i : i + batch_size]
+            answers += method.solve([q.question for q in batch], task.answer_format)
+        wall = time.perf_counter() - start
+    n = len(questions)
+    correct = [task.is_correct(task.extract(a.final_text), q.gold) for a, q in zip(answers, questions)]
+    phase = {
+        p: sum(getattr(s, f"{p}_seconds") for a in answers for s in a.agents)
+        for p in ("prefill", "latent", "decode")
+    }
+    return Row(
+        method=method_name,
+        topology=topology if method_name != "single" else "-",
+        latent_steps=steps if method_name == "latent_mas" else 0,
+        batch_size=batch_size,
+        n=n,
+        accuracy=sum(correct) / n,
+        output_tokens_mean=sum(a.output_tokens for a in answers) / n,
+        latent_steps_mean=sum(a.latent_steps for a in answers) / n,
+        seconds=wall,
+        prefill_seconds=phase["prefill"],
+        latent_seconds=phase["latent"],
+        decode_seconds=phase["decode"],
+        questions_per_second=n / wall,
+        peak_rss_mib=rss.peak / 2**20,
+        peak_cuda_mib=torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
+    )
+
+
+def step_costs(lm: LoadedModel, batch_size: int, context: int, steps: int = 16) -> dict:
+    """Seconds per latent step vs per greedy decode step, from identical caches."""
+    model = lm.model
+    method = make_method("latent_mas", lm, Sampling(max_new_tokens=steps), latent_steps=steps)
+    prompt = list(range(10, 10 + context))
+    with torch.inference_mode():
+        base = SharedMemory.empty(model, batch_size)
+        hidden = engine.prefill(model, base, [prompt] * batch_size, method.pad_id)
+        results = {}
+        for kind in ("latent", "decode", "latent", "decode"):  # first pair is warm-up
+            memory = copy.deepcopy(base)
+            clock = engine_clock(model)
+            start = clock()
+            if kind == "latent":
+                engine.latent_steps(model, memory, hidden, steps, method.realigner)
+            else:
+                engine.decode(model, memory, hidden, Sampling(max_new_tokens=steps + 1), set())
+            results[kind] = (clock() - start) / steps
+    return {
+        "batch_size": batch_size,
+        "context": context,
+        "steps": steps,
+        "latent_step_ms": results["latent"] * 1e3,
+        "decode_step_ms": results["decode"] * 1e3,
+        "latent_over_decode": results["latent"] / results["decode"],
+    }
+
+
+def engine_clock(model):
+    def now() -> float:
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    return now
+
+
+def load(args) -> LoadedModel:
+    if args.config:
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+        device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        model = model_from_config_file(args.config, dtype, device)
+        return LoadedModel(model=model, tokenizer=tiny_tokenizer(), name=f"random:{Path(args.config).stem}")
+    return load_model(args.model, device=args.device)
+
+
+def markdown(rows: list[dict], columns: list[str]) -> str:
+    def fmt(v):
+        return "-" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r[c]) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def plot(rows: list[Row], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r.method}\n{r.topology[:4]} m={r.latent_steps} b={r.batch_size}" for r in rows]
+    fig, (ax_time, ax_tok) = plt.subplots(1, 2, figsize=(max(10, len(rows) * 0.9), 5))
+    bottom = [0.0] * len(rows)
+    for phase, color in (("prefill", "#8da0cb"), ("latent", "#66c2a5"), ("decode", "#fc8d62")):
+        values = [getattr(r, f"{phase}_seconds") for r in rows]
+        ax_time.bar(labels, values, bottom=bottom, label=phase, color=color)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    ax_time.set_ylabel("seconds (all questions)")
+    ax_time.set_title("Wall time by phase")
+    ax_time.legend()
+    ax_tok.bar(labels, [r.output_tokens_mean for r in rows], color="#e78ac3")
+    ax_tok.set_ylabel("decoded tokens per question")
+    ax_tok.set_title("Decoded tokens")
+    for ax in (ax_time, ax_tok):
+        ax.tick_params(axis="x", labelsize=7, rotation=90)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="8 questions, 32 tokens, m=10, sequential")
+    p.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M-Instruct")
+    p.add_argument("--config", default=None, help="random weights from a config JSON instead of --model")
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="with --config")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data", default=None, help="GSM8K JSONL (default: the bundled 20 problems)")
+    p.add_argument("--limit", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--latent-steps", default="0,10,20,40")
+    p.add_argument("--batch-sizes", default="1,8")
+    p.add_argument("--topologies", default="sequential,hierarchical")
+    p.add_argument("--micro-context", type=int, default=256)
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = p.parse_args()
+    if args.quick:
+        args.limit, args.max_new_tokens, args.latent_steps = 8, 32, "10"
+        args.topologies, args.batch_sizes = "sequential", "1,8"
+    steps_grid = [int(s) for s in args.latent_steps.split(",")]
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    topologies = args.topologies.split(",")
+
+    torch.manual_seed(0)
+    lm = load(args)
+    task = get_task("gsm8k")
+    questions = task.load(args.data)[: args.limit]
+    sampling = Sampling(max_new_tokens=args.max_new_tokens)
+    plan = [("single", "sequential", 0, b) for b in batch_sizes]
+    plan += [("text_mas", t, 0, b) for t in topologies for b in batch_sizes]
+    plan += [("latent_mas", t, m, b) for t in topologies for m in steps_grid for b in batch_sizes]
+
+    rows: list[Row] = []
+    for i, (method, topology, steps, batch) in enumerate(plan, 1):
+        print(f"[{i}/{len(plan)}] {method} {topology} m={steps} batch={batch}", file=sys.stderr, flush=True)
+        rows.append(measure(lm, method, topology, steps, batch, questions, task, sampling))
+
+    def find(method, topology, batch, steps=0):
+        for r in rows:
+            if (r.method, r.batch_size, r.latent_steps) == (method, batch, steps) and r.topology in (
+                topology,
+                "-",
+            ):
+                return r
+        return None
+
+    table = []
+    for r in rows:
+        d = asdict(r)
+        text = find("text_mas", r.topology, r.batch_size)
+        d["speedup_vs_text_mas"] = text.seconds / r.seconds if text and r.method == "latent_mas" else None
+        d["token_reduction_vs_text_mas"] = (
+            1 - r.output_tokens_mean / text.output_tokens_mean if text and r.method == "latent_mas" else None
+        )
+        one = find(r.method, r.topology, 1, r.latent_steps)
+        d["qps_vs_batch_1"] = r.questions_per_second / one.questions_per_second if one else None
+        table.append(d)
+
+    headline_steps = 10 if 10 in steps_grid else steps_grid[0]
+    head_latent = find("latent_mas", topologies[0], batch_sizes[0], headline_steps)
+    head_text = find("text_mas", topologies[0], batch_sizes[0])
+    micro = [step_costs(lm, b, args.micro_context) for b in batch_sizes]
+    result = {
+        "speedup_vs_text_mas": head_text.seconds / head_latent.seconds,
+        "token_reduction_vs_text_mas": 1 - head_latent.output_tokens_mean / head_text.output_tokens_mean,
+        "headline": {"topology": topologies[0], "latent_steps": headline_steps, "batch_size": batch_sizes[0]},
+        "model": lm.name,
+        "device": str(lm.model.device),
+        "dtype": str(lm.model.dtype),
+        "torch": torch.__version__,
+        "cpu_threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "settings": {"n": len(questions), "max_new_tokens": args.max_new_tokens, "quick": args.quick},
+        "rows": table,
+        "micro": micro,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "efficiency.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(rows, args.out / "efficiency.png")
+
+    cols = [
+        "method",
+        "topology",
+        "latent_steps",
+        "batch_size",
+        "accuracy",
+        "output_tokens_mean",
+        "seconds",
+        "prefill_seconds",
+        "latent_seconds",
+        "decode_seconds",
+        "questions_per_second",
+        "peak_rss_mib",
+        "speedup_vs_text_mas",
+        "token_reduction_vs_text_mas",
+        "qps_vs_batch_1",
+    ]
+    if any(r.peak_cuda_mib for r in rows):
+        cols.insert(cols.index("peak_rss_mib") + 1, "peak_cuda_mib")
+    print(
+        f"\n## Efficiency — {lm.name} on {lm.model.device}, {len(questions)} GSM8K questions, "
+        f"max_new_tokens={args.max_new_tokens}\n"
+    )
+    print(markdown(table, cols))
+    print("\n## One latent step vs one decode step\n")
+    print(markdown(micro, list(micro[0])))
+    print(
+        f"\nspeedup_vs_text_mas = {result['speedup_vs_text_mas']:.2f}x, "
+        f"token_reduction_vs_text_mas = {result['token_reduction_vs_text_mas']:.1%} "
+        f"(sequential, m={headline_steps}, batch {batch_sizes[0]})"
+    )
+    print(f"wrote {args.out / 'efficiency.json'} and {args.out / 'efficiency.png'}")
+
+
+if __name__ == "__main__":
+    main()
