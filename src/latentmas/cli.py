@@ -283,6 +283,35 @@ def inspect(
         console.print(f"page written to {html}")
 
 
+@app.command()
+def serve(
+    model: ModelOpt = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    max_batch: Annotated[
+        int, typer.Option("--max-batch", min=1, max=256, help="Rows per engine batch (1 = no batching).")
+    ] = 8,
+    max_wait_ms: Annotated[
+        float, typer.Option("--max-wait-ms", min=0.0, max=10_000.0, help="How long to gather a batch.")
+    ] = 10.0,
+    queue_size: Annotated[
+        int, typer.Option("--queue-size", min=1, max=100_000, help="Requests in flight before 503.")
+    ] = 64,
+    device: DeviceOpt = Device.auto,
+    chat_template: TemplateOpt = None,
+) -> None:
+    """Serve an OpenAI-compatible API (POST /v1/chat/completions) with dynamic batching."""
+    import uvicorn
+
+    from .server import create_app
+
+    with console.status("loading model"):
+        lm = load_model(model, device=device.value, chat_template=chat_template)
+    app_ = create_app(lm, max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size)
+    console.print(f"serving {lm.name} on http://{host}:{port}/v1 (Ctrl-C to stop)")
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+
 def _fail(err: Console, message: str) -> None:
     err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     sys.exit(2)

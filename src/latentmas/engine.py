@@ -226,19 +226,23 @@ def next_tokens(logits: torch.Tensor, sampling: Sampling, generator: torch.Gener
     return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
 
 
+TokenCallback = Callable[[int, int], "bool | None"]
+
+
 def decode(
     model: PreTrainedModel,
     memory: SharedMemory,
     hidden: torch.Tensor,
     sampling: Sampling,
     stop_ids: set[int],
-    on_token: Callable[[int, int], None] | None = None,
+    on_token: TokenCallback | None = None,
 ) -> list[list[int]]:
     """Generate text for every row from its last hidden state [batch, hidden].
 
     A row leaves the batch (and its cache rows are dropped) as soon as it emits a stop
     token, so short answers stop costing compute. -> new token ids per row, stop token
-    excluded. `on_token(row, token)` streams tokens as they are chosen.
+    excluded. `on_token(row, token)` streams tokens as they are chosen; returning False
+    ends that row (a streaming client went away).
     """
     generator = None
     if sampling.temperature > 0:
@@ -250,11 +254,12 @@ def decode(
     for step in range(sampling.max_new_tokens):
         tokens = next_tokens(lm_logits(model, hidden), sampling, generator)
         finished = torch.isin(tokens, stop)
-        for row, token in zip(active, tokens.tolist()):
-            if token not in stop_ids:
-                outputs[row].append(token)
-                if on_token is not None:
-                    on_token(row, token)
+        for index, (row, token) in enumerate(zip(active, tokens.tolist())):
+            if token in stop_ids:
+                continue
+            outputs[row].append(token)
+            if on_token is not None and on_token(row, token) is False:
+                finished[index] = True
         if finished.any():
             keep = (~finished).nonzero().squeeze(-1)
             if keep.numel() == 0:

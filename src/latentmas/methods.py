@@ -118,16 +118,26 @@ class Method:
         self.pad_id = lm.tokenizer.pad_token_id
         self.realigner = build_realigner(lm.model, "none")  # text methods take no latent steps
         self.guard: DriftGuard | None = None
+        self._on_token: engine.TokenCallback | None = None
 
     def describe(self) -> dict:
         return {"method": self.name}
 
-    def solve(self, questions: list[str], answer_format: str = "") -> list[Answer]:
-        """Answer a batch of questions; results do not depend on the batch's make-up."""
+    def solve(
+        self, questions: list[str], answer_format: str = "", on_token: engine.TokenCallback | None = None
+    ) -> list[Answer]:
+        """Answer a batch of questions; results do not depend on the batch's make-up.
+
+        `on_token(row, token_id)` receives the final agent's tokens as they are decoded.
+        """
         if not questions:
             return []
-        with torch.inference_mode():
-            return self._solve(questions, answer_format)
+        self._on_token = on_token
+        try:
+            with torch.inference_mode():
+                return self._solve(questions, answer_format)
+        finally:
+            self._on_token = None
 
     def _solve(self, questions: list[str], answer_format: str) -> list[Answer]:
         raise NotImplementedError
@@ -146,6 +156,7 @@ class Method:
         latent_steps: int = 0,
         decode: bool = True,
         on_step: engine.LatentCallback | None = None,
+        on_token: engine.TokenCallback | None = None,
     ) -> tuple[list[str | None], list[AgentStep]]:
         """One agent on a batch: read its prompt into `memory`, think latently, maybe decode."""
         model, batch = self.lm.model, len(prompts)
@@ -160,7 +171,7 @@ class Method:
         counts = [0] * batch
         if decode:
             with clock.phase("decode"):
-                tokens = engine.decode(model, memory, hidden, self.sampling, self.stop_ids)
+                tokens = engine.decode(model, memory, hidden, self.sampling, self.stop_ids, on_token)
             texts = [t.strip() for t in self.lm.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
             counts = [len(t) for t in tokens]
         share = {name: seconds / batch for name, seconds in clock.seconds.items()}
@@ -171,9 +182,12 @@ class Method:
         ]
         return texts, steps
 
-    def _text_agent(self, role: Role, prompts: list[list[int]]) -> tuple[list[str], list[AgentStep]]:
+    def _text_agent(
+        self, role: Role, prompts: list[list[int]], final: bool = True
+    ) -> tuple[list[str], list[AgentStep]]:
         """An agent with a fresh cache of its own that decodes text."""
-        return self._agent(role, SharedMemory.empty(self.lm.model, len(prompts)), prompts)
+        memory = SharedMemory.empty(self.lm.model, len(prompts))
+        return self._agent(role, memory, prompts, on_token=self._on_token if final else None)
 
 
 class SingleAgent(Method):
@@ -210,7 +224,7 @@ class TextMAS(Method):
                 self._prompt(role, q, answer_format, text_context(s) if sees_others else "", False)
                 for q, s in zip(questions, said)
             ]
-            texts, steps = self._text_agent(role, prompts)
+            texts, steps = self._text_agent(role, prompts, final)
             for answer, history, text, step in zip(answers, said, texts, steps):
                 answer.agents.append(step)
                 history.append((role.name, text))
@@ -267,7 +281,8 @@ class LatentMAS(Method):
             if recorder is not None:
                 recorder.begin_agent(role.name, prompts)
                 on_step = recorder.on_step
-            texts, records = self._agent(role, memory, prompts, steps, decode=final, on_step=on_step)
+            on_token = self._on_token if final else None
+            texts, records = self._agent(role, memory, prompts, steps, final, on_step, on_token)
             if self.memory == "latent_only" and not final:
                 memory.keep_columns(memory.is_latent.nonzero().squeeze(-1))
             for answer, text, record in zip(answers, texts, records):

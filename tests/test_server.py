@@ -1,0 +1,200 @@
+"""The OpenAI-compatible server: real clients, batching, streaming, and every bad input."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import socket
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+import schemathesis
+import uvicorn
+from hypothesis import HealthCheck, settings
+
+from latentmas import Sampling, make_method
+from latentmas.server import create_app
+from latentmas.tiny import tiny_loaded
+
+QUESTIONS = ["What is 2+2?", "x", "A robe takes 2 bolts of blue fiber. How many in total?", "Count to three."]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RunningServer:
+    def __init__(self, app) -> None:
+        self.port = _free_port()
+        self.app = app
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return tiny_loaded("qwen3", max_position_embeddings=2048)
+
+
+@pytest.fixture(scope="module")
+def server(lm):
+    running = RunningServer(create_app(lm, max_batch=8, max_wait_ms=50, default_max_tokens=8))
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+
+
+def alone(lm, question, method="latent_mas", max_tokens=8, latent_steps=10):
+    return make_method(method, lm, Sampling(max_new_tokens=max_tokens), latent_steps=latent_steps).solve([question])[0]
+
+
+def test_openai_client_gets_the_same_answer_as_the_library(client, lm):
+    reply = client.chat.completions.create(
+        model="any", messages=[{"role": "user", "content": QUESTIONS[0]}], max_tokens=8,
+        extra_body={"method": "latent_mas", "latent_steps": 3},
+    )
+    expected = alone(lm, QUESTIONS[0], latent_steps=3)
+    assert reply.choices[0].message.content == expected.final_text
+    usage = reply.usage.model_dump()
+    assert usage["completion_tokens"] == expected.output_tokens
+    assert usage["prompt_tokens"] == expected.input_tokens
+    assert usage["latent_tokens"] == 9
+
+
+def test_streaming_delivers_the_same_text(client, lm):
+    stream = client.chat.completions.create(
+        model="any", messages=[{"role": "user", "content": QUESTIONS[2]}], max_tokens=8, stream=True,
+        extra_body={"method": "text_mas"},
+    )
+    pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
+    assert "".join(pieces).strip() == alone(lm, QUESTIONS[2], "text_mas").final_text
+    assert len([p for p in pieces if p]) >= 2
+
+
+def test_concurrent_requests_are_batched_and_answered_as_if_alone(server, client, lm):
+    def ask(question):
+        reply = client.chat.completions.create(
+            model="any", messages=[{"role": "user", "content": question}], max_tokens=8,
+            extra_body={"latent_steps": 2},
+        )
+        return reply.choices[0].message.content
+
+    with concurrent.futures.ThreadPoolExecutor(len(QUESTIONS)) as pool:
+        answers = list(pool.map(ask, QUESTIONS))
+    assert answers == [alone(lm, q, latent_steps=2).final_text for q in QUESTIONS]
+    metrics = httpx.get(f"{server.url}/metrics").text
+    sizes = [line for line in metrics.splitlines() if line.startswith("latentmas_batch_size_sum")]
+    counts = [line for line in metrics.splitlines() if line.startswith("latentmas_batch_size_count")]
+    assert float(sizes[0].split()[-1]) > float(counts[0].split()[-1])  # some batch held more than one row
+
+
+def test_models_health_and_metrics(server):
+    assert httpx.get(f"{server.url}/v1/models").json()["data"][0]["id"] == "tiny-qwen3"
+    assert httpx.get(f"{server.url}/health").json()["status"] == "ok"
+    metrics = httpx.get(f"{server.url}/metrics").text
+    for name in ("latentmas_requests_total", "latentmas_errors_total", "latentmas_request_seconds_bucket",
+                 "latentmas_tokens_total", "latentmas_latent_steps_total", "latentmas_batch_size_bucket"):
+        assert name in metrics
+
+
+LONG = "word " * 3000
+BAD_BODIES = [
+    ("{not json", 400, "JSON"),
+    ({"messages": "hello"}, 400, "messages"),
+    ({"messages": []}, 400, "messages"),
+    ({"messages": [{"role": "user", "content": "hi"}], "method": "telepathy"}, 400, "method"),
+    ({"messages": [{"role": "user", "content": "hi"}], "latent_steps": -1}, 400, "latent_steps"),
+    ({"messages": [{"role": "user", "content": "hi"}], "latent_steps": 10**9}, 400, "latent_steps"),
+    ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, 400, "max_tokens"),
+    ({"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}, 400, "temperature"),
+    ({"messages": [{"role": "wizard", "content": "hi"}]}, 400, "role"),
+    ({"messages": [{"role": "system", "content": "only a system prompt"}]}, 400, "user message"),
+    ({"messages": [{"role": "user", "content": LONG}]}, 400, "context"),
+    ({"messages": [{"role": "user", "content": "hi"}], "latent_steps": 600}, 400, "context"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "words"), BAD_BODIES)
+def test_bad_requests_get_4xx_with_an_openai_error_body(server, body, status, words):
+    url = f"{server.url}/v1/chat/completions"
+    if isinstance(body, str):
+        response = httpx.post(url, content=body, headers={"content-type": "application/json"})
+    else:
+        response = httpx.post(url, json=body)
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert words.lower() in error["message"].lower()
+    assert error["type"] == "invalid_request_error"
+    assert httpx.get(f"{server.url}/health").json()["status"] == "ok"
+
+
+def test_unknown_route_is_404_in_the_same_format(server):
+    response = httpx.get(f"{server.url}/v1/nothing")
+    assert response.status_code == 404 and "error" in response.json()
+
+
+def test_full_queue_answers_503(server):
+    batcher = server.app.state.batcher
+    batcher.in_flight += batcher.queue_size  # as if the queue were full
+    try:
+        response = httpx.post(f"{server.url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
+    finally:
+        batcher.in_flight -= batcher.queue_size
+    assert response.status_code == 503 and "busy" in response.json()["error"]["message"]
+
+
+def test_client_that_disconnects_mid_stream_frees_its_slot(server):
+    body = {"messages": [{"role": "user", "content": "Tell a long story"}], "max_tokens": 400, "stream": True,
+            "method": "single"}
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body) as response:
+        for _ in response.iter_lines():
+            break  # read the first event, then hang up
+    deadline = time.monotonic() + 20
+    while httpx.get(f"{server.url}/health").json()["in_flight"] != 0:
+        assert time.monotonic() < deadline, "slot was not freed"
+        time.sleep(0.05)
+
+
+def test_shutdown_finishes_requests_in_flight(lm):
+    running = RunningServer(create_app(lm, max_batch=1, max_wait_ms=0))
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 300, "method": "single"}
+        pending = pool.submit(httpx.post, f"{running.url}/v1/chat/completions", json=body, timeout=60)
+        time.sleep(0.3)
+        running.stop()
+        assert pending.result().status_code == 200
+
+
+@pytest.fixture(scope="module")
+def api_schema():
+    app = create_app(tiny_loaded("llama", max_position_embeddings=96), default_max_tokens=2)
+    return schemathesis.openapi.from_asgi("/openapi.json", app)
+
+
+fuzz_schema = schemathesis.pytest.from_fixture("api_schema")
+
+
+@fuzz_schema.parametrize()
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+def test_request_schema_fuzz_never_gets_a_server_error(case):
+    """Property-based requests from the OpenAPI schema: valid or not, never a 5xx."""
+    response = case.call()
+    assert response.status_code < 500, response.text
