@@ -151,3 +151,70 @@ def test_malformed_data_file_exits_2(monkeypatch, capsys, model_dir, tmp_path):
         monkeypatch, capsys, "eval", "--model", model_dir, "--data", data, "--out", tmp_path / "o"
     )
     assert code == 2 and "broken.jsonl:2" in err
+
+
+def test_matrix_eval_then_report(monkeypatch, capsys, model_dir, tmp_path):
+    out = tmp_path / "matrix"
+    args = [
+        "eval",
+        "--model",
+        model_dir,
+        "--task",
+        "gsm8k,humaneval_plus",
+        "--method",
+        "all",
+        "--limit",
+        "2",
+        "--max-new-tokens",
+        "3",
+        "--latent-steps",
+        "2",
+        "--out",
+        out,
+    ]
+    code, stdout, _ = cli(monkeypatch, capsys, *args)
+    assert code == 0, stdout
+    for task in ("gsm8k", "humaneval_plus"):
+        for method in ("single", "text_mas", "latent_mas"):
+            rows = (out / task / method / "results.jsonl").read_text().splitlines()
+            assert len(rows) == 2
+            assert json.loads(rows[0])["settings"]["temperature"] == 0.0
+    code, stdout, _ = cli(monkeypatch, capsys, "report", out)
+    assert code == 0
+    report = (out / "report.md").read_text()
+    assert "speedup_vs_text_mas" in report and "humaneval_plus" in report and '"seed": 0' in report
+    for png in ("accuracy_vs_tokens.png", "time_per_method.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_tasks_lists_all_nine(monkeypatch, capsys):
+    code, out, _ = cli(monkeypatch, capsys, "tasks")
+    assert code == 0
+    for name in (
+        "gsm8k",
+        "aime2024",
+        "aime2025",
+        "gpqa_diamond",
+        "arc_easy",
+        "arc_challenge",
+        "medqa",
+        "mbpp_plus",
+        "humaneval_plus",
+    ):
+        assert name in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["eval", "--method", "single,oracle"], "oracle"),
+        (["eval", "--task", "gsm8k,medqa", "--data", "x.jsonl"], "one task"),
+        (["eval", "--task", "aime2024"], "--data"),
+        (["report", "/no/such/folder"], "not a folder"),
+        (["inspect", "/no/such/trace.json"], "not found"),
+        (["run", "q", "--latent-steps", "auto:x"], "latent steps"),
+    ],
+)
+def test_more_bad_input_exits_2(monkeypatch, capsys, args, message):
+    code, out, err = cli(monkeypatch, capsys, *args)
+    assert code == 2 and message in err and "Traceback" not in out + err

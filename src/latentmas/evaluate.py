@@ -32,6 +32,7 @@ class QuestionResult:
     latent_steps: int
     seconds: float
     agents: list[AgentStep] = field(default_factory=list)
+    settings: dict = field(default_factory=dict)  # method, topology, latent steps, sampling, seed
 
     @classmethod
     def from_json(cls, row: dict) -> QuestionResult:
@@ -84,7 +85,7 @@ def summarize(results: list[QuestionResult], method: Method, task: Task, batch_s
         latent_steps_mean=mean([r.latent_steps for r in results]),
         seconds_total=sum(r.seconds for r in results),
         batch_size=batch_size,
-        settings={**method.describe(), **asdict(method.sampling)},
+        settings={**method.describe(), **asdict(method.sampling)},  # the same as every result's
     )
 
 
@@ -122,9 +123,8 @@ def evaluate(
     if batch_size < 1:
         raise LatentMASError("batch size must be >= 1")
     out_dir.mkdir(parents=True, exist_ok=True)
-    _check_same_run(
-        out_dir, {"model": method.lm.name, "task": task.name, **summarize([], method, task, 1).settings}
-    )
+    settings = {**method.describe(), **asdict(method.sampling)}
+    _check_same_run(out_dir, {"model": method.lm.name, "task": task.name, **settings})
     results_path = out_dir / "results.jsonl"
     done = {r.id: r for r in read_results(results_path)}
     todo = [e for e in examples if e.id not in done]
@@ -139,19 +139,20 @@ def evaluate(
             share = (time.perf_counter() - began) / len(batch)
             finished = []
             for example, answer in zip(batch, answers):
-                prediction = task.extract(answer.final_text)
+                grade = task.grade(answer.final_text, example)
                 result = QuestionResult(
                     id=example.id,
                     question=example.question,
                     gold=example.gold,
-                    prediction=prediction,
-                    correct=task.is_correct(prediction, example.gold),
+                    prediction=grade.prediction,
+                    correct=grade.correct,
                     final_text=answer.final_text,
                     input_tokens=answer.input_tokens,
                     output_tokens=answer.output_tokens,
                     latent_steps=answer.latent_steps,
                     seconds=share,
                     agents=answer.agents,
+                    settings=settings,
                 )
                 sink.write(json.dumps(asdict(result)) + "\n")
                 if trace_sink is not None and answer.trace is not None:

@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..errors import LatentMASError
-from . import Example, read_jsonl
+from . import Example, Grade, read_jsonl, read_rows
 
 HUB_DATASET = ("openai/gsm8k", "main", "test")
 
@@ -62,6 +62,9 @@ def to_number(text: str | None) -> float | None:
 
 class GSM8K:
     name = "gsm8k"
+    kind = "math"
+    source = "openai/gsm8k (main, test)"
+    size = 1319
     answer_format = "Put the final numeric answer in \\boxed{}."
 
     def load(self, data: str | None = None) -> list[Example]:
@@ -69,16 +72,7 @@ class GSM8K:
             text = resources.files("latentmas").joinpath("data/gsm8k_sample.jsonl")
             path = Path(str(text))
             return _examples(read_jsonl(path), "bundled GSM8K sample")
-        if data == "hub":
-            import datasets
-
-            name, config, split = HUB_DATASET
-            try:
-                rows = datasets.load_dataset(name, config, split=split)
-            except Exception as exc:  # offline, or the hub refused
-                raise LatentMASError(f"could not load {name} from the hub: {exc}") from exc
-            return _examples([dict(r) for r in rows], name)
-        return _examples(read_jsonl(Path(data)), data)
+        return _examples(read_rows(data, HUB_DATASET), data)
 
     def extract(self, text: str) -> str | None:
         """The answer a model gave: \\boxed{}, else after '####', else the last number."""
@@ -86,6 +80,10 @@ class GSM8K:
             if candidate is not None and (number := to_number(candidate)) is not None:
                 return str(int(number)) if number.is_integer() else str(number)
         return None
+
+    def grade(self, text: str, example: Example) -> Grade:
+        prediction = self.extract(text)
+        return Grade(prediction, self.is_correct(prediction, example.gold))
 
     def is_correct(self, prediction: str | None, gold: str) -> bool:
         a, b = to_number(prediction), to_number(gold)

@@ -1,0 +1,96 @@
+"""Answer extraction and grading: math by equivalence, multiple choice by letter or text.
+
+Code is graded by running the task's tests in the sandbox (see `tasks/code.py`).
+"""
+
+from __future__ import annotations
+
+import re
+
+from math_verify import parse, verify
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last \\boxed{...} (or \\fbox{...}), nested braces included."""
+    starts = [m.end() for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text)]
+    if not starts:
+        return None
+    begin, depth = starts[-1], 0
+    for pos in range(begin, len(text)):
+        if text[pos] == "{":
+            depth += 1
+        elif text[pos] == "}":
+            if depth == 0:
+                return text[begin:pos]
+            depth -= 1
+    return None
+
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
+_NUMBER_WITH_UNITS = re.compile(r"^\s*(-?[\d.,/]+)\s*(?:[a-zA-Z]+\.?\s*)+$")
+
+
+def _normalize(answer: str) -> str:
+    """Strip currency, percent and trailing unit words: '$1,000 dollars' -> '1,000'."""
+    text = answer.strip().replace("\\$", "").replace("$", "").replace("\\%", "").replace("%", "")
+    text = re.sub(r"\\text\{\s*[a-zA-Z ]*\}", "", text).strip()
+    if match := _NUMBER_WITH_UNITS.match(text):
+        return match.group(1)
+    return text
+
+
+def _parse(answer: str):
+    text = _normalize(answer)
+    return parse(f"${text}$") or parse(text)
+
+
+def math_equal(prediction: str | None, gold: str) -> bool:
+    """Mathematical equivalence (math-verify): fractions, LaTeX, '1,000', units stripped."""
+    if prediction is None or not prediction.strip():
+        return False
+    expected, got = _parse(gold), _parse(prediction)
+    return bool(expected) and bool(got) and bool(verify(expected, got))
+
+
+def extract_math_answer(text: str) -> str | None:
+    """The final answer: \\boxed{} if present, else the last number in the text."""
+    boxed = last_boxed(text)
+    if boxed is not None and boxed.strip():
+        return boxed.strip()
+    numbers = _NUMBER.findall(text)
+    return numbers[-1] if numbers else None
+
+
+def extract_choice(text: str, options: list[str]) -> str | None:
+    """The option letter an answer names, or None when it names none or several.
+
+    Accepts 'B', '(B)', 'B.', 'B)', '\\boxed{B}', 'The answer is B', 'Answer: (B) text', and the
+    option's own text. An answer that names two different options gets None.
+    """
+    letters = [chr(ord("A") + i) for i in range(len(options))]
+    allowed = "".join(letters)
+    boxed = last_boxed(text)
+    candidates = [boxed] if boxed else []
+    candidates.append(text)
+    for candidate in candidates:
+        body = candidate.strip()
+        if re.fullmatch(rf"\(?([{allowed}])[).:]?", body):
+            return re.sub(r"[^A-Z]", "", body)
+        explicit = re.findall(
+            rf"(?:answer|option|choice)\s*(?:is|:)?\s*(?:option\s*)?\(?\b([{allowed}])\b\)?"
+            rf"(?:\s*(?:or|and|,|/)\s*\(?\b([{allowed}])\b\)?)?",
+            body,
+            flags=re.I,
+        )
+        if explicit:
+            first, alternative = explicit[-1]
+            both = {first.upper(), alternative.upper()} - {""}
+            return both.pop() if len(both) == 1 else None
+        marked = set(re.findall(rf"(?:^|\s)\(([{allowed}])\)|(?:^|\n)\s*([{allowed}])[.)]\s", body))
+        marked_letters = {a or b for a, b in marked}
+        if len(marked_letters) == 1:
+            return marked_letters.pop()
+        if len(marked_letters) > 1:
+            return None
+    mentioned = {letters[i] for i, option in enumerate(options) if option and option.lower() in text.lower()}
+    return mentioned.pop() if len(mentioned) == 1 else None

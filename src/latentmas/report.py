@@ -1,0 +1,197 @@
+"""Turn a folder of eval runs into report.md and plots.
+
+`latentmas eval --task T1,T2 --method all --out DIR` writes DIR/<task>/<method>/summary.json;
+`latentmas report DIR` reads every summary.json below DIR.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import transformers
+
+from . import __version__
+from .errors import LatentMASError
+
+METHOD_ORDER = ["single", "text_mas", "latent_mas"]
+
+
+@dataclass
+class Run:
+    task: str
+    method: str
+    model: str
+    n: int
+    accuracy: float
+    output_tokens_mean: float
+    seconds_total: float
+    settings: dict
+
+
+def read_runs(root: Path) -> list[Run]:
+    if not root.is_dir():
+        raise LatentMASError(f"not a folder: {root}")
+    runs = []
+    for path in sorted(root.rglob("summary.json")):
+        try:
+            s = json.loads(path.read_text())
+            runs.append(
+                Run(
+                    s["task"],
+                    s["method"],
+                    s["model"],
+                    s["n"],
+                    s["accuracy"],
+                    s["output_tokens_mean"],
+                    s["seconds_total"],
+                    s.get("settings", {}),
+                )
+            )
+        except (json.JSONDecodeError, KeyError) as exc:
+            raise LatentMASError(f"{path} is not a latentmas summary ({exc})") from exc
+    if not runs:
+        raise LatentMASError(f"no summary.json below {root}; run `latentmas eval --out {root}` first")
+    return runs
+
+
+def _order(run: Run) -> tuple:
+    return (run.task, METHOD_ORDER.index(run.method) if run.method in METHOD_ORDER else 99, run.method)
+
+
+def comparison(runs: list[Run]) -> list[dict]:
+    """One row per task and method, with latent_mas's speedup and token reduction over text_mas."""
+    text = {r.task: r for r in runs if r.method == "text_mas"}
+    rows = []
+    for r in sorted(runs, key=_order):
+        row = {
+            "task": r.task,
+            "method": r.method,
+            "n": r.n,
+            "accuracy": r.accuracy,
+            "output_tokens_mean": r.output_tokens_mean,
+            "seconds": r.seconds_total,
+            "speedup_vs_text_mas": None,
+            "token_reduction_vs_text_mas": None,
+        }
+        base = text.get(r.task)
+        if r.method == "latent_mas" and base is not None and r.seconds_total > 0:
+            row["speedup_vs_text_mas"] = base.seconds_total / r.seconds_total
+            if base.output_tokens_mean > 0:
+                row["token_reduction_vs_text_mas"] = 1 - r.output_tokens_mean / base.output_tokens_mean
+        rows.append(row)
+    return rows
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def plot(runs: list[Run], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = sorted(
+        {r.method for r in runs}, key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else 99
+    )
+    tasks = sorted({r.task for r in runs})
+    markers = "osD^v<>p*h"
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for mi, method in enumerate(methods):
+        for ti, task in enumerate(tasks):
+            for r in (r for r in runs if r.method == method and r.task == task):
+                label = f"{method} · {task}"
+                ax.scatter(
+                    r.output_tokens_mean,
+                    r.accuracy * 100,
+                    color=colors[mi % len(colors)],
+                    marker=markers[ti % len(markers)],
+                    s=60,
+                    label=label,
+                )
+    ax.set(
+        xlabel="decoded tokens per question (mean)", ylabel="accuracy (%)", title="Accuracy vs output tokens"
+    )
+    ax.legend(fontsize=7)
+    accuracy_png = out / "accuracy_vs_tokens.png"
+    fig.tight_layout()
+    fig.savefig(accuracy_png, dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(max(6, len(tasks) * 2), 4.5))
+    width = 0.8 / max(1, len(methods))
+    for mi, method in enumerate(methods):
+        seconds = [
+            next((r.seconds_total / max(r.n, 1) for r in runs if r.method == method and r.task == t), 0.0)
+            for t in tasks
+        ]
+        ax.bar(
+            [i + mi * width for i in range(len(tasks))],
+            seconds,
+            width,
+            label=method,
+            color=colors[mi % len(colors)],
+        )
+    ax.set_xticks([i + width * (len(methods) - 1) / 2 for i in range(len(tasks))], tasks)
+    ax.set(ylabel="seconds per question", title="Time per method")
+    ax.legend()
+    time_png = out / "time_per_method.png"
+    fig.tight_layout()
+    fig.savefig(time_png, dpi=120)
+    plt.close(fig)
+    return [accuracy_png, time_png]
+
+
+def write_report(root: Path) -> Path:
+    """Write root/report.md and the plots; return the report's path."""
+    runs = read_runs(root)
+    rows = comparison(runs)
+    images = plot(runs, root)
+    columns = [
+        "task",
+        "method",
+        "n",
+        "accuracy",
+        "output_tokens_mean",
+        "seconds",
+        "speedup_vs_text_mas",
+        "token_reduction_vs_text_mas",
+    ]
+    lines = [
+        "# latentmas evaluation report",
+        "",
+        f"- models: {', '.join(sorted({r.model for r in runs}))}",
+        f"- latentmas {__version__}, torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"Python {platform.python_version()} on {platform.machine()}",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+        *("| " + " | ".join(_cell(row[c]) for c in columns) + " |" for row in rows),
+        "",
+        "speedup = text_mas seconds / latent_mas seconds; token reduction = 1 - latent_mas / text_mas "
+        "decoded tokens (same task, same questions).",
+        "",
+        "## Settings (sampling, seeds)",
+        "",
+        *(
+            f"- {r.task} · {r.method}: `{json.dumps(r.settings, sort_keys=True)}`"
+            for r in sorted(runs, key=_order)
+        ),
+        "",
+        *(f"![{p.stem}]({p.name})" for p in images),
+        "",
+    ]
+    report = root / "report.md"
+    report.write_text("\n".join(lines))
+    return report

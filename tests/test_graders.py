@@ -1,0 +1,75 @@
+"""Table-driven grader tests: tricky right answers and tricky wrong ones."""
+
+from __future__ import annotations
+
+import pytest
+
+from latentmas.graders import extract_choice, extract_math_answer, math_equal
+
+
+@pytest.mark.parametrize(
+    ("prediction", "gold", "expected"),
+    [
+        ("1,000", "1000", True),
+        ("1000.0", "1000", True),
+        ("\\frac{1}{2}", "0.5", True),
+        ("1/2", "\\frac12", True),
+        ("\\dfrac{3}{4}", "0.75", True),
+        ("18 dollars", "18", True),
+        ("\\$18", "18", True),
+        ("5 cm", "5", True),
+        ("2x+x^2", "x^2+2x", True),
+        ("70,000.00", "70000", True),
+        ("\\text{ }204", "204", True),
+        ("4", "3", False),
+        ("-2", "2", False),
+        ("0.333", "1/3", False),
+        ("1,2", "12", False),
+        ("3.14159", "\\pi", False),
+        ("", "5", False),
+        (None, "5", False),
+    ],
+)
+def test_math_equivalence(prediction, gold, expected):
+    assert math_equal(prediction, gold) is expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("so the answer is \\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
+        ("first \\boxed{3} then \\boxed{5}", "5"),
+        ("\\boxed{x^{2}+1}", "x^{2}+1"),
+        ("The total is 42 apples.", "42"),
+        ("no answer", None),
+        ("\\boxed{}, then 7", "7"),
+    ],
+)
+def test_math_extraction(text, expected):
+    assert extract_math_answer(text) == expected
+
+
+OPTIONS = ["Paris", "London", "Berlin", "Madrid"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("B", "B"),
+        ("(B)", "B"),
+        ("B.", "B"),
+        ("The answer is B", "B"),
+        ("the answer is (c) because...", "C"),
+        ("Answer: D", "D"),
+        ("\\boxed{A}", "A"),
+        ("After thinking, I pick London.", "B"),
+        ("I think (A) is tempting but the answer is C", "C"),
+        ("The answer is B or C", None),
+        ("(A) and (D) are both right", None),
+        ("Paris or Berlin", None),
+        ("I don't know", None),
+        ("E", None),
+    ],
+)
+def test_multiple_choice(text, expected):
+    assert extract_choice(text, OPTIONS) == expected
