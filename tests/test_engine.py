@@ -140,3 +140,24 @@ def test_sampling_is_reproducible_with_a_seed(tiny):
     first = SingleAgent(tiny, sampling).solve(["2+2"])[0].final_text
     again = SingleAgent(tiny, sampling).solve(["2+2"])[0].final_text
     assert first == again
+
+
+def test_growing_cache_matches_transformers_dynamic_cache(tiny):
+    """The in-place cache is an optimisation only: same tokens as stock DynamicCache."""
+    from transformers import DynamicCache
+
+    model, tok = tiny.model, tiny.tokenizer
+    prompts = [tok(q).input_ids for q in QUESTIONS[:4]]
+    method = LatentMAS(tiny, SAMPLING, latent_steps=3)
+    outputs = []
+    for stock in (False, True):
+        with torch.inference_mode():
+            memory = SharedMemory.empty(model, len(prompts))
+            if stock:
+                memory.cache = DynamicCache(config=model.config)
+            hidden = engine.prefill(model, memory, prompts, tok.pad_token_id)
+            hidden, _ = engine.latent_steps(model, memory, hidden, 70, method.realigner)  # crosses a regrowth
+            memory.keep_columns(torch.arange(memory.length - 50, memory.length))
+            hidden = engine.prefill(model, memory, prompts, tok.pad_token_id)
+            outputs.append(engine.decode(model, memory, hidden, Sampling(max_new_tokens=20), method.stop_ids))
+    assert outputs[0] == outputs[1]

@@ -20,6 +20,7 @@ from .errors import LatentMASError
 from .evaluate import evaluate
 from .methods import METHODS, Answer, make_method, parse_latent_steps
 from .models import load_model
+from .roles import topology_roles
 from .tasks import all_tasks, parse_task_list
 from .trace import read_traces
 from .trace_view import print_trace, trace_html
@@ -78,6 +79,8 @@ MethodOpt = Annotated[MethodName, typer.Option("--method", help="How the agents 
 TopologyOpt = Annotated[
     Topology, typer.Option(help="Agent roles: planner->critic->refiner->solver, or experts->summarizer.")
 ]
+
+
 def _check_latent_steps(value: str) -> str:
     try:
         parse_latent_steps(value)
@@ -117,7 +120,7 @@ TempOpt = Annotated[float, typer.Option(min=0.0, max=10.0, help="0 = greedy.")]
 TopPOpt = Annotated[float, typer.Option("--top-p", min=0.0, max=1.0)]
 SeedOpt = Annotated[int, typer.Option(min=0)]
 DeviceOpt = Annotated[Device, typer.Option(help="Where the model runs.")]
-TemplateOpt = Annotated[
+TemplateOpt = Annotated[  # a file, Jinja text, or a bundled name (chatml, gemma)
     str | None,
     typer.Option("--chat-template", help="Jinja chat template (file or text) for models without one."),
 ]
@@ -144,11 +147,62 @@ def _print_answer(answer: Answer) -> None:
     console.print(f"[bold green]answer[/bold green]: {answer.final_text}")
 
 
-def _build_method(model, device, chat_template, method, sampling, **options):
+AgentModelsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--agent-models",
+        help="Give roles their own models: planner=A,critic=A,solver=B (others use --model). "
+        "Latent thoughts cross models through a fitted linear map.",
+    ),
+]
+
+
+def _hetero_method(
+    agent_models: str, lm, method: str, sampling, topology: str, latent_steps: str, chat_template
+):
+    """HeteroMAS for --agent-models: latent handoff for latent_mas, text handoff for text_mas."""
+    from .hetero import HeteroMAS, parse_agent_models
+
+    if method not in ("latent_mas", "text_mas"):
+        raise LatentMASError("--agent-models goes with --method latent_mas or text_mas")
+    roles = [r.name for r in topology_roles(topology)]
+    names = parse_agent_models(agent_models, roles)
+    loaded = {lm.name: lm}
+    models = {}
+    for role in roles:
+        name = names.get(role)
+        if name is not None and name not in loaded:
+            with console.status(f"loading {name}"):
+                other = load_model(name, device=str(lm.device.type), chat_template=chat_template)
+            loaded[name] = loaded.setdefault(other.name, other)
+        models[role] = loaded[name] if name is not None else lm
+    handoff = "latent" if method == "latent_mas" else "text"
+    with console.status("fitting cross-model maps"):
+        solver = HeteroMAS(models, sampling, topology, latent_steps, handoff)
+    for pair, quality in solver.describe()["maps"].items():
+        console.print(f"map {pair}: {quality}")
+    if method == "latent_mas" and solver.handoff == "text":
+        console.print(
+            "[yellow]warning:[/yellow] a map is below the quality thresholds; agents pass text instead"
+        )
+    return solver
+
+
+def _build_method(model, device, chat_template, method, sampling, agent_models=None, **options):
     with console.status("loading model"):
         lm = load_model(model, device=device.value, chat_template=chat_template)
     if options.get("trace") and method != MethodName.latent_mas:
         raise LatentMASError("--trace records latent thoughts; use it with --method latent_mas")
+    if agent_models:
+        return _hetero_method(
+            agent_models,
+            lm,
+            method.value,
+            sampling,
+            options["topology"],
+            options["latent_steps"],
+            chat_template,
+        )
     return make_method(method.value, lm, sampling, **options)
 
 
@@ -169,6 +223,7 @@ def run(
     chat_template: TemplateOpt = None,
     trace: TraceOpt = None,
     trace_vectors: VectorsOpt = False,
+    agent_models: AgentModelsOpt = None,
 ) -> None:
     """Answer one question and show what each agent did."""
     if not question.strip():
@@ -185,6 +240,7 @@ def run(
         memory=memory.value,
         realign=realign.value,
         trace=trace is not None,
+        agent_models=agent_models,
     )
     with console.status(f"{method.value} on {solver.lm.name}"):
         (answer,) = solver.solve([question])
@@ -239,6 +295,7 @@ def eval_(
     chat_template: TemplateOpt = None,
     trace: TraceOpt = None,
     trace_vectors: VectorsOpt = False,
+    agent_models: AgentModelsOpt = None,
 ) -> None:
     """Run methods on benchmarks; write results.jsonl and summary.json per pair."""
     tasks = parse_task_list(task)

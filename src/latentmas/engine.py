@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
+from transformers.cache_utils import DynamicLayer
 
 from .errors import LatentMASError
 from .realign import Realigner
@@ -29,6 +30,50 @@ class Sampling:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
+
+
+class GrowingLayer(DynamicLayer):
+    """A DynamicLayer that appends into spare capacity instead of re-copying the cache.
+
+    `DynamicLayer.update` concatenates, copying the whole cache at every latent or decode
+    step; here the keys and values live in a buffer with room to grow (doubling), and
+    `keys`/`values` are views of its filled part. Code that replaces `keys` (row or column
+    selection) is noticed by pointer and the new tensors are adopted.
+    """
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        length = self.keys.shape[-2] if self.keys.dim() == 4 else 0
+        needed = length + key_states.shape[-2]
+        buffers = getattr(self, "_buffers", None)
+        adopted = (
+            buffers is not None
+            and length > 0
+            and self.keys.data_ptr() == buffers[0].data_ptr()
+            and self.keys.shape[0] == buffers[0].shape[0]
+        )
+        if not adopted or needed > buffers[0].shape[-2]:
+            capacity = max(64, 2 * needed)
+            grown = []
+            for old, new in ((self.keys, key_states), (self.values, value_states)):
+                shape = (*new.shape[:-2], capacity, new.shape[-1])
+                buffer = torch.empty(shape, dtype=new.dtype, device=new.device)
+                if length:
+                    buffer[..., :length, :] = old
+                grown.append(buffer)
+            buffers = self._buffers = tuple(grown)
+        buffers[0][..., length:needed, :] = key_states
+        buffers[1][..., length:needed, :] = value_states
+        self.keys, self.values = buffers[0][..., :needed, :], buffers[1][..., :needed, :]
+        return self.keys, self.values
+
+
+def new_cache(model: PreTrainedModel) -> DynamicCache:
+    """A DynamicCache whose full-attention layers grow in place (sliding ones stay as they are)."""
+    cache = DynamicCache(config=model.config)
+    cache.layers = [GrowingLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache
 
 
 @dataclass
@@ -49,7 +94,7 @@ class SharedMemory:
     def empty(cls, model: PreTrainedModel, batch_size: int) -> SharedMemory:
         device = model.device
         return cls(
-            cache=DynamicCache(config=model.config),
+            cache=new_cache(model),
             attention_mask=torch.zeros(batch_size, 0, dtype=torch.long, device=device),
             next_position=torch.zeros(batch_size, dtype=torch.long, device=device),
             is_latent=torch.zeros(0, dtype=torch.bool, device=device),

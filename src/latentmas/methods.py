@@ -34,6 +34,7 @@ from .roles import (
     topology_roles,
 )
 from .trace import Trace, TraceRecorder
+from .vllm_backend import EmbeddingLog, VLLMDecoder, assemble_prompt_embeds
 
 METHODS: tuple[str, ...] = ("single", "text_mas", "latent_mas")
 MEMORY_MODES: tuple[str, ...] = ("full", "latent_only")
@@ -244,7 +245,9 @@ class LatentMAS(Method):
         memory: str = "full",
         realign: str = "ridge",
         trace: bool = False,
+        decoder: VLLMDecoder | None = None,
     ) -> None:
+        """`decoder`: decode the final agent in vLLM instead of transformers (GPU only)."""
         super().__init__(lm, sampling)
         latent_steps, self.guard = parse_latent_steps(latent_steps)
         if memory not in MEMORY_MODES:
@@ -256,6 +259,11 @@ class LatentMAS(Method):
         self.realign_mode = realign
         self.realigner = build_realigner(lm.model, realign)  # replaces the base class's no-op
         self.trace = trace
+        if decoder is not None and memory != "full":
+            raise LatentMASError(
+                "the vLLM decoder rebuilds the shared cache from embeddings: use --memory full"
+            )
+        self.decoder = decoder
 
     def describe(self) -> dict:
         return {
@@ -273,14 +281,23 @@ class LatentMAS(Method):
         tokenizer = self.lm.tokenizer
         conversations = [shared_conversation(tokenizer, self.roles, q, answer_format) for q in questions]
         recorder = TraceRecorder(self.lm, self.describe(), questions) if self.trace else None
+        log = EmbeddingLog(batch) if self.decoder is not None else None
         for index, role in enumerate(self.roles):
             final = index == len(self.roles) - 1
             prompts = [segments[index] for segments in conversations]
             steps = 0 if final else self.latent_steps
-            on_step = None
+            watchers = []
             if recorder is not None:
                 recorder.begin_agent(role.name, prompts)
-                on_step = recorder.on_step
+                watchers.append(recorder.on_step)
+            if log is not None:
+                embed = model.get_input_embeddings()
+                log.add_prompts([embed(torch.tensor(p, device=model.device)) for p in prompts])
+                watchers.append(log.on_step)
+                if final:
+                    self._decode_in_vllm(role, log, prompts, answers)
+                    break
+            on_step = _fan_out(watchers)
             on_token = self._on_token if final else None
             texts, records = self._agent(role, memory, prompts, steps, final, on_step, on_token)
             if self.memory == "latent_only" and not final:
@@ -292,6 +309,30 @@ class LatentMAS(Method):
             for answer, trace in zip(answers, recorder.finish([a.final_text for a in answers])):
                 answer.trace = trace
         return answers
+
+    def _decode_in_vllm(
+        self, role: Role, log: EmbeddingLog, prompts: list[list[int]], answers: list[Answer]
+    ) -> None:
+        """The final agent: rebuild each row's cache from its input embeddings inside vLLM."""
+        start = time.perf_counter()
+        embeds = [assemble_prompt_embeds(segments) for segments in log.rows]
+        outputs = self.decoder.generate(embeds, self.sampling)
+        share = (time.perf_counter() - start) / len(prompts)
+        for answer, prompt, (text, count) in zip(answers, prompts, outputs):
+            answer.agents.append(AgentStep(role.name, "text", len(prompt), count, 0, 0.0, 0.0, share, text))
+            answer.final_text = text
+
+
+def _fan_out(callbacks: list) -> engine.LatentCallback | None:
+    """One latent-step callback that calls each of `callbacks` (trace, embedding log)."""
+    if not callbacks:
+        return None
+
+    def call_all(*args) -> None:
+        for callback in callbacks:
+            callback(*args)
+
+    return call_all
 
 
 def parse_latent_steps(value: int | str) -> tuple[int, DriftGuard | None]:

@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -114,6 +115,24 @@ def _resolve(name: str | None) -> tuple[str | Path, str]:
     return name, name  # a hub id such as Qwen/Qwen3-4B
 
 
+BUNDLED_TEMPLATES = ("chatml", "gemma")
+
+
+def _read_template(value: str) -> str:
+    """A bundled template name, a file, or Jinja text itself."""
+    if value in BUNDLED_TEMPLATES:
+        return resources.files("latentmas").joinpath(f"templates/{value}.jinja").read_text()
+    path = Path(value)
+    if path.is_file():
+        return path.read_text()
+    if "{%" not in value and "{{" not in value:
+        raise LatentMASError(
+            f"--chat-template {value!r} is neither a file, a bundled template ({', '.join(BUNDLED_TEMPLATES)}), "
+            "nor Jinja text"
+        )
+    return value
+
+
 def pick_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -129,7 +148,11 @@ def load_model(
     dtype: torch.dtype | None = None,
     chat_template: str | None = None,
 ) -> LoadedModel:
-    """Load a causal LM with a chat template. `name=None` gives the embedded SmolLM2-135M."""
+    """Load a causal LM with a chat template. `name=None` gives the embedded SmolLM2-135M.
+
+    `chat_template` (a file, Jinja text, or `chatml` / `gemma`) is used only when the model
+    has no template of its own, so one option can serve a mix of models.
+    """
     hf_logging.disable_progress_bar()  # our console shows progress; theirs garbles it
     source, display = _resolve(name)
     target = pick_device(device)
@@ -145,9 +168,8 @@ def load_model(
         ) from exc
     except ValueError as exc:
         raise LatentMASError(f"could not load model {name!r}: {exc}") from exc
-    if chat_template is not None:
-        template_path = Path(chat_template)
-        tokenizer.chat_template = template_path.read_text() if template_path.is_file() else chat_template
+    if chat_template is not None and not tokenizer.chat_template:
+        tokenizer.chat_template = _read_template(chat_template)  # only for models without one
     if not tokenizer.chat_template:
         raise LatentMASError(
             f"model {display!r} has no chat template; agents need one "
