@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -130,8 +131,9 @@ def evaluate(
     todo = [e for e in examples if e.id not in done]
     if on_batch and done:
         on_batch([done[e.id] for e in examples if e.id in done])
-    trace_sink = trace_path.open("a", encoding="utf-8") if trace_path is not None else None
-    with results_path.open("a", encoding="utf-8") as sink:
+    with ExitStack() as files:
+        sink = files.enter_context(results_path.open("a", encoding="utf-8"))
+        trace_sink = files.enter_context(trace_path.open("a", encoding="utf-8")) if trace_path else None
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
             began = time.perf_counter()
@@ -164,8 +166,6 @@ def evaluate(
                 trace_sink.flush()
             if on_batch:
                 on_batch(finished)
-    if trace_sink is not None:
-        trace_sink.close()
     wanted = [done[e.id] for e in examples if e.id in done]
     summary = summarize(wanted, method, task, batch_size)
     (out_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")

@@ -158,9 +158,13 @@ def load_model(
     target = pick_device(device)
     if dtype is None:
         dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
+    # With several GPUs and --device auto, accelerate spreads the layers over all of them.
+    spread = device == "auto" and torch.cuda.device_count() > 1
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, device_map="auto" if spread else None
+        )
     except OSError as exc:
         raise LatentMASError(
             f"could not load model {name!r}: not a local model and not reachable on the hub "
@@ -177,5 +181,7 @@ def load_model(
         )
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model.to(target).eval()
+    if not spread:
+        model.to(target)
+    model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, name=display)
