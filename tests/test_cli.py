@@ -10,6 +10,8 @@ import pytest
 from latentmas.cli import main
 from latentmas.tiny import tiny_loaded
 
+from .test_tasks import PAPER_TASKS
+
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory):
@@ -190,17 +192,7 @@ def test_matrix_eval_then_report(monkeypatch, capsys, model_dir, tmp_path):
 def test_tasks_lists_all_nine(monkeypatch, capsys):
     code, out, _ = cli(monkeypatch, capsys, "tasks")
     assert code == 0
-    for name in (
-        "gsm8k",
-        "aime2024",
-        "aime2025",
-        "gpqa_diamond",
-        "arc_easy",
-        "arc_challenge",
-        "medqa",
-        "mbpp_plus",
-        "humaneval_plus",
-    ):
+    for name in PAPER_TASKS:
         assert name in out
 
 

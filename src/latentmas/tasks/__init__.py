@@ -61,8 +61,10 @@ def read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def read_rows(data: str, hub: tuple[str, str | None, str]) -> list[dict]:
+def read_rows(data: str | None, hub: tuple[str, str | None, str], task: str) -> list[dict]:
     """Rows from `data`: 'hub' (the hub dataset), or a .jsonl / .parquet file."""
+    if data is None:
+        raise LatentMASError(f"{task} has no offline copy: pass --data FILE, or --data hub when online")
     if data == "hub":
         import datasets
 

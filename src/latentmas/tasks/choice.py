@@ -47,12 +47,8 @@ class ChoiceTask:
         return f"{name} ({config}, {split})" if config else f"{name} ({split})"
 
     def load(self, data: str | None = None) -> list[Example]:
-        if data is None:
-            raise LatentMASError(
-                f"{self.name} has no offline copy: pass --data FILE, or --data hub when online"
-            )
         examples = []
-        for i, row in enumerate(read_rows(data, self.hub)):
+        for i, row in enumerate(read_rows(data, self.hub, self.name)):
             try:
                 question, options, answer = self.adapter(row)
             except (KeyError, ValueError, TypeError) as exc:

@@ -47,7 +47,7 @@ class HumanEvalPlus:
     )
 
     def load(self, data: str | None = None) -> list[Example]:
-        rows = _humaneval_rows_offline() if data is None else read_rows(data, self.hub)
+        rows = _humaneval_rows_offline() if data is None else read_rows(data, self.hub, self.name)
         examples = []
         for i, row in enumerate(rows):
             try:
@@ -86,10 +86,8 @@ class MBPPPlus:
     )
 
     def load(self, data: str | None = None) -> list[Example]:
-        if data is None:
-            raise LatentMASError("mbpp_plus has no offline copy: pass --data FILE, or --data hub when online")
         examples = []
-        for i, row in enumerate(read_rows(data, self.hub)):
+        for i, row in enumerate(read_rows(data, self.hub, self.name)):
             try:
                 example_test = row["test_list"][0]
                 tests = "\n".join(row.get("test_imports") or []) + "\n" + row["test"]

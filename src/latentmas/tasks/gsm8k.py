@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..errors import LatentMASError
+from ..graders import last_boxed
 from . import Example, Grade, read_jsonl, read_rows
 
 HUB_DATASET = ("openai/gsm8k", "main", "test")
@@ -29,22 +30,6 @@ def _examples(rows: list[dict], where: str) -> list[Example]:
         gold = str(row["answer"]).split("####")[-1].strip()
         examples.append(Example(id=str(row.get("id", f"gsm8k-{index}")), question=row["question"], gold=gold))
     return examples
-
-
-def _boxed(text: str) -> str | None:
-    """Content of the last \\boxed{...}, with nested braces."""
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    depth, begin = 0, start + len("\\boxed{")
-    for pos in range(begin, len(text)):
-        if text[pos] == "{":
-            depth += 1
-        elif text[pos] == "}":
-            if depth == 0:
-                return text[begin:pos]
-            depth -= 1
-    return None
 
 
 def to_number(text: str | None) -> float | None:
@@ -72,11 +57,11 @@ class GSM8K:
             text = resources.files("latentmas").joinpath("data/gsm8k_sample.jsonl")
             path = Path(str(text))
             return _examples(read_jsonl(path), "bundled GSM8K sample")
-        return _examples(read_rows(data, HUB_DATASET), data)
+        return _examples(read_rows(data, HUB_DATASET, "gsm8k"), data)
 
     def extract(self, text: str) -> str | None:
         """The answer a model gave: \\boxed{}, else after '####', else the last number."""
-        for candidate in (_boxed(text), text.split("####")[-1] if "####" in text else None, text):
+        for candidate in (last_boxed(text), text.split("####")[-1] if "####" in text else None, text):
             if candidate is not None and (number := to_number(candidate)) is not None:
                 return str(int(number)) if number.is_integer() else str(number)
         return None

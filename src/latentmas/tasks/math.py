@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import LatentMASError
 from ..graders import extract_math_answer, math_equal
 from . import Example, Grade, field_of, read_rows
 
@@ -22,12 +21,8 @@ class MathTask:
         return self.hub[0]
 
     def load(self, data: str | None = None) -> list[Example]:
-        if data is None:
-            raise LatentMASError(
-                f"{self.name} has no offline copy: pass --data FILE, or --data hub when online"
-            )
         examples = []
-        for i, row in enumerate(read_rows(data, self.hub)):
+        for i, row in enumerate(read_rows(data, self.hub, self.name)):
             question = field_of(row, "problem", "question", "Problem", where=data, index=i)
             answer = field_of(row, "answer", "Answer", "solution", where=data, index=i)
             examples.append(
