@@ -83,35 +83,61 @@ class SharedMemory:
     attention_mask: [batch, length], 1 for a real position, 0 for padding.
     next_position:  [batch], the position id of each row's next real position.
     is_latent:      [length], True where the column holds a latent thought.
+    The mask and the latent flags live in buffers with spare room, so a step writes one
+    column instead of reallocating them.
     """
 
     cache: DynamicCache
-    attention_mask: torch.Tensor
     next_position: torch.Tensor
-    is_latent: torch.Tensor
+    _mask: torch.Tensor  # [batch, capacity]
+    _latent: torch.Tensor  # [capacity]
+    _length: int = 0
 
     @classmethod
-    def empty(cls, model: PreTrainedModel, batch_size: int) -> SharedMemory:
+    def empty(cls, model: PreTrainedModel, batch_size: int, capacity: int = 256) -> SharedMemory:
         device = model.device
         return cls(
             cache=new_cache(model),
-            attention_mask=torch.zeros(batch_size, 0, dtype=torch.long, device=device),
             next_position=torch.zeros(batch_size, dtype=torch.long, device=device),
-            is_latent=torch.zeros(0, dtype=torch.bool, device=device),
+            _mask=torch.zeros(batch_size, capacity, dtype=torch.long, device=device),
+            _latent=torch.zeros(capacity, dtype=torch.bool, device=device),
         )
 
     @property
+    def attention_mask(self) -> torch.Tensor:
+        return self._mask[:, : self._length]
+
+    @property
+    def is_latent(self) -> torch.Tensor:
+        return self._latent[: self._length]
+
+    @property
     def batch_size(self) -> int:
-        return self.attention_mask.shape[0]
+        return self._mask.shape[0]
 
     @property
     def length(self) -> int:
         """Columns in the cache, padding included."""
-        return self.attention_mask.shape[1]
+        return self._length
 
     def real_lengths(self) -> torch.Tensor:
         """[batch] positions each row really holds (no padding)."""
         return self.attention_mask.sum(dim=1)
+
+    def extend(self, segment_mask: torch.Tensor, latent: bool) -> None:
+        """Record a new segment's columns [batch, width] (the cache itself grows in the model)."""
+        needed = self._length + segment_mask.shape[1]
+        if needed > self._mask.shape[1]:
+            capacity = max(64, 2 * needed)
+            mask = self._mask.new_zeros(self.batch_size, capacity)
+            mask[:, : self._length] = self.attention_mask
+            flags = self._latent.new_zeros(capacity)
+            flags[: self._length] = self.is_latent
+            self._mask, self._latent = mask, flags
+        self._mask[:, self._length : needed] = segment_mask
+        self._latent[self._length : needed] = latent
+        self._length = needed
+        self.next_position = self.next_position + segment_mask.sum(dim=1)
 
     def keep_columns(self, columns: torch.Tensor) -> None:
         """Forget every column but `columns` (used by the `latent_only` memory mode)."""
@@ -125,13 +151,14 @@ class SharedMemory:
                 )
             layer.keys = layer.keys.index_select(-2, columns)
             layer.values = layer.values.index_select(-2, columns)
-        self.attention_mask = self.attention_mask.index_select(1, columns)
-        self.is_latent = self.is_latent.index_select(0, columns)
+        self._mask = self.attention_mask.index_select(1, columns)
+        self._latent = self.is_latent.index_select(0, columns)
+        self._length = len(columns)
 
     def keep_rows(self, rows: torch.Tensor) -> None:
         """Drop finished rows so they stop costing compute."""
         self.cache.batch_select_indices(rows)
-        self.attention_mask = self.attention_mask.index_select(0, rows)
+        self._mask = self._mask.index_select(0, rows)
         self.next_position = self.next_position.index_select(0, rows)
 
 
@@ -166,14 +193,11 @@ def append(
     returns the last column's hidden state [batch, hidden].
     """
     # Position ids count a row's real positions only, so padding never shifts RoPE.
-    positions = memory.next_position[:, None] + segment_mask.cumsum(dim=1) - 1
-    positions = positions.clamp_min(0)
-    memory.attention_mask = torch.cat([memory.attention_mask, segment_mask], dim=1)
-    memory.next_position = memory.next_position + segment_mask.sum(dim=1)
-    width = segment_mask.shape[1]
-    memory.is_latent = torch.cat(
-        [memory.is_latent, torch.full((width,), latent, dtype=torch.bool, device=segment_mask.device)]
-    )
+    if segment_mask.shape[1] == 1:  # a latent or decode step: no cumsum needed
+        positions = memory.next_position[:, None]
+    else:
+        positions = (memory.next_position[:, None] + segment_mask.cumsum(dim=1) - 1).clamp_min(0)
+    memory.extend(segment_mask, latent)
     out = model.base_model(
         input_ids=input_ids,
         inputs_embeds=inputs_embeds,

@@ -120,9 +120,8 @@ def plot(runs: list[Run], out: Path) -> list[Path]:
                     s=60,
                     label=label,
                 )
-    ax.set(
-        xlabel="decoded tokens per question (mean)", ylabel="accuracy (%)", title="Accuracy vs output tokens"
-    )
+    ax.set(xlabel="decoded tokens per question (mean)", ylabel="accuracy (%)", ylim=(-3, 103))
+    ax.set_title("Accuracy vs output tokens")
     ax.legend(fontsize=7)
     accuracy_png = out / "accuracy_vs_tokens.png"
     fig.tight_layout()
