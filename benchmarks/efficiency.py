@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from transformers import DynamicCache
 
 from latentmas import Sampling, engine, get_task, load_model, make_method
 from latentmas.engine import SharedMemory
@@ -95,12 +96,16 @@ def measure(
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     answers = []
+    order = (
+        sorted(questions, key=lambda q: len(q.question)) if batch_size > 1 else questions
+    )  # as `eval` does
     with PeakRSS() as rss:
         start = time.perf_counter()
-        for i in range(0, len(questions), batch_size):
-            batch = questions[i : i + batch_size]
+        for i in range(0, len(order), batch_size):
+            batch = order[i : i + batch_size]
             answers += method.solve([q.question for q in batch], task.answer_format)
         wall = time.perf_counter() - start
+    questions = order
     n = len(questions)
     correct = [task.is_correct(task.extract(a.final_text), q.gold) for a, q in zip(answers, questions)]
     phase = {
@@ -127,30 +132,64 @@ def measure(
 
 
 def step_costs(lm: LoadedModel, batch_size: int, context: int, steps: int = 16) -> dict:
-    """Seconds per latent step vs per greedy decode step, from identical caches."""
+    """Milliseconds per step at the same batch and cache length, from identical caches:
+    a latent step vs a greedy decode step; the decode step with transformers' stock
+    DynamicCache instead of our in-place cache; and a naive latent step that asks the full
+    model for every layer's hidden states."""
     model = lm.model
     method = make_method("latent_mas", lm, Sampling(max_new_tokens=steps), latent_steps=steps)
-    prompt = list(range(10, 10 + context))
+    # Rows of different lengths, so the batch has padding as real batches do.
+    prompts = [list(range(10, 10 + context - 5 * row)) for row in range(batch_size)]
+    ones = torch.ones(batch_size, 1, dtype=torch.long, device=model.device)
+
+    def naive_latent(memory, hidden):
+        for _ in range(steps):
+            positions = memory.next_position[:, None]
+            memory.extend(ones, True)
+            out = model(
+                inputs_embeds=method.realigner(hidden)[:, None],
+                attention_mask=memory.attention_mask,
+                position_ids=positions,
+                cache=memory.cache,
+                use_cache=True,
+                output_hidden_states=True,
+            )
+            hidden = out.hidden_states[-1][:, -1]
+
+    runs = {
+        "latent": (False, lambda m, h: engine.latent_steps(model, m, h, steps, method.realigner)),
+        "decode": (False, lambda m, h: engine.decode(model, m, h, Sampling(max_new_tokens=steps + 1), set())),
+        "decode_stock": (
+            True,
+            lambda m, h: engine.decode(model, m, h, Sampling(max_new_tokens=steps + 1), set()),
+        ),
+        "latent_all_layers": (False, naive_latent),
+    }
+    ms = {}
     with torch.inference_mode():
-        base = SharedMemory.empty(model, batch_size)
-        hidden = engine.prefill(model, base, [prompt] * batch_size, method.pad_id)
-        results = {}
-        for kind in ("latent", "decode", "latent", "decode"):  # first pair is warm-up
+        bases = {}
+        for stock in (False, True):
+            base = SharedMemory.empty(model, batch_size)
+            if stock:
+                base.cache = DynamicCache(config=model.config)
+            bases[stock] = (base, engine.prefill(model, base, prompts, method.pad_id))
+        for name, (stock, run) in list(runs.items()) * 2:  # the first round is warm-up
+            base, hidden = bases[stock]
             memory = copy.deepcopy(base)
             clock = engine_clock(model)
             start = clock()
-            if kind == "latent":
-                engine.latent_steps(model, memory, hidden, steps, method.realigner)
-            else:
-                engine.decode(model, memory, hidden, Sampling(max_new_tokens=steps + 1), set())
-            results[kind] = (clock() - start) / steps
+            run(memory, hidden)
+            ms[name] = (clock() - start) / steps * 1e3
     return {
         "batch_size": batch_size,
         "context": context,
-        "steps": steps,
-        "latent_step_ms": results["latent"] * 1e3,
-        "decode_step_ms": results["decode"] * 1e3,
-        "latent_over_decode": results["latent"] / results["decode"],
+        "latent_step_ms": ms["latent"],
+        "decode_step_ms": ms["decode"],
+        "latent_over_decode": ms["latent"] / ms["decode"],
+        "decode_step_stock_cache_ms": ms["decode_stock"],
+        "stock_cache_over_ours": ms["decode_stock"] / ms["decode"],
+        "latent_step_all_layers_ms": ms["latent_all_layers"],
+        "all_layers_over_last_layer": ms["latent_all_layers"] / ms["latent"],
     }
 
 
@@ -208,7 +247,7 @@ def plot(rows: list[Row], path: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="8 questions, 32 tokens, m=10, sequential")
+    p.add_argument("--quick", action="store_true", help="8 questions, 64 tokens, m=10, sequential")
     p.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M-Instruct")
     p.add_argument("--config", default=None, help="random weights from a config JSON instead of --model")
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="with --config")
@@ -223,7 +262,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = p.parse_args()
     if args.quick:
-        args.limit, args.max_new_tokens, args.latent_steps = 8, 32, "10"
+        args.limit, args.max_new_tokens, args.latent_steps = 8, 64, "10"
         args.topologies, args.batch_sizes = "sequential", "1,8"
     steps_grid = [int(s) for s in args.latent_steps.split(",")]
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]

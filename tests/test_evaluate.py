@@ -29,7 +29,8 @@ def test_resume_after_interruption_skips_finished_ids(tiny, tmp_path):
     with pytest.raises(Interrupt):
         evaluate(method, task, examples, tmp_path, batch_size=2)
     lines = (tmp_path / "results.jsonl").read_text().splitlines()
-    assert [json.loads(x)["id"] for x in lines] == ["gsm8k-0", "gsm8k-1"]
+    first_batch = [json.loads(x)["id"] for x in lines]
+    assert len(first_batch) == 2  # the finished batch was kept
 
     calls.clear()
     method.solve = lambda qs, fmt="": (calls.append(len(qs)), solve(qs, fmt))[1]
@@ -37,7 +38,7 @@ def test_resume_after_interruption_skips_finished_ids(tiny, tmp_path):
     assert calls == [2, 1]  # only the three unfinished questions
     assert summary.n == 5
     ids = [json.loads(x)["id"] for x in (tmp_path / "results.jsonl").read_text().splitlines()]
-    assert ids == [f"gsm8k-{i}" for i in range(5)]
+    assert ids[:2] == first_batch and sorted(ids) == [f"gsm8k-{i}" for i in range(5)]
 
 
 def test_torn_last_line_is_redone(tiny, tmp_path):
@@ -59,6 +60,7 @@ def test_results_do_not_depend_on_batch_size(tiny, tmp_path):
     evaluate(method, task, examples, tmp_path / "b4", batch_size=4)
 
     def texts(folder):
-        return [json.loads(x)["final_text"] for x in (folder / "results.jsonl").read_text().splitlines()]
+        rows = [json.loads(x) for x in (folder / "results.jsonl").read_text().splitlines()]
+        return {r["id"]: r["final_text"] for r in rows}
 
     assert texts(tmp_path / "b1") == texts(tmp_path / "b4")

@@ -129,6 +129,10 @@ def evaluate(
     results_path = out_dir / "results.jsonl"
     done = {r.id: r for r in read_results(results_path)}
     todo = [e for e in examples if e.id not in done]
+    if batch_size > 1:
+        # Similar lengths share a batch, so rows pad less. Results are batch-invariant,
+        # so this changes the cost and the order of results.jsonl, never an answer.
+        todo.sort(key=lambda e: len(e.question))
     if on_batch and done:
         on_batch([done[e.id] for e in examples if e.id in done])
     with ExitStack() as files:
