@@ -73,3 +73,38 @@ OPTIONS = ["Paris", "London", "Berlin", "Madrid"]
 )
 def test_multiple_choice(text, expected):
     assert extract_choice(text, OPTIONS) == expected
+
+
+ADD_TESTS = "def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(-4, 4) == 0\n"
+PROMPT = 'def add(a, b):\n    """Return a + b."""\n'
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ("```python\ndef add(a, b):\n    return a + b\n```", True),
+        ("Sure!\n```\ndef add(a, b):\n    return a + b\n```\nDone.", True),  # fence without a language
+        ("```py\ndef add(a, b):\n    return sum([a, b])\n```", True),
+        ("```python\ndef add(a, b):\n    return a + b\n", True),  # closing fence cut off by the token budget
+        ("```python\n    return a + b\n```", True),  # only the body: completes the prompt
+        (
+            "```python\ndef add(a, b):\n    return a - b\n```\n```python\ndef add(a, b):\n    return a + b\n```",
+            True,
+        ),
+        (
+            "```python\ndef add(a, b):\n    return a + b\n```\n```python\ndef add(a, b):\n    return a - b\n```",
+            False,
+        ),
+        ("```python\ndef add(a, b)\n    return a + b\n```", False),  # syntax error
+        ("```python\ndef add(a, b):\n    raise ValueError\n```", False),
+        ("```python\ndef add(a, b):\n    while True:\n        pass\n```", False),  # times out
+        ("```python\ndef add(a, b):\n    print(a + b)\n```", False),  # prints instead of returning
+        ("I cannot solve this.", False),
+        ("```python\nimport sys\ndef add(a, b):\n    sys.exit(0)\n```", False),  # exits 0 before the tests
+    ],
+)
+def test_code_grader(answer, expected):
+    from latentmas.tasks import Example, get_task
+
+    example = Example(id="t", question="", gold=PROMPT, tests=ADD_TESTS, entry_point="add")
+    assert get_task("humaneval_plus").grade(answer, example).correct is expected

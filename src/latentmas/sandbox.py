@@ -105,7 +105,10 @@ def _kill_group(pid: int) -> None:
 
 
 def run_python(code: str, limits: Limits = Limits()) -> RunResult:
-    """Run `code` as a Python script; passed means it exited 0 within the limits."""
+    """Run `code` as a Python script; passed means it exited 0 within the limits.
+
+    `output` is the last 4 KiB of what it printed (stdout and stderr together).
+    """
     with tempfile.TemporaryDirectory(prefix="latentmas-sandbox-", ignore_cleanup_errors=True) as tmp:
         workdir = Path(tmp)
         os.chmod(workdir, 0o777)  # writable by `nobody` when we run as root
@@ -139,6 +142,9 @@ def run_python(code: str, limits: Limits = Limits()) -> RunResult:
             finally:
                 _kill_group(process.pid)
                 process.wait()
-            out.seek(0)  # read through our handle: the code may have deleted its directory
-            output = out.read(4096).decode("utf-8", "replace")
+            # Read through our handle (the code may have deleted its directory); keep the tail,
+            # where a test harness prints its verdict.
+            size = out.seek(0, os.SEEK_END)
+            out.seek(max(0, size - 4096))
+            output = out.read().decode("utf-8", "replace")
         return RunResult(status, returncode, output, time.monotonic() - start)

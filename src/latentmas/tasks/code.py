@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import secrets
 from dataclasses import dataclass
 from importlib import util
 
@@ -22,6 +23,17 @@ def extract_code(text: str) -> str:
         return blocks[-1]
     opened = re.search(r"```(?:python|py)?[ \t]*\n(.*)$", text, re.S)  # cut off before the closing fence
     return opened.group(1) if opened else text
+
+
+def run_tests(program: str) -> bool:
+    """Run solution + tests; pass only if the tests ran to their end.
+
+    A secret line printed after the tests catches solutions that exit early with status 0
+    (`sys.exit(0)`, `os._exit(0)`) before any assertion could fail.
+    """
+    done = f"latentmas-tests-finished-{secrets.token_hex(8)}"
+    result = run_python(f"{program}\n\nprint({done!r})\n")
+    return result.passed and result.output.rstrip().endswith(done)
 
 
 def _humaneval_rows_offline() -> list[dict]:
@@ -71,7 +83,7 @@ class HumanEvalPlus:
         if not re.search(rf"def\s+{re.escape(example.entry_point)}\s*\(", code):
             code = example.gold + code  # a body written as a completion of the prompt
         program = f"{code}\n\n{example.tests}\n\ncheck({example.entry_point})\n"
-        return Grade(code, run_python(program).passed)
+        return Grade(code, run_tests(program))
 
 
 @dataclass(frozen=True)
@@ -102,7 +114,7 @@ class MBPPPlus:
 
     def grade(self, text: str, example: Example) -> Grade:
         code = extract_code(text)
-        return Grade(code, run_python(f"{code}\n\n{example.tests}\n").passed)
+        return Grade(code, run_tests(f"{code}\n\n{example.tests}\n"))
 
 
 TASKS = [MBPPPlus(), HumanEvalPlus()]
