@@ -210,3 +210,59 @@ def test_tasks_lists_all_nine(monkeypatch, capsys):
 def test_more_bad_input_exits_2(monkeypatch, capsys, args, message):
     code, out, err = cli(monkeypatch, capsys, *args)
     assert code == 2 and message in err and "Traceback" not in out + err
+
+
+@pytest.fixture(scope="session")
+def other_model_dir(tmp_path_factory):
+    """A second tiny model of another architecture and width."""
+    from latentmas.tiny import tiny_model, tiny_tokenizer
+
+    path = tmp_path_factory.mktemp("other-model")
+    tok = tiny_tokenizer(300)
+    tiny_model("qwen2", vocab_size=len(tok) + 8, hidden_size=48, seed=5).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("method", ["latent_mas", "text_mas"])
+def test_eval_with_agent_models(monkeypatch, capsys, model_dir, other_model_dir, tmp_path, method):
+    out = tmp_path / method
+    args = [
+        "eval",
+        "--model",
+        model_dir,
+        "--method",
+        method,
+        "--limit",
+        "2",
+        "--max-new-tokens",
+        "3",
+        "--agent-models",
+        f"refiner={other_model_dir},solver={other_model_dir}",
+        "--out",
+        out,
+    ]
+    code, stdout, _ = cli(monkeypatch, capsys, *args)
+    assert code == 0, stdout
+    run = json.loads((out / "run.json").read_text())
+    assert run["method"] == "hetero_mas" and run["agents"]["solver"] == str(other_model_dir)
+    if method == "latent_mas":
+        assert "map " in stdout and "shared tokens" in stdout  # the map's quality is printed
+    row = json.loads((out / "results.jsonl").read_text().splitlines()[0])
+    assert [a["role"] for a in row["agents"]] == ["planner", "critic", "refiner", "solver"]
+
+
+def test_agent_models_with_single_is_refused(monkeypatch, capsys, model_dir):
+    code, _, err = cli(
+        monkeypatch,
+        capsys,
+        "run",
+        "q",
+        "--model",
+        model_dir,
+        "--method",
+        "single",
+        "--agent-models",
+        f"solver={model_dir}",
+    )
+    assert code == 2 and "agent-models" in err

@@ -312,16 +312,21 @@ def eval_(
     sampling = Sampling(max_new_tokens, temperature, top_p, seed)
     summaries = []
     for bench, method_name in pairs:
-        solver = make_method(
-            method_name,
-            lm,
-            sampling,
-            topology=topology.value,
-            latent_steps=latent_steps,
-            memory=memory.value,
-            realign=realign.value,
-            trace=trace is not None,
-        )
+        if agent_models:
+            solver = _hetero_method(
+                agent_models, lm, method_name, sampling, topology.value, latent_steps, chat_template
+            )
+        else:
+            solver = make_method(
+                method_name,
+                lm,
+                sampling,
+                topology=topology.value,
+                latent_steps=latent_steps,
+                memory=memory.value,
+                realign=realign.value,
+                trace=trace is not None,
+            )
         folder = root if len(pairs) == 1 else root / bench.name / method_name
         summaries.append(_run_pair(solver, bench, examples[bench.name], folder, batch_size, trace))
     table = Table(title=f"{lm.name} (token and step columns: means per question)")
