@@ -133,7 +133,12 @@ class Batcher:
                 self._wake.wait(0.05)
 
     def _method(self, key: tuple) -> Method:
-        if key not in self._methods:
+        """The method for a request's settings; the 32 most recently used are kept."""
+        if key in self._methods:
+            self._methods[key] = self._methods.pop(key)  # most recent last
+        else:
+            if len(self._methods) >= 32:
+                self._methods.pop(next(iter(self._methods)))
             method, steps, topology, max_tokens, temperature, top_p, seed = key
             sampling = Sampling(max_tokens, temperature, top_p, seed)
             self._methods[key] = make_method(method, self.lm, sampling, topology=topology, latent_steps=steps)
