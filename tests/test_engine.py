@@ -161,3 +161,10 @@ def test_growing_cache_matches_transformers_dynamic_cache(tiny):
             hidden = engine.prefill(model, memory, prompts, tok.pad_token_id)
             outputs.append(engine.decode(model, memory, hidden, Sampling(max_new_tokens=20), method.stop_ids))
     assert outputs[0] == outputs[1]
+
+
+@pytest.mark.parametrize("temperature", [1e-300, 1e-6, 1e-3, 5.0])
+def test_extreme_temperatures_still_sample(tiny, temperature):
+    """Found by the server fuzz: a tiny temperature overflowed the softmax into NaN."""
+    sampling = Sampling(max_new_tokens=4, temperature=temperature, top_p=0.5, seed=1)
+    assert SingleAgent(tiny, sampling).solve(["2+2"])[0].output_tokens > 0

@@ -284,9 +284,9 @@ def lm_logits(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
 
 def next_tokens(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> torch.Tensor:
     """[batch, vocab] -> [batch] token ids: argmax, or temperature + nucleus sampling."""
-    if sampling.temperature <= 0:
+    if sampling.temperature < 1e-4:  # 0 means greedy; tinier ones would overflow the softmax
         return logits.argmax(dim=-1)
-    probs = torch.softmax(logits / sampling.temperature, dim=-1)
+    probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
     if sampling.top_p < 1.0:
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         outside = sorted_probs.cumsum(dim=-1) - sorted_probs > sampling.top_p
