@@ -89,8 +89,15 @@ def measure(
     questions,
     task,
     sampling: Sampling,
+    engine: str = "transformers",
 ) -> Row:
-    method = make_method(method_name, lm, sampling, topology=topology, latent_steps=steps)
+    if engine == "llamacpp" and method_name == "latent_mas":
+        from latentmas.llamacpp_engine import LlamaCppLatentMAS
+        from latentmas.models import embedded_gguf_path
+
+        method = LlamaCppLatentMAS(lm, embedded_gguf_path(), sampling, topology, steps)
+    else:
+        method = make_method(method_name, lm, sampling, topology=topology, latent_steps=steps)
     method.solve([questions[0].question], task.answer_format)  # warm-up: allocator, kernels
     cuda = lm.model.device.type == "cuda"
     if cuda:
@@ -259,6 +266,12 @@ def main() -> None:
     p.add_argument("--batch-sizes", default="1,8")
     p.add_argument("--topologies", default="sequential,hierarchical")
     p.add_argument("--micro-context", type=int, default=256)
+    p.add_argument(
+        "--engine",
+        default="transformers",
+        choices=["transformers", "llamacpp"],
+        help="run latent_mas on llama.cpp (embedded GGUF; needs llama-cpp-python)",
+    )
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = p.parse_args()
     if args.quick:
@@ -280,7 +293,7 @@ def main() -> None:
     rows: list[Row] = []
     for i, (method, topology, steps, batch) in enumerate(plan, 1):
         print(f"[{i}/{len(plan)}] {method} {topology} m={steps} batch={batch}", file=sys.stderr, flush=True)
-        rows.append(measure(lm, method, topology, steps, batch, questions, task, sampling))
+        rows.append(measure(lm, method, topology, steps, batch, questions, task, sampling, args.engine))
 
     def find(method, topology, batch, steps=0):
         for r in rows:
@@ -312,6 +325,7 @@ def main() -> None:
         "token_reduction_vs_text_mas": 1 - head_latent.output_tokens_mean / head_text.output_tokens_mean,
         "headline": {"topology": topologies[0], "latent_steps": headline_steps, "batch_size": batch_sizes[0]},
         "model": lm.name,
+        "engine": args.engine,
         "device": str(lm.model.device),
         "dtype": str(lm.model.dtype),
         "torch": torch.__version__,

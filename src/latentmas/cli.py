@@ -61,6 +61,11 @@ class Realign(str, Enum):
     none = "none"
 
 
+class Engine(str, Enum):
+    transformers = "transformers"
+    llamacpp = "llamacpp"
+
+
 class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
@@ -147,6 +152,29 @@ def _print_answer(answer: Answer) -> None:
     console.print(f"[bold green]answer[/bold green]: {answer.final_text}")
 
 
+EngineOpt = Annotated[
+    Engine,
+    typer.Option(
+        help="latent_mas on transformers, or on llama.cpp for GGUF models (needs llama-cpp-python)."
+    ),
+]
+
+
+def _llamacpp_method(model: str | None, lm, method: str, sampling, topology: str, latent_steps: str):
+    from .llamacpp_engine import LlamaCppLatentMAS
+    from .models import EMBEDDED_MODEL, embedded_gguf_path
+
+    if method != "latent_mas":
+        raise LatentMASError("--engine llamacpp runs --method latent_mas")
+    if model in (None, "", "embedded", EMBEDDED_MODEL):
+        gguf = embedded_gguf_path()
+    elif str(model).endswith(".gguf"):
+        gguf = Path(model)
+    else:
+        raise LatentMASError("--engine llamacpp needs a GGUF model (or the embedded one)")
+    return LlamaCppLatentMAS(lm, gguf, sampling, topology, latent_steps)
+
+
 AgentModelsOpt = Annotated[
     str | None,
     typer.Option(
@@ -188,9 +216,15 @@ def _hetero_method(
     return solver
 
 
-def _build_method(model, device, chat_template, method, sampling, agent_models=None, **options):
+def _build_method(
+    model, device, chat_template, method, sampling, agent_models=None, engine=Engine.transformers, **options
+):
     with console.status("loading model"):
         lm = load_model(model, device=device.value, chat_template=chat_template)
+    if engine == Engine.llamacpp:
+        return _llamacpp_method(
+            model, lm, method.value, sampling, options["topology"], options["latent_steps"]
+        )
     if options.get("trace") and method != MethodName.latent_mas:
         raise LatentMASError("--trace records latent thoughts; use it with --method latent_mas")
     if agent_models:
@@ -224,6 +258,7 @@ def run(
     trace: TraceOpt = None,
     trace_vectors: VectorsOpt = False,
     agent_models: AgentModelsOpt = None,
+    engine: EngineOpt = Engine.transformers,
 ) -> None:
     """Answer one question and show what each agent did."""
     if not question.strip():
@@ -241,6 +276,7 @@ def run(
         realign=realign.value,
         trace=trace is not None,
         agent_models=agent_models,
+        engine=engine,
     )
     with console.status(f"{method.value} on {solver.lm.name}"):
         (answer,) = solver.solve([question])
@@ -296,6 +332,7 @@ def eval_(
     trace: TraceOpt = None,
     trace_vectors: VectorsOpt = False,
     agent_models: AgentModelsOpt = None,
+    engine: EngineOpt = Engine.transformers,
 ) -> None:
     """Run methods on benchmarks; write results.jsonl and summary.json per pair."""
     tasks = parse_task_list(task)
@@ -316,6 +353,8 @@ def eval_(
             solver = _hetero_method(
                 agent_models, lm, method_name, sampling, topology.value, latent_steps, chat_template
             )
+        elif engine == Engine.llamacpp:
+            solver = _llamacpp_method(model, lm, method_name, sampling, topology.value, latent_steps)
         else:
             solver = make_method(
                 method_name,
