@@ -216,28 +216,19 @@ def _hetero_method(
     return solver
 
 
-def _build_method(
-    model, device, chat_template, method, sampling, agent_models=None, engine=Engine.transformers, **options
-):
-    with console.status("loading model"):
-        lm = load_model(model, device=device.value, chat_template=chat_template)
-    if engine == Engine.llamacpp:
-        return _llamacpp_method(
-            model, lm, method.value, sampling, options["topology"], options["latent_steps"]
-        )
-    if options.get("trace") and method != MethodName.latent_mas:
+def _make_solver(lm, model, method: str, sampling, chat_template, agent_models, engine, **options):
+    """The method a command asked for: heterogeneous agents, the llama.cpp engine, or plain."""
+    if options.get("trace") and method != "latent_mas":
         raise LatentMASError("--trace records latent thoughts; use it with --method latent_mas")
+    if engine == Engine.llamacpp and (agent_models or options.get("trace")):
+        raise LatentMASError("--engine llamacpp does not combine with --agent-models or --trace")
     if agent_models:
         return _hetero_method(
-            agent_models,
-            lm,
-            method.value,
-            sampling,
-            options["topology"],
-            options["latent_steps"],
-            chat_template,
+            agent_models, lm, method, sampling, options["topology"], options["latent_steps"], chat_template
         )
-    return make_method(method.value, lm, sampling, **options)
+    if engine == Engine.llamacpp:
+        return _llamacpp_method(model, lm, method, sampling, options["topology"], options["latent_steps"])
+    return make_method(method, lm, sampling, **options)
 
 
 @app.command()
@@ -264,19 +255,21 @@ def run(
     if not question.strip():
         raise LatentMASError("the question is empty")
     sampling = Sampling(max_new_tokens, temperature, top_p, seed)
-    solver = _build_method(
+    with console.status("loading model"):
+        lm = load_model(model, device=device.value, chat_template=chat_template)
+    solver = _make_solver(
+        lm,
         model,
-        device,
-        chat_template,
-        method,
+        method.value,
         sampling,
+        chat_template,
+        agent_models,
+        engine,
         topology=topology.value,
         latent_steps=latent_steps,
         memory=memory.value,
         realign=realign.value,
         trace=trace is not None,
-        agent_models=agent_models,
-        engine=engine,
     )
     with console.status(f"{method.value} on {solver.lm.name}"):
         (answer,) = solver.solve([question])
@@ -349,23 +342,20 @@ def eval_(
     sampling = Sampling(max_new_tokens, temperature, top_p, seed)
     summaries = []
     for bench, method_name in pairs:
-        if agent_models:
-            solver = _hetero_method(
-                agent_models, lm, method_name, sampling, topology.value, latent_steps, chat_template
-            )
-        elif engine == Engine.llamacpp:
-            solver = _llamacpp_method(model, lm, method_name, sampling, topology.value, latent_steps)
-        else:
-            solver = make_method(
-                method_name,
-                lm,
-                sampling,
-                topology=topology.value,
-                latent_steps=latent_steps,
-                memory=memory.value,
-                realign=realign.value,
-                trace=trace is not None,
-            )
+        solver = _make_solver(
+            lm,
+            model,
+            method_name,
+            sampling,
+            chat_template,
+            agent_models,
+            engine,
+            topology=topology.value,
+            latent_steps=latent_steps,
+            memory=memory.value,
+            realign=realign.value,
+            trace=trace is not None,
+        )
         folder = root if len(pairs) == 1 else root / bench.name / method_name
         summaries.append(_run_pair(solver, bench, examples[bench.name], folder, batch_size, trace))
     table = Table(title=f"{lm.name} (token and step columns: means per question)")
