@@ -25,7 +25,9 @@ def engine_method(embedded):
 
 
 def test_llamacpp_latent_mas_answers_with_latent_agents(engine_method):
-    answers = engine_method.solve(["What is 2+2?", "A robe takes 2 bolts of blue fiber. How many?"], "Box it.")
+    answers = engine_method.solve(
+        ["What is 2+2?", "A robe takes 2 bolts of blue fiber. How many?"], "Box it."
+    )
     assert all(a.final_text for a in answers)
     assert [s.mode for s in answers[0].agents] == ["latent", "latent", "latent", "text"]
     assert answers[0].latent_steps == 12 and 0 < answers[0].output_tokens <= 16

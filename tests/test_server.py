@@ -78,6 +78,7 @@ def test_openai_client_gets_the_same_answer_as_the_library(client, lm):
     )
     expected = alone(lm, QUESTIONS[0], latent_steps=3)
     assert reply.choices[0].message.content == expected.final_text
+    assert reply.choices[0].finish_reason == ("length" if expected.output_tokens == 8 else "stop")
     usage = reply.usage.model_dump()
     assert usage["completion_tokens"] == expected.output_tokens
     assert usage["prompt_tokens"] == expected.input_tokens

@@ -336,13 +336,18 @@ def create_app(
                 {
                     "index": 0,
                     "message": {"role": "assistant", "content": answer.final_text},
-                    "finish_reason": "stop",
+                    "finish_reason": _finish_reason(answer, max_tokens),
                 }
             ],
             "usage": _usage(answer),
         }
 
     return app
+
+
+def _finish_reason(answer: Answer, max_tokens: int) -> str:
+    """'length' when the final agent used its whole budget, as OpenAI reports it."""
+    return "length" if answer.agents and answer.agents[-1].output_tokens >= max_tokens else "stop"
 
 
 def _usage(answer: Answer) -> dict:
@@ -409,7 +414,7 @@ async def _stream(
             yield f"data: {json.dumps(error_body(f'generation failed: {exc}', 'server_error'))}\n\n"
             return
         _record(metrics, answer, started)
-        yield chunk({}, "stop", _usage(answer))
+        yield chunk({}, _finish_reason(answer, job.key[3]), _usage(answer))
         yield "data: [DONE]\n\n"
     finally:
         job.cancelled.set()
