@@ -24,7 +24,7 @@ import torch
 from . import engine
 from .engine import Sampling, SharedMemory
 from .errors import LatentMASError
-from .methods import AgentStep, Answer, LatentMAS, Method, TextMAS
+from .methods import Answer, LatentMAS, Method, TextMAS
 from .models import LoadedModel
 from .paths import cache_dir
 from .realign import input_embedding_matrix, ridge_matrix
@@ -275,4 +275,4 @@ class _ThoughtLog:
             self.rows[row].append(embedding[row].detach().clone())
 
 
-__all__ = ["AgentStep", "CrossMap", "HeteroMAS", "fit_cross_map", "parse_agent_models"]
+__all__ = ["CrossMap", "HeteroMAS", "fit_cross_map", "parse_agent_models"]
