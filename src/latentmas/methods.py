@@ -22,7 +22,7 @@ from . import engine
 from .engine import DriftGuard, Sampling, SharedMemory
 from .errors import LatentMASError
 from .models import LoadedModel
-from .realign import build_realigner
+from .realign import build_realigner, input_embedding_matrix
 from .roles import (
     Role,
     chat_messages,
@@ -259,6 +259,7 @@ class LatentMAS(Method):
         self.realign_mode = realign
         self.realigner = build_realigner(lm.model, realign)  # replaces the base class's no-op
         self.trace = trace
+        self._trace_embeddings: torch.Tensor | None = None
         if decoder is not None and memory != "full":
             raise LatentMASError(
                 "the vLLM decoder rebuilds the shared cache from embeddings: use --memory full"
@@ -280,7 +281,11 @@ class LatentMAS(Method):
         answers = [Answer(final_text="") for _ in questions]
         tokenizer = self.lm.tokenizer
         conversations = [shared_conversation(tokenizer, self.roles, q, answer_format) for q in questions]
-        recorder = TraceRecorder(self.lm, self.describe(), questions) if self.trace else None
+        recorder = None
+        if self.trace:
+            if self._trace_embeddings is None:  # once per method, not once per batch
+                self._trace_embeddings = input_embedding_matrix(self.lm.model)
+            recorder = TraceRecorder(self.lm, self.describe(), questions, self._trace_embeddings)
         log = EmbeddingLog(batch) if self.decoder is not None else None
         for index, role in enumerate(self.roles):
             final = index == len(self.roles) - 1

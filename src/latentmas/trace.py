@@ -134,9 +134,18 @@ def read_traces(path: Path) -> list[Trace]:
 class TraceRecorder:
     """Collects per-row traces while a LatentMAS batch runs (only when tracing is on)."""
 
-    def __init__(self, lm: LoadedModel, method: dict, questions: list[str], top_k: int = 5) -> None:
+    def __init__(
+        self,
+        lm: LoadedModel,
+        method: dict,
+        questions: list[str],
+        embeddings: torch.Tensor | None = None,
+        top_k: int = 5,
+    ) -> None:
+        """`embeddings`: the model's input-embedding matrix, if the caller already has it."""
         self.lm, self.top_k = lm, top_k
-        embeddings = input_embedding_matrix(lm.model)
+        if embeddings is None:
+            embeddings = input_embedding_matrix(lm.model)
         self.embeddings = embeddings  # [vocab, hidden], float32
         self.unit_embeddings = torch.nn.functional.normalize(embeddings, dim=-1)
         self.traces = [Trace(question=q, model=lm.name, method=method) for q in questions]
