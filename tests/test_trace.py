@@ -12,6 +12,7 @@ import pytest
 
 from latentmas import LatentMAS, Sampling
 from latentmas.errors import LatentMASError
+from latentmas.evaluate import vectors_dir
 from latentmas.trace import read_traces
 from latentmas.trace_view import trace_html
 
@@ -90,9 +91,21 @@ def test_eval_trace_is_one_line_per_question(tiny, tmp_path):
 
     task = get_task("gsm8k")
     method = LatentMAS(tiny, SAMPLING, latent_steps=2, trace=True)
-    evaluate(method, task, task.load()[:3], tmp_path / "run", batch_size=2, trace_path=tmp_path / "t.jsonl")
-    traces = read_traces(tmp_path / "t.jsonl")
+    trace_path = tmp_path / "t.jsonl"
+    evaluate(
+        method,
+        task,
+        task.load()[:3],
+        tmp_path / "run",
+        batch_size=2,
+        trace_path=trace_path,
+        trace_vectors=True,
+    )
+    traces = read_traces(trace_path)
     assert sorted(t.question for t in traces) == sorted(e.question for e in task.load()[:3])
+    saved = sorted(p.name for p in vectors_dir(trace_path).iterdir())
+    assert saved == ["gsm8k-0.npz", "gsm8k-1.npz", "gsm8k-2.npz"]
+    assert np.load(vectors_dir(trace_path) / "gsm8k-0.npz")["agent0_embedding"].shape == (2, 64)
 
 
 @pytest.mark.slow

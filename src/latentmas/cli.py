@@ -357,7 +357,9 @@ def eval_(
             trace=trace is not None,
         )
         folder = root if len(pairs) == 1 else root / bench.name / method_name
-        summaries.append(_run_pair(solver, bench, examples[bench.name], folder, batch_size, trace))
+        summaries.append(
+            _run_pair(solver, bench, examples[bench.name], folder, batch_size, trace, trace_vectors)
+        )
     table = Table(title=f"{lm.name} (token and step columns: means per question)")
     for column in (
         "task",
@@ -386,7 +388,9 @@ def eval_(
     console.print(f"results in {where}; `latentmas report {root}` draws the table and plots")
 
 
-def _run_pair(solver, bench, examples, folder: Path, batch_size: int, trace: Path | None):
+def _run_pair(
+    solver, bench, examples, folder: Path, batch_size: int, trace: Path | None, trace_vectors: bool = False
+):
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -403,7 +407,16 @@ def _run_pair(solver, bench, examples, folder: Path, batch_size: int, trace: Pat
             tally["correct"] += sum(r.correct for r in results)
             progress.update(bar, advance=len(results), acc=f"{tally['correct'] / tally['n']:.1%}")
 
-        return evaluate(solver, bench, examples, folder, batch_size, on_batch, trace_path=trace)
+        return evaluate(
+            solver,
+            bench,
+            examples,
+            folder,
+            batch_size,
+            on_batch,
+            trace_path=trace,
+            trace_vectors=trace_vectors,
+        )
 
 
 @app.command()

@@ -90,6 +90,11 @@ def summarize(results: list[QuestionResult], method: Method, task: Task, batch_s
     )
 
 
+def vectors_dir(trace_path: Path) -> Path:
+    """Where `eval --trace T.jsonl --trace-vectors` puts each question's vectors."""
+    return trace_path.with_name(trace_path.name + ".vectors")
+
+
 def _check_same_run(out_dir: Path, settings: dict) -> None:
     """Refuse to resume into a folder whose results came from other settings."""
     path = out_dir / "run.json"
@@ -115,11 +120,13 @@ def evaluate(
     batch_size: int = 1,
     on_batch: Callable[[list[QuestionResult]], None] | None = None,
     trace_path: Path | None = None,
+    trace_vectors: bool = False,
 ) -> Summary:
     """Answer every example not already in `out_dir/results.jsonl`; write the summary.
 
     With `trace_path`, each answer's trace (LatentMAS with trace=True) is appended to that
-    JSONL file as its batch finishes.
+    JSONL file as its batch finishes; with `trace_vectors` too, each question's raw vectors
+    go to `<trace>.vectors/<id>.npz`.
     """
     if batch_size < 1:
         raise LatentMASError("batch size must be >= 1")
@@ -163,6 +170,10 @@ def evaluate(
                 sink.write(json.dumps(asdict(result)) + "\n")
                 if trace_sink is not None and answer.trace is not None:
                     trace_sink.write(json.dumps({"id": example.id, **answer.trace.to_json()}) + "\n")
+                    if trace_vectors:
+                        answer.trace.save_vectors(
+                            vectors_dir(trace_path) / f"{example.id.replace('/', '_')}.npz"
+                        )
                 done[example.id] = result
                 finished.append(result)
             sink.flush()

@@ -18,7 +18,8 @@ File format (`--trace t.json`): one JSON object `{"format": "latentmas-trace", "
 "prompt_pca", "steps": [{"step", "norm", "cos_prev", "cos_first", "entropy", "logit_lens":
 [[token, prob], ...], "nearest": [[token, cos], ...], "pca": [x, y]}]}]}`. `eval --trace
 t.jsonl` writes one such object per line. With `--trace-vectors` the raw vectors go to
-`t.npz` beside it: `agent<i>_hidden` and `agent<i>_embedding`, each [steps, hidden].
+`t.npz` beside it (`eval`: `t.jsonl.vectors/<id>.npz`): `agent<i>_hidden` and
+`agent<i>_embedding`, each [steps, hidden].
 """
 
 from __future__ import annotations
@@ -107,8 +108,14 @@ class Trace:
 
     def save(self, path: Path, vectors: bool = False) -> None:
         path.write_text(json.dumps(self.to_json(), indent=1) + "\n")
-        if vectors and self.vectors:
-            np.savez_compressed(path.with_suffix(".npz"), **self.vectors)
+        if vectors:
+            self.save_vectors(path.with_suffix(".npz"))
+
+    def save_vectors(self, path: Path) -> None:
+        """The raw vectors, `agent<i>_hidden` and `agent<i>_embedding` [steps, hidden]."""
+        if self.vectors:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(path, **self.vectors)
 
 
 def read_traces(path: Path) -> list[Trace]:
