@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import platform
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,53 +15,31 @@ import transformers
 
 from . import __version__
 from .errors import LatentMASError
+from .evaluate import Summary
 
 METHOD_ORDER = ["single", "text_mas", "latent_mas"]
 
 
-@dataclass
-class Run:
-    task: str
-    method: str
-    model: str
-    n: int
-    accuracy: float
-    output_tokens_mean: float
-    seconds_total: float
-    settings: dict
-
-
-def read_runs(root: Path) -> list[Run]:
+def read_runs(root: Path) -> list[Summary]:
+    """Every eval summary below `root`, read back into the dataclass `evaluate` wrote."""
     if not root.is_dir():
         raise LatentMASError(f"not a folder: {root}")
     runs = []
     for path in sorted(root.rglob("summary.json")):
         try:
-            s = json.loads(path.read_text())
-            runs.append(
-                Run(
-                    s["task"],
-                    s["method"],
-                    s["model"],
-                    s["n"],
-                    s["accuracy"],
-                    s["output_tokens_mean"],
-                    s["seconds_total"],
-                    s.get("settings", {}),
-                )
-            )
-        except (json.JSONDecodeError, KeyError) as exc:
+            runs.append(Summary(**json.loads(path.read_text())))
+        except (json.JSONDecodeError, TypeError) as exc:
             raise LatentMASError(f"{path} is not a latentmas summary ({exc})") from exc
     if not runs:
         raise LatentMASError(f"no summary.json below {root}; run `latentmas eval --out {root}` first")
     return runs
 
 
-def _order(run: Run) -> tuple:
+def _order(run: Summary) -> tuple:
     return (run.task, METHOD_ORDER.index(run.method) if run.method in METHOD_ORDER else 99, run.method)
 
 
-def comparison(runs: list[Run]) -> list[dict]:
+def comparison(runs: list[Summary]) -> list[dict]:
     """One row per task and method, with latent_mas's speedup and token reduction over text_mas."""
     text = {r.task: r for r in runs if r.method == "text_mas"}
     rows = []
@@ -94,7 +71,7 @@ def _cell(value) -> str:
     return str(value)
 
 
-def plot(runs: list[Run], out: Path) -> list[Path]:
+def plot(runs: list[Summary], out: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
