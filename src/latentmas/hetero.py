@@ -27,7 +27,7 @@ from .errors import LatentMASError
 from .methods import Answer, LatentMAS, Method, TextMAS
 from .models import LoadedModel
 from .paths import cache_dir
-from .realign import input_embedding_matrix, ridge_matrix
+from .realign import fingerprint, input_embedding_matrix, ridge_matrix
 from .roles import chat_messages, encode_chat, text_context, topology_roles
 
 log = logging.getLogger(__name__)
@@ -76,26 +76,22 @@ def surface_strings(lm: LoadedModel) -> dict[str, int]:
 
 
 def fit_cross_map(a: LoadedModel, b: LoadedModel, lam: float = 1e-3, holdout: float = 0.1) -> CrossMap:
-    """Fit (or read from the disk cache) the ridge map from A's embeddings to B's."""
-    strings_a, strings_b = surface_strings(a), surface_strings(b)
-    shared = sorted(set(strings_a) & set(strings_b))
-    emb_a, emb_b = input_embedding_matrix(a.model), input_embedding_matrix(b.model)
-    key = hashlib.sha256()
-    for part in (
-        a.name,
-        b.name,
-        str(lam),
-        str(len(shared)),
-        str(tuple(emb_a.shape)),
-        str(tuple(emb_b.shape)),
-    ):
-        key.update(part.encode())
-    key.update(emb_a[:: max(1, len(emb_a) // 1024)].numpy().tobytes())
-    key.update(emb_b[:: max(1, len(emb_b) // 1024)].numpy().tobytes())
-    path = cache_dir() / "crossmap" / f"{key.hexdigest()[:24]}.pt"
+    """Fit (or read from the disk cache) the ridge map from A's embeddings to B's.
+
+    The cache key is read off the raw embedding weights and vocabulary sizes, so a cache
+    hit needs neither the vocabulary scan nor the full embedding matrices.
+    """
+    weight_a = a.model.get_input_embeddings().weight.detach().float().cpu()
+    weight_b = b.model.get_input_embeddings().weight.detach().float().cpu()
+    key = fingerprint(weight_a, weight_b, lam)
+    key += f"-{len(a.tokenizer)}-{len(b.tokenizer)}-{holdout}"
+    path = cache_dir() / "crossmap" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.pt"
     if path.is_file():
         saved = torch.load(path, weights_only=True)
         return CrossMap(saved["matrix"], int(saved["shared"]), float(saved["cosine"]), float(saved["top1"]))
+    strings_a, strings_b = surface_strings(a), surface_strings(b)
+    shared = sorted(set(strings_a) & set(strings_b))
+    emb_a, emb_b = input_embedding_matrix(a.model), input_embedding_matrix(b.model)
     if len(shared) < 10:
         return CrossMap(torch.zeros(emb_a.shape[1], emb_b.shape[1]), len(shared), 0.0, 0.0)
     ids_a = torch.tensor([strings_a[s] for s in shared])

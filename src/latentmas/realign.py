@@ -83,7 +83,7 @@ def ridge_matrix(w_out: torch.Tensor, w_in: torch.Tensor, lam: float) -> torch.T
     return torch.linalg.solve(gram, w_out.T @ w_in).float()
 
 
-def _fingerprint(w_out: torch.Tensor, w_in: torch.Tensor, lam: float) -> str:
+def fingerprint(w_out: torch.Tensor, w_in: torch.Tensor, lam: float) -> str:
     """A cheap content key: shapes, lam, and an evenly spaced sample of rows of both matrices."""
     digest = hashlib.sha256(f"{tuple(w_out.shape)}|{tuple(w_in.shape)}|{lam}".encode())
     for w in (w_out, w_in):
@@ -110,7 +110,7 @@ def build_realigner(
         if mode != "ridge":
             return Realigner(mode=mode, target_norm=target_norm)
         w_out = output_embedding_matrix(model)
-        path = cache_dir() / "realign" / f"{_fingerprint(w_out, w_in, lam)}.pt"
+        path = cache_dir() / "realign" / f"{fingerprint(w_out, w_in, lam)}.pt"
         matrix = None
         if use_disk_cache and path.is_file():
             try:
