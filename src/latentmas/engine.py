@@ -11,8 +11,11 @@ of the batch it runs in, the property the reference implementation lacks.
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
@@ -42,9 +45,11 @@ class GrowingLayer(DynamicLayer):
     """
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        length = self.keys.shape[-2] if self.keys.dim() == 4 else 0
+        keys = self.keys
+        length = keys.shape[-2] if keys is not None and keys.dim() == 4 else 0
+        if keys is None:
+            # What DynamicLayer's lazy initialization sets; its signature differs across releases.
+            self.dtype, self.device, self.is_initialized = key_states.dtype, key_states.device, True
         needed = length + key_states.shape[-2]
         buffers = getattr(self, "_buffers", None)
         adopted = (
@@ -203,10 +208,25 @@ def append(
         inputs_embeds=inputs_embeds,
         attention_mask=memory.attention_mask,
         position_ids=positions,
-        cache=memory.cache,
         use_cache=True,
+        **{cache_keyword(type(model.base_model)): memory.cache},
     )
     return out.last_hidden_state[:, -1]
+
+
+@cache
+def cache_keyword(decoder: type) -> str:
+    """The name under which this transformers release's decoder takes the KV cache.
+
+    Recent releases renamed `past_key_values` to `cache`, and both accept unknown keywords
+    into `**kwargs`, so passing the wrong one is silently ignored (the model then attends
+    only to the new tokens). Read the decoder's own signature instead of guessing.
+    """
+    parameters = inspect.signature(decoder.forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in parameters:
+            return name
+    raise LatentMASError(f"{decoder.__name__}.forward takes no KV cache; this model cannot share memory")
 
 
 def prefill(
@@ -263,9 +283,11 @@ def latent_steps(
         taken += mask[:, 0]
         previous, hidden = hidden, torch.where(active[:, None], new, hidden)
         if guard is not None:
+            # In fp32: in bf16, 0.995 is within rounding of 1 and every row would "converge".
             cos = torch.nn.functional.cosine_similarity
-            done = (cos(hidden, previous, dim=-1) >= guard.converge_cos) | (
-                cos(hidden, start, dim=-1) < guard.drift_cos
+            current = hidden.float()
+            done = (cos(current, previous.float(), dim=-1) >= guard.converge_cos) | (
+                cos(current, start.float(), dim=-1) < guard.drift_cos
             )
             active &= ~done
             if not bool(active.any()):
@@ -274,17 +296,39 @@ def latent_steps(
 
 
 def lm_logits(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
-    """[batch, hidden] -> [batch, vocab] through the LM head, with Gemma-style soft-capping."""
-    logits = model.get_output_embeddings()(hidden).float()
+    """[batch, hidden] -> [batch, vocab] float32 through the LM head, with Gemma-style soft-capping.
+
+    `hidden` may come in another dtype or device than the head's (a tracer's float32
+    copy, a last layer on another GPU): it is cast to the head's.
+    """
+    head = model.get_output_embeddings()
+    logits = head(hidden.to(device=head.weight.device, dtype=head.weight.dtype)).float()
     cap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
     return logits
 
 
-def next_tokens(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> torch.Tensor:
-    """[batch, vocab] -> [batch] token ids: argmax, or temperature + nucleus sampling."""
-    if sampling.temperature < 1e-4:  # 0 means greedy; tinier ones would overflow the softmax
+def is_greedy(sampling: Sampling) -> bool:
+    return sampling.temperature < 1e-4  # 0 means greedy; tinier ones would overflow the softmax
+
+
+def row_seed(seed: int, *parts: str) -> int:
+    """A stable 63-bit seed for one row's sampling stream, from the run's seed and what
+    identifies the row (its question, the agent's role) — never from its place in a batch."""
+    digest = hashlib.sha256("\x00".join([str(seed), *parts]).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def next_tokens(
+    logits: torch.Tensor, sampling: Sampling, generators: list[torch.Generator] | None
+) -> torch.Tensor:
+    """[batch, vocab] -> [batch] token ids: argmax, or temperature + nucleus sampling.
+
+    Each row draws from its own generator, exactly once per step, so a row's tokens do not
+    depend on which other rows share its batch or when they finish.
+    """
+    if is_greedy(sampling) or generators is None:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
     if sampling.top_p < 1.0:
@@ -292,7 +336,9 @@ def next_tokens(logits: torch.Tensor, sampling: Sampling, generator: torch.Gener
         outside = sorted_probs.cumsum(dim=-1) - sorted_probs > sampling.top_p
         sorted_probs = sorted_probs.masked_fill(outside, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
+    probs = probs.cpu()
+    drawn = [torch.multinomial(probs[row], 1, generator=g) for row, g in enumerate(generators)]
+    return torch.cat(drawn).to(logits.device)
 
 
 TokenCallback = Callable[[int, int], "bool | None"]
@@ -305,23 +351,29 @@ def decode(
     sampling: Sampling,
     stop_ids: set[int],
     on_token: TokenCallback | None = None,
+    row_seeds: list[int] | None = None,
 ) -> list[list[int]]:
     """Generate text for every row from its last hidden state [batch, hidden].
 
     A row leaves the batch (and its cache rows are dropped) as soon as it emits a stop
     token, so short answers stop costing compute. -> new token ids per row, stop token
     excluded. `on_token(row, token)` streams tokens as they are chosen; returning False
-    ends that row (a streaming client went away).
+    ends that row (a streaming client went away). When sampling, row i draws from a
+    generator seeded with `row_seeds[i]` (default: `sampling.seed` for every row).
     """
-    generator = None
-    if sampling.temperature > 0:
-        generator = torch.Generator().manual_seed(sampling.seed)
+    generators = None
+    if not is_greedy(sampling):
+        seeds = row_seeds if row_seeds is not None else [sampling.seed] * memory.batch_size
+        if len(seeds) != memory.batch_size:
+            raise ValueError(f"{len(seeds)} row seeds for a batch of {memory.batch_size}")
+        generators = [torch.Generator().manual_seed(s) for s in seeds]
     outputs: list[list[int]] = [[] for _ in range(memory.batch_size)]
     active = list(range(memory.batch_size))  # original row of each current row
-    stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=hidden.device)
+    # Tokens come out where the LM head is (with layers spread over GPUs, not `hidden`'s device).
+    stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=model.get_output_embeddings().weight.device)
     ones = torch.ones(memory.batch_size, 1, dtype=torch.long, device=hidden.device)
     for step in range(sampling.max_new_tokens):
-        tokens = next_tokens(lm_logits(model, hidden), sampling, generator)
+        tokens = next_tokens(lm_logits(model, hidden), sampling, generators)
         finished = torch.isin(tokens, stop)
         for index, (row, token) in enumerate(zip(active, tokens.tolist())):
             if token in stop_ids:
@@ -333,7 +385,10 @@ def decode(
             keep = (~finished).nonzero().squeeze(-1)
             if keep.numel() == 0:
                 break
-            active = [active[i] for i in keep.tolist()]
+            kept = keep.tolist()
+            active = [active[i] for i in kept]
+            if generators is not None:
+                generators = [generators[i] for i in kept]
             memory.keep_rows(keep)
             tokens = tokens.index_select(0, keep)
             ones = ones[: len(active)]

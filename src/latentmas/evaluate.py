@@ -7,6 +7,7 @@ batch in flight; a rerun with the same output folder skips the ids already there
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -67,6 +68,40 @@ def read_results(path: Path) -> list[QuestionResult]:
         except (json.JSONDecodeError, TypeError):
             continue
     return results
+
+
+def drop_torn_tail(path: Path) -> None:
+    """Cut a partial last line (a crash mid-write) so the next append starts on a fresh line.
+
+    Without this the first redone row would be glued onto the fragment and be unreadable
+    at the next resume.
+    """
+    if not path.is_file():
+        return
+    with path.open("rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        keep, position = 0, size  # find the last newline, reading backwards in blocks
+        while position > 0:
+            start = max(0, position - 65536)
+            f.seek(start)
+            block = f.read(position - start)
+            index = block.rfind(b"\n")
+            if index >= 0:
+                keep = start + index + 1
+                break
+            position = start
+        f.truncate(keep)
+
+
+def _sync(file) -> None:
+    """Flush and fsync: a finished batch survives a crash or a power cut."""
+    file.flush()
+    os.fsync(file.fileno())
 
 
 def summarize(results: list[QuestionResult], method: Method, task: Task, batch_size: int) -> Summary:
@@ -142,6 +177,9 @@ def evaluate(
         todo.sort(key=lambda e: len(e.question))
     if on_batch and done:
         on_batch([done[e.id] for e in examples if e.id in done])
+    drop_torn_tail(results_path)
+    if trace_path is not None:
+        drop_torn_tail(trace_path)
     with ExitStack() as files:
         sink = files.enter_context(results_path.open("a", encoding="utf-8"))
         trace_sink = files.enter_context(trace_path.open("a", encoding="utf-8")) if trace_path else None
@@ -176,9 +214,9 @@ def evaluate(
                         )
                 done[example.id] = result
                 finished.append(result)
-            sink.flush()
+            _sync(sink)
             if trace_sink is not None:
-                trace_sink.flush()
+                _sync(trace_sink)
             if on_batch:
                 on_batch(finished)
     wanted = [done[e.id] for e in examples if e.id in done]

