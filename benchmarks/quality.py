@@ -45,20 +45,33 @@ VARIATIONS = {
 SHORT = {"latent_steps": "m", "realign": "realign", "memory": "memory", "topology": "topology"}
 
 
-def all_configs() -> dict[str, dict]:
-    """name -> {method, options}; `latent_mas` is the default, others name their one change."""
-    configs = {
-        "single": {"method": "single", "options": {}},
-        "text_mas": {"method": "text_mas", "options": {"topology": "sequential"}},
-        "latent_mas": {"method": "latent_mas", "options": dict(LATENT_DEFAULT)},
-    }
+def all_configs() -> list[str]:
+    """The default grid: baselines, latent_mas's default, and one change at a time around it."""
+    names = ["single", "text_mas", "latent_mas"]
     for factor, values in VARIATIONS.items():
-        for value in values:
-            configs[f"latent_mas[{SHORT[factor]}={value}]"] = {
-                "method": "latent_mas",
-                "options": {**LATENT_DEFAULT, factor: value},
-            }
-    return configs
+        names += [f"latent_mas[{SHORT[factor]}={value}]" for value in values]
+    return names
+
+
+def parse_config(name: str) -> dict:
+    """'latent_mas[m=3,realign=soft]' -> {method, options}: the method's defaults plus changes.
+
+    Any name of this form works, not only the default grid, so a new variation needs no code.
+    """
+    method, _, changes = name.partition("[")
+    if method not in ("single", "text_mas", "latent_mas") or (changes and not changes.endswith("]")):
+        raise LatentMASError(f"config {name!r}: expected single, text_mas or latent_mas[key=value,...]")
+    options = {} if method == "single" else {"topology": "sequential"}
+    if method == "latent_mas":
+        options = dict(LATENT_DEFAULT)
+    long_names = {short: factor for factor, short in SHORT.items()}
+    for item in filter(None, changes.rstrip("]").split(",")):
+        key, sep, value = item.partition("=")
+        key = long_names.get(key.strip(), key.strip())
+        if not sep or key not in options:
+            raise LatentMASError(f"config {name!r}: cannot set {item!r} (settable: {', '.join(options)})")
+        options[key] = value.strip()
+    return {"method": method, "options": options}
 
 
 @dataclass
@@ -88,8 +101,10 @@ def run_config(lm, task, examples, config: dict, sampling: Sampling, folder: Pat
     method = make_method(config["method"], lm, sampling, **config["options"])
     done = {r.id for r in read_results(folder / "results.jsonl")}
     left = [e for e in examples if e.id not in done]
-    print(f"  {folder.relative_to(folder.parents[1])}: {len(examples) - len(left)} done, {len(left)} to run",
-          flush=True)
+    print(
+        f"  {folder.relative_to(folder.parents[1])}: {len(examples) - len(left)} done, {len(left)} to run",
+        flush=True,
+    )
     if not left:
         return
     began, count = time.perf_counter(), [len(examples) - len(left)]
@@ -171,7 +186,9 @@ def seed_spread(rows: list[Row]) -> str:
     lines = ["| task | config | seeds | mean accuracy % | sd |", "|---|---|---|---|---|"]
     for (task, config), accs in by_config.items():
         sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
-        lines.append(f"| {task} | {config} | {len(accs)} | {100 * statistics.mean(accs):.1f} | {100 * sd:.1f} |")
+        lines.append(
+            f"| {task} | {config} | {len(accs)} | {100 * statistics.mean(accs):.1f} | {100 * sd:.1f} |"
+        )
     return "\n".join(lines)
 
 
@@ -194,8 +211,13 @@ def plot(rows: list[Row], path: Path) -> None:
                 color=colour,
                 capsize=3,
             )
-            ax.annotate(r.config, (r.output_tokens_mean, 100 * r.accuracy), fontsize=7,
-                        xytext=(4, 3), textcoords="offset points")
+            ax.annotate(
+                r.config,
+                (r.output_tokens_mean, 100 * r.accuracy),
+                fontsize=7,
+                xytext=(4, 3),
+                textcoords="offset points",
+            )
         ax.set_xscale("log")
         ax.set_xlabel("decoded tokens per question (log)")
         ax.set_ylabel("accuracy % (95% Wilson CI)")
@@ -206,13 +228,27 @@ def plot(rows: list[Row], path: Path) -> None:
     plt.close(fig)
 
 
-def load_examples(task_name: str, limit: int):
+def split_configs(text: str) -> list[str]:
+    """Comma list of config names; commas inside [...] belong to the name."""
+    names, depth, current = [], 0, ""
+    for char in text:
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            names.append(current.strip())
+            current = ""
+        else:
+            current += char
+    names.append(current.strip())
+    return [n for n in names if n]
+
+
+def load_examples(task_name: str, limit: int, offset: int = 0):
     task = get_task(task_name)
     if task_name == "gsm8k":
         examples = task.load(str(GSM8K_FILE))
     else:
         examples = task.load()
-    return task, examples[:limit]
+    return task, examples[offset : offset + limit]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -220,6 +256,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="qwen2.5-coder-0.5b")
     parser.add_argument("--tasks", default="gsm8k", help="gsm8k, humaneval_plus, or both (comma list)")
     parser.add_argument("--limit", type=int, default=100, help="first N questions of each task")
+    parser.add_argument(
+        "--offset",
+        type=int,
+        default=0,
+        help="skip the first K questions (a tuning split apart from the reported one)",
+    )
     parser.add_argument("--configs", default="all", help="comma list of config names (see --list)")
     parser.add_argument("--list", action="store_true", help="print the config names and exit")
     parser.add_argument("--max-new-tokens", type=int, default=384)
@@ -233,9 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="8 GSM8K questions, 3 configs, 192 tokens")
     args = parser.parse_args(argv)
 
-    configs = all_configs()
     if args.list:
-        print("\n".join(configs))
+        print("\n".join(all_configs()))
         return 0
     if args.quick:
         args.limit, args.max_new_tokens = min(args.limit, 8), min(args.max_new_tokens, 192)
@@ -243,10 +284,11 @@ def main(argv: list[str] | None = None) -> int:
             args.configs = "single,text_mas,latent_mas"
         if args.out == parser.get_default("out"):
             args.out = Path("benchmarks/results/quality-quick")
-    chosen = list(configs) if args.configs == "all" else [c.strip() for c in args.configs.split(",") if c.strip()]
-    unknown = [c for c in chosen if c not in configs]
-    if unknown:
-        print(f"error: unknown config(s) {', '.join(unknown)}; --list shows them", file=sys.stderr)
+    chosen = all_configs() if args.configs == "all" else split_configs(args.configs)
+    try:
+        configs = {name: parse_config(name) for name in chosen}
+    except LatentMASError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.limit < 1 or args.batch_size < 1 or args.max_new_tokens < 1:
         print("error: --limit, --batch-size and --max-new-tokens must be >= 1", file=sys.stderr)
@@ -262,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     task_names = [t.strip() for t in args.tasks.split(",") if t.strip()]
 
     try:
-        data = {name: load_examples(name, args.limit) for name in task_names}
+        data = {name: load_examples(name, args.limit, args.offset) for name in task_names}
         lm = None if args.report_only else load_model(args.model)
         for name, (task, examples) in data.items():
             for seed in seeds:
@@ -283,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         ids = {e.id for e in examples}
         for seed in seeds:
             baselines = {
-                b: correctness(args.out / name / folder_name(b, seed, sampled), ids) for b in ("single", "text_mas")
+                b: correctness(args.out / name / folder_name(b, seed, sampled), ids)
+                for b in ("single", "text_mas")
             }
             for config in chosen:
                 folder = args.out / name / folder_name(config, seed, sampled)
@@ -308,7 +351,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "quality.md").write_text(text + "\n")
     (args.out / "quality.json").write_text(
-        json.dumps({"model": args.model, "sampling": sampling_text, "rows": [asdict(r) for r in rows]}, indent=2)
+        json.dumps(
+            {"model": args.model, "sampling": sampling_text, "rows": [asdict(r) for r in rows]}, indent=2
+        )
         + "\n"
     )
     plot(rows, args.out / "quality.png")

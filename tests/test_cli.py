@@ -266,3 +266,40 @@ def test_agent_models_with_single_is_refused(monkeypatch, capsys, model_dir):
         f"solver={model_dir}",
     )
     assert code == 2 and "agent-models" in err
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--memory", "latent_only"], "use --memory full"),
+        (["--trace", "t.json"], "does not combine with --agent-models"),
+    ],
+)
+def test_agent_models_refuse_options_they_cannot_honour(monkeypatch, capsys, model_dir, extra, message):
+    code, _, err = cli(
+        monkeypatch, capsys, "run", "q", "--model", model_dir, "--agent-models", f"solver={model_dir}", *extra
+    )
+    assert code == 2 and message in err
+
+
+def test_agent_models_honour_realign(monkeypatch, capsys, model_dir, tmp_path):
+    args = ["eval", "--model", model_dir, "--limit", "1", "--max-new-tokens", "2", "--realign", "norm"]
+    code, stdout, _ = cli(
+        monkeypatch, capsys, *args, "--agent-models", f"solver={model_dir}", "--out", tmp_path / "o"
+    )
+    assert code == 0, stdout
+    assert json.loads((tmp_path / "o" / "run.json").read_text())["realign"] == "norm"
+
+
+@pytest.mark.parametrize(
+    "options, message", [({"memory": "latent_only"}, "use --memory full"), ({"realign": "soft"}, "not soft")]
+)
+def test_llamacpp_engine_refuses_options_it_cannot_honour(options, message):
+    """Refused before llama-cpp-python is even imported, so this runs without it."""
+    from pathlib import Path
+
+    from latentmas.errors import LatentMASError
+    from latentmas.llamacpp_engine import LlamaCppLatentMAS
+
+    with pytest.raises(LatentMASError, match=message):
+        LlamaCppLatentMAS(tiny_loaded("llama"), Path("never-read.gguf"), **options)

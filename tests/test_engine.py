@@ -154,7 +154,9 @@ def test_next_tokens_draws_from_the_distribution():
     assert 0.65 < draws.count(0) / 2000 < 0.75
     assert draws.count(2) == 0
     # top-p 0.5 keeps only the most likely token.
-    nucleus = [engine.next_tokens(logits, Sampling(temperature=1.0, top_p=0.5), generator).item() for _ in range(50)]
+    nucleus = [
+        engine.next_tokens(logits, Sampling(temperature=1.0, top_p=0.5), generator).item() for _ in range(50)
+    ]
     assert set(nucleus) == {0}
 
 

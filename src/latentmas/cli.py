@@ -59,6 +59,7 @@ class Realign(str, Enum):
     ridge = "ridge"
     norm = "norm"
     none = "none"
+    soft = "soft"
 
 
 class Engine(str, Enum):
@@ -116,7 +117,11 @@ MemoryOpt = Annotated[
     Memory, typer.Option(help="latent_mas: keep the whole shared cache, or only the latent thoughts.")
 ]
 RealignOpt = Annotated[
-    Realign, typer.Option(help="Map hidden states back to input embeddings: ridge, norm or none.")
+    Realign,
+    typer.Option(
+        help="Map hidden states back to input embeddings: ridge, norm, none, or soft "
+        "(the expected embedding under the model's next-token distribution)."
+    ),
 ]
 MaxTokOpt = Annotated[
     int, typer.Option("--max-new-tokens", min=1, max=32768, help="Decoding budget per text agent.")
@@ -160,7 +165,7 @@ EngineOpt = Annotated[
 ]
 
 
-def _llamacpp_method(model: str | None, lm, method: str, sampling, topology: str, latent_steps: str):
+def _llamacpp_method(model: str | None, lm, method: str, sampling, topology, latent_steps, memory, realign):
     from .llamacpp_engine import LlamaCppLatentMAS
     from .models import EMBEDDED_MODEL, embedded_gguf_path
 
@@ -172,7 +177,7 @@ def _llamacpp_method(model: str | None, lm, method: str, sampling, topology: str
         gguf = Path(model)
     else:
         raise LatentMASError("--engine llamacpp needs a GGUF model (or the embedded one)")
-    return LlamaCppLatentMAS(lm, gguf, sampling, topology, latent_steps)
+    return LlamaCppLatentMAS(lm, gguf, sampling, topology, latent_steps, memory=memory, realign=realign)
 
 
 AgentModelsOpt = Annotated[
@@ -186,7 +191,7 @@ AgentModelsOpt = Annotated[
 
 
 def _hetero_method(
-    agent_models: str, lm, method: str, sampling, topology: str, latent_steps: str, chat_template
+    agent_models: str, lm, method: str, sampling, topology, latent_steps, chat_template, memory, realign
 ):
     """HeteroMAS for --agent-models: latent handoff for latent_mas, text handoff for text_mas."""
     from .hetero import HeteroMAS, parse_agent_models
@@ -206,7 +211,7 @@ def _hetero_method(
         models[role] = loaded[name] if name is not None else lm
     handoff = "latent" if method == "latent_mas" else "text"
     with console.status("fitting cross-model maps"):
-        solver = HeteroMAS(models, sampling, topology, latent_steps, handoff)
+        solver = HeteroMAS(models, sampling, topology, latent_steps, handoff, memory, realign)
     for pair, quality in solver.describe()["maps"].items():
         console.print(f"map {pair}: {quality}")
     if method == "latent_mas" and solver.handoff == "text":
@@ -222,12 +227,14 @@ def _make_solver(lm, model, method: str, sampling, chat_template, agent_models, 
         raise LatentMASError("--trace records latent thoughts; use it with --method latent_mas")
     if engine == Engine.llamacpp and (agent_models or options.get("trace")):
         raise LatentMASError("--engine llamacpp does not combine with --agent-models or --trace")
+    if agent_models and options.get("trace"):
+        raise LatentMASError("--trace records one model's thoughts; it does not combine with --agent-models")
+    if agent_models or engine == Engine.llamacpp:
+        options.pop("trace", None)
     if agent_models:
-        return _hetero_method(
-            agent_models, lm, method, sampling, options["topology"], options["latent_steps"], chat_template
-        )
+        return _hetero_method(agent_models, lm, method, sampling, chat_template=chat_template, **options)
     if engine == Engine.llamacpp:
-        return _llamacpp_method(model, lm, method, sampling, options["topology"], options["latent_steps"])
+        return _llamacpp_method(model, lm, method, sampling, **options)
     return make_method(method, lm, sampling, **options)
 
 

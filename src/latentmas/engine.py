@@ -254,6 +254,14 @@ class DriftGuard:
     converge_cos: float = 0.995
     drift_cos: float = 0.3
 
+    def stops(self, hidden: torch.Tensor, previous: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+        """[batch] True where a row should stop. In float32: in bf16, 0.995 is within rounding
+        of 1, and rows that have not converged would stop."""
+        cos = torch.nn.functional.cosine_similarity
+        current = hidden.float()
+        converged = cos(current, previous.float(), dim=-1) >= self.converge_cos
+        return converged | (cos(current, start.float(), dim=-1) < self.drift_cos)
+
 
 def latent_steps(
     model: PreTrainedModel,
@@ -283,12 +291,7 @@ def latent_steps(
         taken += mask[:, 0]
         previous, hidden = hidden, torch.where(active[:, None], new, hidden)
         if guard is not None:
-            # In fp32: in bf16, 0.995 is within rounding of 1 and every row would "converge".
-            cos = torch.nn.functional.cosine_similarity
-            current = hidden.float()
-            done = (cos(current, previous.float(), dim=-1) >= guard.converge_cos) | (
-                cos(current, start.float(), dim=-1) < guard.drift_cos
-            )
+            done = guard.stops(hidden, previous, start)
             active &= ~done
             if not bool(active.any()):
                 break
@@ -370,7 +373,9 @@ def decode(
     outputs: list[list[int]] = [[] for _ in range(memory.batch_size)]
     active = list(range(memory.batch_size))  # original row of each current row
     # Tokens come out where the LM head is (with layers spread over GPUs, not `hidden`'s device).
-    stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=model.get_output_embeddings().weight.device)
+    stop = torch.tensor(
+        sorted(stop_ids), dtype=torch.long, device=model.get_output_embeddings().weight.device
+    )
     ones = torch.ones(memory.batch_size, 1, dtype=torch.long, device=hidden.device)
     for step in range(sampling.max_new_tokens):
         tokens = next_tokens(lm_logits(model, hidden), sampling, generators)

@@ -140,7 +140,11 @@ class HeteroMAS(Method):
         topology: str = "sequential",
         latent_steps: int | str = 10,
         handoff: str = "latent",
+        memory: str = "full",
+        realign: str = "ridge",
     ) -> None:
+        if memory != "full":
+            raise LatentMASError("heterogeneous agents keep the whole shared cache: use --memory full")
         self.roles = topology_roles(topology)
         missing = [r.name for r in self.roles if r.name not in models]
         if missing:
@@ -148,7 +152,8 @@ class HeteroMAS(Method):
         super().__init__(models[self.roles[-1].name], sampling)
         self.topology, self.models = topology, models
         self.workers = {
-            lm.name: LatentMAS(lm, self.sampling, topology, latent_steps) for lm in models.values()
+            lm.name: LatentMAS(lm, self.sampling, topology, latent_steps, realign=realign)
+            for lm in models.values()
         }
         self.texters = {lm.name: TextMAS(lm, self.sampling, topology) for lm in models.values()}
         self.maps: dict[tuple[str, str], CrossMap] = {}
@@ -172,6 +177,7 @@ class HeteroMAS(Method):
             "topology": self.topology,
             "agents": {r.name: self.models[r.name].name for r in self.roles},
             "handoff": self.handoff,
+            "realign": next(iter(self.workers.values())).realign_mode,
             "maps": {f"{a}->{b}": m.describe() for (a, b), m in self.maps.items()},
         }
 

@@ -38,8 +38,14 @@ class LlamaCppLatentMAS(LatentMAS):
         latent_steps: int | str = 10,
         threads: int | None = None,
         context: int = 4096,
+        memory: str = "full",
+        realign: str = "ridge",
     ) -> None:
-        super().__init__(lm, sampling, topology, latent_steps)
+        if memory != "full":
+            raise LatentMASError("the llama.cpp engine keeps the whole shared cache: use --memory full")
+        if realign == "soft":
+            raise LatentMASError("the llama.cpp engine realigns with ridge, norm or none, not soft")
+        super().__init__(lm, sampling, topology, latent_steps, memory, realign)
         if self.guard is not None:
             raise LatentMASError("the llama.cpp engine takes a fixed number of latent steps, not auto")
         try:

@@ -8,6 +8,11 @@ rows), then a rescale to the typical input-embedding norm:
     W = (W_out^T W_out + lam I)^-1 W_out^T W_in,   e = h W * (mean ||W_in row|| / ||h W||)
 
 `norm` keeps only the rescale and `none` feeds the hidden state as it is.
+
+`soft` reads the hidden state through the LM head and feeds the expected input embedding
+under that next-token distribution, e = softmax(h W_out^T) W_in: a convex mixture of real
+token embeddings, so the thought stays where the model's inputs live ("soft thinking").
+It costs one LM-head product per step (as a decode step does).
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ from transformers import PreTrainedModel
 from .errors import LatentMASError
 from .paths import cache_dir
 
-RealignMode = Literal["ridge", "norm", "none"]
-REALIGN_MODES: tuple[str, ...] = ("ridge", "norm", "none")
+RealignMode = Literal["ridge", "norm", "none", "soft"]
+REALIGN_MODES: tuple[str, ...] = ("ridge", "norm", "none", "soft")
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +47,15 @@ class Realigner:
     mode: str
     target_norm: float
     matrix: torch.Tensor | None = None  # [hidden, hidden] float32, only for ridge
+    head: torch.nn.Module | None = None  # soft: the LM head ...
+    embeddings: torch.Tensor | None = None  # ... and the input embeddings [vocab, hidden]
+    softcap: float | None = None  # soft: Gemma-style final logit soft-capping
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.mode == "none":
             return hidden
+        if self.mode == "soft":
+            return self._soft(hidden)
         x = hidden.float()
         if self.matrix is not None:
             if self.matrix.device != hidden.device:
@@ -53,6 +63,17 @@ class Realigner:
             x = x @ self.matrix
         norm = x.norm(dim=-1, keepdim=True).clamp_min(1e-6)
         return (x * (self.target_norm / norm)).to(hidden.dtype)
+
+    def _soft(self, hidden: torch.Tensor) -> torch.Tensor:
+        weight = self.head.weight
+        logits = self.head(hidden.to(device=weight.device, dtype=weight.dtype)).float()
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        vocab = self.embeddings.shape[0]  # some heads pad the vocabulary
+        probs = torch.softmax(logits[..., :vocab], dim=-1).to(self.embeddings.device)
+        return (probs.to(self.embeddings.dtype) @ self.embeddings).to(
+            device=hidden.device, dtype=hidden.dtype
+        )
 
 
 @torch.no_grad()
@@ -116,6 +137,15 @@ def build_realigner(
     with torch.no_grad():
         w_in = input_embedding_matrix(model)
         target_norm = w_in.norm(dim=-1).mean().item()
+        if mode == "soft":
+            head = model.get_output_embeddings()
+            if head is None:
+                raise LatentMASError(f"{type(model).__name__} has no LM head; it is not a causal LM")
+            softcap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
+            embeddings = w_in.to(
+                model.get_input_embeddings().weight.dtype
+            )  # model dtype: half the memory in bf16
+            return Realigner(mode, target_norm, head=head, embeddings=embeddings, softcap=softcap)
         if mode != "ridge":
             return Realigner(mode=mode, target_norm=target_norm)
         w_out = output_embedding_matrix(model)

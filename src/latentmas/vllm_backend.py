@@ -76,11 +76,13 @@ class VLLMDecoder:
 
     def __init__(self, model: str, tensor_parallel_size: int = 1, dtype: str = "auto") -> None:
         if not torch.cuda.is_available():
-            raise LatentMASError("--decoder vllm needs a CUDA GPU; none is available here")
+            raise LatentMASError("the vLLM decoder (VLLMDecoder) needs a CUDA GPU; none is available here")
         try:
             from vllm import LLM
         except ImportError as exc:
-            raise LatentMASError("--decoder vllm needs vLLM: pip install 'latentmas[vllm]'") from exc
+            raise LatentMASError(
+                "the vLLM decoder (VLLMDecoder) needs vLLM: pip install 'latentmas[vllm]'"
+            ) from exc
         self.llm = LLM(
             model=model, tensor_parallel_size=tensor_parallel_size, dtype=dtype, enable_prompt_embeds=True
         )

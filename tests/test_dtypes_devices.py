@@ -1,0 +1,164 @@
+"""The paths CPU-float32 tests never reach: a bfloat16 model end to end, and tensors that live
+on another device than the one a computation starts on (as with `device_map` over GPUs).
+
+Set LATENTMAS_TEST_DEVICE=cuda to run the bf16 tier on a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+
+import httpx
+import pytest
+import torch
+
+from latentmas import LatentMAS, Sampling, SingleAgent, TextMAS, engine
+from latentmas.hetero import HeteroMAS
+from latentmas.models import LoadedModel
+from latentmas.realign import Realigner, build_realigner
+from latentmas.server import create_app
+from latentmas.tiny import tiny_loaded, tiny_model, tiny_tokenizer
+
+from .conftest import QUESTIONS
+
+DEVICE = os.environ.get("LATENTMAS_TEST_DEVICE", "cpu")
+SAMPLING = Sampling(max_new_tokens=6)
+
+
+def _bf16(lm: LoadedModel) -> LoadedModel:
+    lm.model.to(device=DEVICE, dtype=torch.bfloat16)
+    return lm
+
+
+@pytest.fixture(scope="module")
+def bf16() -> LoadedModel:
+    return _bf16(tiny_loaded("qwen3", seed=1))
+
+
+@pytest.mark.parametrize("method_cls", [SingleAgent, TextMAS, LatentMAS])
+def test_bf16_methods_answer_and_stay_batch_invariant(bf16, method_cls):
+    options = {"latent_steps": 2} if method_cls is LatentMAS else {}
+    method = method_cls(bf16, SAMPLING, **options)
+    batched = method.solve(QUESTIONS[:4])
+    alone = [method.solve([q])[0] for q in QUESTIONS[:4]]
+    assert all(a.output_tokens > 0 for a in batched)
+    assert [a.final_text for a in batched] == [a.final_text for a in alone]
+
+
+def test_bf16_sampling(bf16):
+    sampling = Sampling(max_new_tokens=6, temperature=1.0, top_p=0.9, seed=2)
+    method = LatentMAS(bf16, sampling, latent_steps=2)
+    assert [a.final_text for a in method.solve(QUESTIONS[:3])] == [
+        method.solve([q])[0].final_text for q in QUESTIONS[:3]
+    ]
+
+
+def test_bf16_realignment_runs_in_float32(bf16):
+    realigner = build_realigner(bf16.model, "ridge", use_disk_cache=False)
+    assert realigner.matrix.dtype == torch.float32
+    hidden = torch.randn(3, bf16.model.config.hidden_size, device=DEVICE).to(torch.bfloat16)
+    out = realigner(hidden)
+    assert out.dtype == torch.bfloat16
+    expected = hidden.float() @ realigner.matrix
+    expected = expected * (realigner.target_norm / expected.norm(dim=-1, keepdim=True))
+    # Within bf16's rounding of the float32 result; a bf16 product would miss by more.
+    torch.testing.assert_close(out.float(), expected, atol=0.02 * realigner.target_norm, rtol=0.01)
+
+
+def test_bf16_drift_guard_compares_in_float32(bf16):
+    """States at cosine 0.994 have not converged for a 0.995 threshold; computed in bf16 the
+    cosine rounds up to 0.996 and the row would stop."""
+    torch.manual_seed(0)
+    base = torch.randn(4, 896)
+    noise = torch.randn(4, 896)
+    noise -= (noise * base).sum(-1, keepdim=True) / base.norm(dim=-1, keepdim=True) ** 2 * base
+    angle = torch.tensor(0.9942).acos()
+    other = base + noise / noise.norm(dim=-1, keepdim=True) * base.norm(dim=-1, keepdim=True) * angle.tan()
+    hidden, previous = other.bfloat16(), base.bfloat16()
+    in_bf16 = torch.nn.functional.cosine_similarity(hidden, previous, dim=-1)
+    assert (in_bf16 >= 0.995).any()  # the hazard is real for these vectors
+    guard = engine.DriftGuard()
+    assert not guard.stops(hidden, previous, previous).any()
+    method = LatentMAS(bf16, SAMPLING, latent_steps="auto:8")
+    answer = method.solve([QUESTIONS[2]])[0]
+    assert answer.output_tokens > 0
+    assert all(0 < step.latent_steps <= 8 for step in answer.agents[:-1])
+
+
+def test_bf16_trace(bf16):
+    method = LatentMAS(bf16, SAMPLING, latent_steps=3, trace=True)
+    (answer,) = method.solve([QUESTIONS[0]])
+    steps = answer.trace.agents[0].steps
+    assert len(steps) == 3 and all(s.logit_lens for s in steps)
+    assert answer.trace.vectors["agent0_hidden"].shape == (3, bf16.model.config.hidden_size)
+
+
+def test_bf16_heterogeneous_agents():
+    tok_a, tok_b = tiny_tokenizer(400), tiny_tokenizer(300)
+    a = LoadedModel(tiny_model("llama", vocab_size=len(tok_a) + 8, seed=0), tok_a, "bf16-a")
+    b = LoadedModel(tiny_model("qwen2", vocab_size=len(tok_b) + 8, seed=1, hidden_size=48), tok_b, "bf16-b")
+    _bf16(a), _bf16(b)
+    models = {"planner": a, "critic": a, "refiner": b, "solver": b}
+    method = HeteroMAS(models, SAMPLING, latent_steps=2)
+    method.handoff = "latent"  # exercise the mapped handoff even if the random map is poor
+    answers = method.solve(QUESTIONS[:2])
+    assert all(a.output_tokens > 0 for a in answers)
+
+
+def test_bf16_server(bf16):
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app(bf16, max_batch=4, max_wait_ms=5, default_max_tokens=4)) as client:
+        reply = client.post(
+            "/v1/chat/completions", json={"model": "x", "messages": [{"role": "user", "content": "2+2?"}]}
+        )
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["usage"]["completion_tokens"] > 0
+
+
+# --- Device placement, without a second GPU: the `meta` device stands in for "elsewhere". ---
+
+
+def test_realigner_matrix_follows_the_hidden_state_device():
+    realigner = Realigner("ridge", 1.0, matrix=torch.eye(8))  # built on the CPU (the embedding's device)
+    out = realigner(torch.randn(2, 8, device="meta"))  # the last layer sits elsewhere
+    assert out.device.type == "meta" and realigner.matrix.device.type == "meta"
+
+
+def test_lm_logits_moves_the_hidden_state_to_the_head():
+    model = tiny_model("llama", vocab_size=64)
+    hidden = torch.randn(2, model.config.hidden_size, dtype=torch.float64)  # another dtype than the head's
+    logits = engine.lm_logits(model, hidden)
+    assert logits.dtype == torch.float32 and logits.shape == (2, 64)
+
+
+def test_decode_stop_ids_live_with_the_lm_head(monkeypatch):
+    """Tokens come out on the head's device; the stop-id test must run there too."""
+    lm = tiny_loaded("llama")
+    seen = []
+    isin = torch.isin
+
+    def checking_isin(elements, test_elements, *args, **kwargs):
+        seen.append((elements.device, test_elements.device))
+        return isin(elements, test_elements, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "isin", checking_isin)
+    LatentMAS(lm, SAMPLING, latent_steps=1).solve(["2+2"])
+    head = lm.model.get_output_embeddings().weight.device
+    assert seen and all(a == b == head for a, b in seen)
+
+
+def test_server_is_reachable_over_http_in_bf16(bf16):
+    """The same app behind a real socket (the path the CLI's `serve` takes)."""
+    from .test_server import RunningServer
+
+    running = RunningServer(create_app(bf16, max_batch=2, max_wait_ms=5, default_max_tokens=3))
+    try:
+        reply = httpx.post(
+            f"{running.url}/v1/chat/completions",
+            json={"model": "x", "messages": [{"role": "user", "content": "hi"}]},
+            timeout=60,
+        )
+        assert reply.status_code == 200
+    finally:
+        running.stop()
