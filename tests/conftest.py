@@ -7,7 +7,7 @@ import pytest
 from latentmas.models import LoadedModel, load_model
 from latentmas.tiny import tiny_loaded
 
-ARCHS = ["llama", "qwen2", "qwen3", "gemma"]
+ARCHS = ["llama", "qwen2", "qwen3", "gemma", "gemma3", "mistral"]  # the last two slide (window 16)
 
 # Questions of very different lengths, so a batch needs real padding.
 QUESTIONS = [

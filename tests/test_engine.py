@@ -8,6 +8,7 @@ import torch
 from latentmas import LatentMAS, Sampling, SingleAgent, TextMAS, engine
 from latentmas.engine import SharedMemory
 from latentmas.roles import shared_conversation, topology_roles
+from latentmas.tiny import tiny_loaded
 
 from .conftest import QUESTIONS
 
@@ -229,3 +230,27 @@ def test_extreme_temperatures_still_sample(tiny, temperature):
     """Found by the server fuzz: a tiny temperature overflowed the softmax into NaN."""
     sampling = Sampling(max_new_tokens=4, temperature=temperature, top_p=0.5, seed=1)
     assert SingleAgent(tiny, sampling).solve(["2+2"])[0].output_tokens > 0
+
+
+@pytest.mark.parametrize("arch", ["gemma3", "mistral"])
+def test_sliding_window_engine_matches_the_models_own_forward(arch):
+    """Prompt longer than the window, fed in pieces and token by token: every hidden state
+    equals the model's own full forward (its own sliding-window mask)."""
+    lm = tiny_loaded(arch)
+    ids = lm.tokenizer(QUESTIONS[4]).input_ids
+    assert len(ids) > 3 * lm.model.config.sliding_window
+    with torch.inference_mode():
+        full = lm.model.base_model(input_ids=torch.tensor([ids])).last_hidden_state[0]
+        memory = SharedMemory.empty(lm.model, 1)
+        engine.prefill(lm.model, memory, [ids[:10]], 0)
+        stepped = [engine.prefill(lm.model, memory, [ids[10:30]], 0)[0]]
+        stepped += [engine.prefill(lm.model, memory, [[t]], 0)[0] for t in ids[30:]]
+    torch.testing.assert_close(torch.stack(stepped), full[29:], atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("arch", ["gemma3", "mistral"])
+def test_sliding_window_latent_only_is_batch_invariant(arch):
+    lm = tiny_loaded(arch)
+    method = LatentMAS(lm, SAMPLING, latent_steps=3, memory="latent_only")
+    batched, alone = _solo_and_batched(method, QUESTIONS)
+    assert [a.final_text for a in batched] == [a.final_text for a in alone]

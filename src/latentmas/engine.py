@@ -74,10 +74,34 @@ class GrowingLayer(DynamicLayer):
         return self.keys, self.values
 
 
+def sliding_window(model: PreTrainedModel) -> tuple[int | None, list[bool]]:
+    """-> (window, which layers slide). (None, all False) for models without sliding layers.
+
+    Mixed models (Gemma 2/3) name each layer's kind in `layer_types`; models without that
+    field (Mistral) slide in every layer when `sliding_window` is set.
+    """
+    config = model.config.get_text_config()
+    layers = config.num_hidden_layers
+    window = getattr(config, "sliding_window", None)
+    kinds = getattr(config, "layer_types", None)
+    if kinds:
+        sliding = [kind == "sliding_attention" for kind in kinds[:layers]]
+    else:
+        sliding = [bool(window) and getattr(config, "use_sliding_window", True)] * layers
+    if not window or not any(sliding):
+        return None, [False] * layers
+    return int(window), sliding
+
+
 def new_cache(model: PreTrainedModel) -> DynamicCache:
-    """A DynamicCache whose full-attention layers grow in place (sliding ones stay as they are)."""
+    """A DynamicCache whose layers grow in place and keep every column.
+
+    Sliding-window layers keep every column too: their window is applied by our own mask
+    over real positions (see `window_masks`), since the stock sliding layer counts padding
+    columns as part of the window and evicts columns our bookkeeping still indexes.
+    """
     cache = DynamicCache(config=model.config)
-    cache.layers = [GrowingLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    cache.layers = [GrowingLayer() for _ in cache.layers]
     return cache
 
 
@@ -86,15 +110,17 @@ class SharedMemory:
     """The batch's working memory: one KV cache that every agent appends to.
 
     attention_mask: [batch, length], 1 for a real position, 0 for padding.
+    positions:      [batch, length], each column's position id (meaningless on padding).
     next_position:  [batch], the position id of each row's next real position.
     is_latent:      [length], True where the column holds a latent thought.
-    The mask and the latent flags live in buffers with spare room, so a step writes one
-    column instead of reallocating them.
+    The mask, positions and latent flags live in buffers with spare room, so a step writes
+    one column instead of reallocating them.
     """
 
     cache: DynamicCache
     next_position: torch.Tensor
     _mask: torch.Tensor  # [batch, capacity]
+    _positions: torch.Tensor  # [batch, capacity]
     _latent: torch.Tensor  # [capacity]
     _length: int = 0
 
@@ -105,8 +131,13 @@ class SharedMemory:
             cache=new_cache(model),
             next_position=torch.zeros(batch_size, dtype=torch.long, device=device),
             _mask=torch.zeros(batch_size, capacity, dtype=torch.long, device=device),
+            _positions=torch.zeros(batch_size, capacity, dtype=torch.long, device=device),
             _latent=torch.zeros(capacity, dtype=torch.bool, device=device),
         )
+
+    @property
+    def positions(self) -> torch.Tensor:
+        return self._positions[:, : self._length]
 
     @property
     def attention_mask(self) -> torch.Tensor:
@@ -129,17 +160,20 @@ class SharedMemory:
         """[batch] positions each row really holds (no padding)."""
         return self.attention_mask.sum(dim=1)
 
-    def extend(self, segment_mask: torch.Tensor, latent: bool) -> None:
+    def extend(self, segment_mask: torch.Tensor, positions: torch.Tensor, latent: bool) -> None:
         """Record a new segment's columns [batch, width] (the cache itself grows in the model)."""
         needed = self._length + segment_mask.shape[1]
         if needed > self._mask.shape[1]:
             capacity = max(64, 2 * needed)
             mask = self._mask.new_zeros(self.batch_size, capacity)
             mask[:, : self._length] = self.attention_mask
+            where = self._positions.new_zeros(self.batch_size, capacity)
+            where[:, : self._length] = self.positions
             flags = self._latent.new_zeros(capacity)
             flags[: self._length] = self.is_latent
-            self._mask, self._latent = mask, flags
+            self._mask, self._positions, self._latent = mask, where, flags
         self._mask[:, self._length : needed] = segment_mask
+        self._positions[:, self._length : needed] = positions
         self._latent[self._length : needed] = latent
         self._length = needed
         self.next_position = self.next_position + segment_mask.sum(dim=1)
@@ -149,14 +183,10 @@ class SharedMemory:
         for layer in self.cache.layers:
             if layer.keys is None or layer.keys.numel() == 0:
                 continue
-            if layer.keys.shape[-2] != self.length:
-                raise LatentMASError(
-                    "latent_only memory cannot drop columns from a sliding-window cache; "
-                    "use --memory full with this model"
-                )
             layer.keys = layer.keys.index_select(-2, columns)
             layer.values = layer.values.index_select(-2, columns)
         self._mask = self.attention_mask.index_select(1, columns)
+        self._positions = self.positions.index_select(1, columns)
         self._latent = self.is_latent.index_select(0, columns)
         self._length = len(columns)
 
@@ -164,6 +194,7 @@ class SharedMemory:
         """Drop finished rows so they stop costing compute."""
         self.cache.batch_select_indices(rows)
         self._mask = self._mask.index_select(0, rows)
+        self._positions = self._positions.index_select(0, rows)
         self.next_position = self.next_position.index_select(0, rows)
 
 
@@ -202,16 +233,51 @@ def append(
         positions = memory.next_position[:, None]
     else:
         positions = (memory.next_position[:, None] + segment_mask.cumsum(dim=1) - 1).clamp_min(0)
-    memory.extend(segment_mask, latent)
+    memory.extend(segment_mask, positions.expand_as(segment_mask), latent)
+    window, sliding = sliding_window(model)
+    mask = (
+        memory.attention_mask
+        if window is None
+        else window_masks(memory, segment_mask.shape[1], window, sliding, model.dtype)
+    )
     out = model.base_model(
         input_ids=input_ids,
         inputs_embeds=inputs_embeds,
-        attention_mask=memory.attention_mask,
+        attention_mask=mask,
         position_ids=positions,
         use_cache=True,
         **{cache_keyword(type(model.base_model)): memory.cache},
     )
     return out.last_hidden_state[:, -1]
+
+
+def window_masks(
+    memory: SharedMemory, width: int, window: int, sliding: list[bool], dtype: torch.dtype
+) -> torch.Tensor | dict[str, torch.Tensor]:
+    """Additive 4-D masks [batch, 1, width, length] for the newest `width` columns, by real position.
+
+    A key is visible when it is real, not later than the query, and (sliding layers) fewer
+    than `window` real positions back, so padding never takes room in a row's window and a
+    row sees what it would see alone. Padding queries see themselves (never an empty row,
+    which would turn into NaN). Models with both kinds of layer take a dict by layer kind.
+    """
+    real = memory.attention_mask.bool()  # [batch, length]
+    keys = memory.positions  # [batch, length]
+    queries = keys[:, -width:]  # [batch, width]
+    length = keys.shape[1]
+    visible = real[:, None, :] & (keys[:, None, :] <= queries[:, :, None])  # [batch, width, length]
+    itself = torch.zeros(width, length, dtype=torch.bool, device=keys.device)
+    itself[torch.arange(width), torch.arange(length - width, length)] = True
+    in_window = visible & (queries[:, :, None] - keys[:, None, :] < window) | itself
+    visible = visible | itself
+    low = torch.finfo(dtype).min
+
+    def additive(allowed: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(allowed.shape, dtype=dtype, device=keys.device).masked_fill(~allowed, low)[:, None]
+
+    if all(sliding):
+        return additive(in_window)
+    return {"full_attention": additive(visible), "sliding_attention": additive(in_window)}
 
 
 @cache

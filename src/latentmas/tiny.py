@@ -55,6 +55,16 @@ TINY_CONFIGS: dict[str, dict] = {
     "qwen2": dict(model_type="qwen2", tie_word_embeddings=False),
     "qwen3": dict(model_type="qwen3", tie_word_embeddings=True, head_dim=16),
     "gemma": dict(model_type="gemma", tie_word_embeddings=True, head_dim=16),
+    # Sliding-window attention with a window shorter than the test prompts; layers alternate.
+    "gemma3": dict(
+        model_type="gemma3_text",
+        tie_word_embeddings=True,
+        head_dim=16,
+        sliding_window=16,
+        layer_types=["sliding_attention", "full_attention"],
+        initializer_range=0.03,  # larger ones collapse this architecture onto one token
+    ),
+    "mistral": dict(model_type="mistral", tie_word_embeddings=False, sliding_window=16),
 }
 
 
