@@ -7,7 +7,7 @@ import logging
 import pytest
 import torch
 
-from latentmas import Sampling, hetero
+from latentmas import Sampling, engine, hetero
 from latentmas.errors import LatentMASError
 from latentmas.hetero import HeteroMAS, fit_cross_map, parse_agent_models, surface_strings
 from latentmas.models import LoadedModel
@@ -75,9 +75,21 @@ def test_latent_handoff_runs_and_is_batch_invariant(related, monkeypatch):
     assert [x.final_text for x in batched] == [x.final_text for x in alone]
     assert [s.mode for s in alone[0].agents] == ["latent", "latent", "latent", "text"]
     assert alone[0].latent_steps == 9
-    # The handoff really carries information: without A's thoughts B answers differently.
-    only_b = HeteroMAS({r: b for r in models}, Sampling(max_new_tokens=6), latent_steps=3).solve(QUESTIONS)
-    assert [x.final_text for x in only_b] != [x.final_text for x in alone]
+    # The handoff really carries A's thoughts: with the map zeroed (same positions, no content)
+    # B answers differently. Had the mapped thoughts been dropped, both would agree.
+    # Compared on the solver's first logits, which any change in its cache moves.
+    first_logits = []
+    logits = engine.lm_logits
+    monkeypatch.setattr(
+        engine, "lm_logits", lambda *args: (first_logits.append(logits(*args)), first_logits[-1])[1]
+    )
+    method.solve(QUESTIONS)
+    mapped = first_logits[0]
+    cross = method.maps[(a.name, b.name)]
+    cross.matrix = torch.zeros_like(cross.matrix)
+    first_logits.clear()
+    method.solve(QUESTIONS)
+    assert (first_logits[0] - mapped).abs().max() > 0.1
 
 
 def test_agent_model_option_is_parsed_and_checked():

@@ -18,10 +18,31 @@ def _row_cosines(model, realigner):
     return torch.nn.functional.cosine_similarity(mapped, w_in[real], dim=-1)
 
 
-def test_ridge_on_tied_embeddings_maps_each_row_to_itself():
+def test_ridge_on_tied_embeddings_is_nearly_the_identity():
     model = tiny_model("llama", tie_word_embeddings=True)
     realigner = build_realigner(model, "ridge", use_disk_cache=False)
+    assert realigner.matrix is not None  # a real map, not the norm-only rescale
+    eye = torch.eye(model.config.hidden_size)
+    torch.testing.assert_close(realigner.matrix, eye, atol=1e-3, rtol=0)
     assert _row_cosines(model, realigner).min() > 0.999
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_ridge_matches_an_independent_least_squares_solve(tied):
+    """min ||W_out M - W_in||^2 + lam' ||M||^2 solved as an augmented least-squares problem;
+    a transposed, unregularised or norm-only map would not match."""
+    model = tiny_model("qwen2", tie_word_embeddings=tied, seed=5)
+    lam = 1e-2  # large enough that the regulariser matters
+    realigner = build_realigner(model, "ridge", lam=lam, use_disk_cache=False)
+    w_out, w_in = output_embedding_matrix(model).double(), input_embedding_matrix(model).double()
+    hidden = w_out.shape[1]
+    scale = lam * (w_out.T @ w_out).diagonal().mean()
+    a = torch.cat([w_out, scale.sqrt() * torch.eye(hidden, dtype=torch.float64)])
+    b = torch.cat([w_in, torch.zeros(hidden, hidden, dtype=torch.float64)])
+    expected = torch.linalg.lstsq(a, b).solution.float()
+    torch.testing.assert_close(realigner.matrix, expected, atol=1e-4, rtol=1e-3)
+    if not tied:
+        assert not torch.allclose(expected, expected.T, atol=1e-3)  # so a transpose would fail
 
 
 def test_ridge_on_untied_embeddings_recovers_a_linear_relation():

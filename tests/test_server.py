@@ -15,7 +15,7 @@ import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from latentmas import Sampling, make_method
+from latentmas import Sampling, engine, make_method
 from latentmas.server import create_app
 from latentmas.tiny import tiny_loaded
 
@@ -180,20 +180,34 @@ def test_full_queue_answers_503(server):
     assert response.status_code == 503 and "busy" in response.json()["error"]["message"]
 
 
-def test_client_that_disconnects_mid_stream_frees_its_slot(server):
+def test_client_that_disconnects_mid_stream_stops_its_row(server, monkeypatch):
     body = {
         "messages": [{"role": "user", "content": "Tell a long story"}],
         "max_tokens": 400,
-        "stream": True,
+        "stream": False,
         "method": "single",
     }
-    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body) as response:
-        for _ in response.iter_lines():
-            break  # read the first event, then hang up
+    # Control: left alone, this request decodes hundreds of tokens.
+    whole = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=120).json()
+    decoded = whole["usage"]["completion_tokens"]
+    assert decoded > 200
+    steps = []
+    logits = engine.lm_logits
+    monkeypatch.setattr(engine, "lm_logits", lambda *a: (steps.append(1), logits(*a))[1])
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json={**body, "stream": True}) as response:
+        for line in response.iter_lines():
+            if '"content": "' in line and '"content": ""' not in line:
+                break  # decoding has begun: hang up
     deadline = time.monotonic() + 20
     while httpx.get(f"{server.url}/health").json()["in_flight"] != 0:
         assert time.monotonic() < deadline, "slot was not freed"
         time.sleep(0.05)
+    # The slot counter drops as soon as the client leaves; the engine may still be busy. One
+    # worker runs batches in order, so a one-token request returns only after that batch ended.
+    after = httpx.post(f"{server.url}/v1/chat/completions", json={**body, "max_tokens": 1}, timeout=120)
+    assert after.status_code == 200
+    # The engine stopped decoding the row soon after the client left, far short of `decoded`.
+    assert 0 < len(steps) - 1 < decoded / 2
 
 
 def test_shutdown_finishes_requests_in_flight(lm):
