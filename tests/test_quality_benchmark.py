@@ -1,0 +1,108 @@
+"""The quality benchmark's statistics against known values, and a quality run that resumes."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from latentmas.stats import compare_paired, mcnemar_exact, wilson_interval
+from latentmas.tiny import tiny_loaded
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _quality_module():
+    spec = importlib.util.spec_from_file_location("quality", ROOT / "benchmarks" / "quality.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["quality"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "correct, n, low, high",
+    [(5, 20, 0.1119, 0.4687), (0, 10, 0.0, 0.2775), (10, 10, 0.7225, 1.0), (50, 100, 0.4038, 0.5962)],
+)
+def test_wilson_interval_matches_published_values(correct, n, low, high):
+    got = wilson_interval(correct, n)
+    assert got == pytest.approx((low, high), abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    "only_a, only_b, p",
+    [(1, 9, 22 / 1024), (0, 5, 2 / 32), (3, 3, 1.0), (0, 0, 1.0), (2, 10, 2 * (1 + 12 + 66) / 4096)],
+)
+def test_exact_mcnemar_matches_the_binomial_tail(only_a, only_b, p):
+    assert mcnemar_exact(only_a, only_b) == pytest.approx(p)
+    assert mcnemar_exact(only_b, only_a) == pytest.approx(p)  # two-sided
+
+
+def test_paired_comparison_uses_only_shared_questions():
+    a = {"q1": True, "q2": True, "q3": False, "q4": True}
+    b = {"q1": False, "q2": True, "q3": True, "q5": True}
+    cmp = compare_paired(a, b)
+    assert (cmp.n, cmp.only_a, cmp.only_b) == (3, 1, 1)
+    assert cmp.difference == pytest.approx(0.0) and cmp.p_value == 1.0
+
+
+def test_config_names_parse_into_one_change_each():
+    quality = _quality_module()
+    assert quality.parse_config("latent_mas[m=0]")["options"]["latent_steps"] == "0"
+    both = quality.parse_config("latent_mas[realign=soft,m=3]")["options"]
+    assert both["realign"] == "soft" and both["latent_steps"] == "3" and both["memory"] == "full"
+    assert quality.split_configs("single,latent_mas[realign=soft,m=3]") == [
+        "single",
+        "latent_mas[realign=soft,m=3]",
+    ]
+    assert len(quality.all_configs()) == len(set(quality.all_configs()))
+    with pytest.raises(Exception, match="cannot set"):
+        quality.parse_config("latent_mas[bogus=1]")
+
+
+def test_quality_run_writes_tables_and_resumes(tmp_path, capsys):
+    model_dir = tmp_path / "model"
+    lm = tiny_loaded("llama")
+    lm.model.save_pretrained(model_dir)
+    lm.tokenizer.save_pretrained(model_dir)
+    data = tmp_path / "gsm8k.jsonl"
+    rows = [{"question": f"What is {i} + {i}?", "answer": f"#### {2 * i}"} for i in range(4)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    quality = _quality_module()
+    args = [
+        "--model",
+        str(model_dir),
+        "--gsm8k-file",
+        str(data),
+        "--limit",
+        "3",
+        "--max-new-tokens",
+        "3",
+        "--batch-size",
+        "2",
+        "--configs",
+        "single,latent_mas[m=2]",
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    assert quality.main(args) == 0
+    first = capsys.readouterr().out
+    assert "3 to run" in first and "| latent_mas[m=2] | 3 |" in first
+    report = json.loads((tmp_path / "out" / "quality.json").read_text())
+    assert {r["config"] for r in report["rows"]} == {"single", "latent_mas[m=2]"}
+    assert (tmp_path / "out" / "quality.png").stat().st_size > 0
+    # Rerun: nothing is recomputed, and one more question extends the run.
+    assert quality.main(args) == 0
+    assert "3 done, 0 to run" in capsys.readouterr().out
+    assert quality.main([*args[:5], "4", *args[6:]]) == 0  # --limit 4
+    assert "3 done, 1 to run" in capsys.readouterr().out
+    results = (tmp_path / "out" / "gsm8k" / "single" / "results.jsonl").read_text().splitlines()
+    assert len(results) == 4
+
+
+def test_unknown_config_is_a_clear_error(capsys):
+    assert _quality_module().main(["--configs", "double_mas", "--report-only"]) == 2
+    assert "error:" in capsys.readouterr().err
