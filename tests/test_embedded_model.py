@@ -98,3 +98,12 @@ def test_readme_demo_answers_correctly_with_qwen():
     assert result.returncode == 0, result.stderr
     answer = result.stdout.rsplit("answer", 1)[-1]
     assert "\\boxed{3}" in answer, result.stdout
+
+
+def test_converted_models_are_kept_per_transformers_release(tmp_path):
+    """A tokenizer saved by one release can load wrongly in another (5.17 reading 5.24's)."""
+    import transformers
+
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    assert models._gguf_cache_folder(gguf).name.endswith(f"-tf{transformers.__version__}")

@@ -240,7 +240,7 @@ def test_sliding_window_engine_matches_the_models_own_forward(arch):
     ids = lm.tokenizer(QUESTIONS[4]).input_ids
     assert len(ids) > 3 * lm.model.config.sliding_window
     with torch.inference_mode():
-        full = lm.model.base_model(input_ids=torch.tensor([ids])).last_hidden_state[0]
+        full = engine.decoder(lm.model)(input_ids=torch.tensor([ids])).last_hidden_state[0]
         memory = SharedMemory.empty(lm.model, 1)
         engine.prefill(lm.model, memory, [ids[:10]], 0)
         stepped = [engine.prefill(lm.model, memory, [ids[10:30]], 0)[0]]

@@ -240,13 +240,14 @@ def append(
         if window is None
         else window_masks(memory, segment_mask.shape[1], window, sliding, model.dtype)
     )
-    out = model.base_model(
+    body = decoder(model)
+    out = body(
         input_ids=input_ids,
         inputs_embeds=inputs_embeds,
         attention_mask=mask,
         position_ids=positions,
         use_cache=True,
-        **{cache_keyword(type(model.base_model)): memory.cache},
+        **{cache_keyword(type(body)): memory.cache},
     )
     return out.last_hidden_state[:, -1]
 
@@ -278,6 +279,23 @@ def window_masks(
     if all(sliding):
         return additive(in_window)
     return {"full_attention": additive(visible), "sliding_attention": additive(in_window)}
+
+
+def decoder(model: PreTrainedModel) -> torch.nn.Module:
+    """The decoder body under the LM head: it returns the last hidden state, not logits.
+
+    `base_model` finds it through `base_model_prefix`, which some releases set to a name
+    the class does not use (Gemma 3's causal LM in transformers 4.56 says
+    "language_model" but holds `model`); then look for the usual attribute names.
+    """
+    body = model.base_model
+    if body is not model:
+        return body
+    for name in ("model", "language_model", "transformer"):
+        inner = getattr(model, name, None)
+        if isinstance(inner, torch.nn.Module):
+            return inner
+    raise LatentMASError(f"cannot find the decoder inside {type(model).__name__}")
 
 
 @cache

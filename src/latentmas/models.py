@@ -20,6 +20,7 @@ from importlib import resources
 from pathlib import Path
 
 import torch
+import transformers
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -133,10 +134,17 @@ def qwen_gguf_path() -> Path:
     return assemble_parts(qwen_part_paths(), cache_dir() / "gguf" / QWEN_GGUF, QWEN_SHA256, QWEN_SIZE)
 
 
+def _converted_suffix() -> str:
+    """Converted folders are per transformers release: a tokenizer saved by one release can
+    load wrongly in another (5.24 names a class 4.x lacks; 5.17 reads 5.24's byte-level
+    tokenizer without its decoder), so each release converts once on its own."""
+    return f"tf{transformers.__version__}"
+
+
 def _gguf_cache_folder(gguf: Path) -> Path:
     stat = gguf.stat()
     key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
-    return cache_dir() / "models" / f"{gguf.stem}-{key[:12]}"
+    return cache_dir() / "models" / f"{gguf.stem}-{key[:12]}-{_converted_suffix()}"
 
 
 def _convert_gguf(gguf: Path, target: Path | None = None) -> Path:
@@ -183,7 +191,7 @@ def _resolve(name: str | None) -> tuple[str | Path, str]:
     if name is None or name in ("", EMBEDDED_MODEL, "embedded"):
         return _convert_gguf(embedded_gguf_path()), EMBEDDED_MODEL
     if name.lower() in QWEN_ALIASES:
-        folder = cache_dir() / "models" / f"{QWEN_MODEL}-{QWEN_SHA256[:12]}"
+        folder = cache_dir() / "models" / f"{QWEN_MODEL}-{QWEN_SHA256[:12]}-{_converted_suffix()}"
         if not (folder / "config.json").is_file():  # assemble and convert once
             folder = _convert_gguf(qwen_gguf_path(), folder)
         return folder, QWEN_MODEL
