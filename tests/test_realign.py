@@ -93,3 +93,17 @@ def test_ridge_matrix_is_computed_once_and_read_from_disk(monkeypatch):
 def test_unknown_mode_is_a_user_error():
     with pytest.raises(LatentMASError, match="unknown realignment"):
         build_realigner(tiny_model("llama"), "bogus")
+
+
+def test_soft_realignment_is_the_expected_input_embedding():
+    """e = softmax(h W_out^T) W_in: checked against the formula, and a confident state
+    (one logit far above the rest) becomes that token's own input embedding."""
+    model = tiny_model("qwen2", tie_word_embeddings=False, seed=7)
+    realigner = build_realigner(model, "soft")
+    w_out, w_in = output_embedding_matrix(model), input_embedding_matrix(model)
+    hidden = torch.randn(3, model.config.hidden_size)
+    expected = torch.softmax(hidden @ w_out.T, dim=-1) @ w_in
+    torch.testing.assert_close(realigner(hidden), expected, atol=1e-5, rtol=1e-4)
+    token = 17
+    confident = 50 * w_out[token] / w_out[token].norm() ** 2 * w_out.norm(dim=-1).max()
+    torch.testing.assert_close(realigner(confident[None])[0], w_in[token], atol=1e-3, rtol=1e-3)
