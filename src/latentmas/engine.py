@@ -123,11 +123,16 @@ class SharedMemory:
     _positions: torch.Tensor  # [batch, capacity]
     _latent: torch.Tensor  # [capacity]
     _length: int = 0
+    window: int | None = None  # the model's sliding window, read once (None: no sliding layers)
+    sliding: tuple[bool, ...] = ()  # which layers slide
 
     @classmethod
     def empty(cls, model: PreTrainedModel, batch_size: int, capacity: int = 256) -> SharedMemory:
         device = model.device
+        window, sliding = sliding_window(model)
         return cls(
+            window=window,
+            sliding=tuple(sliding),
             cache=new_cache(model),
             next_position=torch.zeros(batch_size, dtype=torch.long, device=device),
             _mask=torch.zeros(batch_size, capacity, dtype=torch.long, device=device),
@@ -234,12 +239,10 @@ def append(
     else:
         positions = (memory.next_position[:, None] + segment_mask.cumsum(dim=1) - 1).clamp_min(0)
     memory.extend(segment_mask, positions.expand_as(segment_mask), latent)
-    window, sliding = sliding_window(model)
-    mask = (
-        memory.attention_mask
-        if window is None
-        else window_masks(memory, segment_mask.shape[1], window, sliding, model.dtype)
-    )
+    if memory.window is None:
+        mask = memory.attention_mask
+    else:
+        mask = window_masks(memory, segment_mask.shape[1], memory.window, list(memory.sliding), model.dtype)
     body = decoder(model)
     out = body(
         input_ids=input_ids,
