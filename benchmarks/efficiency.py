@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache
 
-from latentmas import Sampling, engine, get_task, load_model, make_method
+from latentmas import LatentMAS, RunSpec, Sampling, build_solver, engine, get_task, load_model
 from latentmas.engine import SharedMemory
 from latentmas.models import LoadedModel
 from latentmas.tiny import model_from_config_file, tiny_tokenizer
@@ -91,13 +91,11 @@ def measure(
     sampling: Sampling,
     engine: str = "transformers",
 ) -> Row:
-    if engine == "llamacpp" and method_name == "latent_mas":
-        from latentmas.llamacpp_engine import LlamaCppLatentMAS
-        from latentmas.models import embedded_gguf_path
-
-        method = LlamaCppLatentMAS(lm, embedded_gguf_path(), sampling, topology, steps)
-    else:
-        method = make_method(method_name, lm, sampling, topology=topology, latent_steps=steps)
+    engine_name = engine if method_name == "latent_mas" else "transformers"
+    spec = RunSpec(
+        method=method_name, topology=topology, latent_steps=str(steps), engine=engine_name, **asdict(sampling)
+    )
+    method = build_solver(spec, lm)
     method.solve([questions[0].question], task.answer_format)  # warm-up: allocator, kernels
     cuda = lm.model.device.type == "cuda"
     if cuda:
@@ -144,7 +142,7 @@ def step_costs(lm: LoadedModel, batch_size: int, context: int, steps: int = 16) 
     DynamicCache instead of our in-place cache; and a naive latent step that asks the full
     model for every layer's hidden states."""
     model = lm.model
-    method = make_method("latent_mas", lm, Sampling(max_new_tokens=steps), latent_steps=steps)
+    method = LatentMAS(lm, Sampling(max_new_tokens=steps), latent_steps=steps)
     # Rows of different lengths, so the batch has padding as real batches do.
     prompts = [list(range(10, 10 + context - 5 * row)) for row in range(batch_size)]
     ones = torch.ones(batch_size, 1, dtype=torch.long, device=model.device)
@@ -154,7 +152,7 @@ def step_costs(lm: LoadedModel, batch_size: int, context: int, steps: int = 16) 
             positions = memory.next_position[:, None]
             memory.extend(ones, True)
             out = model(
-                inputs_embeds=method.realigner(hidden)[:, None],
+                inputs_embeds=method.engine.realigner(hidden)[:, None],
                 attention_mask=memory.attention_mask,
                 position_ids=positions,
                 cache=memory.cache,
@@ -164,7 +162,7 @@ def step_costs(lm: LoadedModel, batch_size: int, context: int, steps: int = 16) 
             hidden = out.hidden_states[-1][:, -1]
 
     runs = {
-        "latent": (False, lambda m, h: engine.latent_steps(model, m, h, steps, method.realigner)),
+        "latent": (False, lambda m, h: engine.latent_steps(model, m, h, steps, method.engine.realigner)),
         "decode": (False, lambda m, h: engine.decode(model, m, h, Sampling(max_new_tokens=steps + 1), set())),
         "decode_stock": (
             True,
@@ -179,7 +177,7 @@ def step_costs(lm: LoadedModel, batch_size: int, context: int, steps: int = 16) 
             base = SharedMemory.empty(model, batch_size)
             if stock:
                 base.cache = DynamicCache(config=model.config)
-            bases[stock] = (base, engine.prefill(model, base, prompts, method.pad_id))
+            bases[stock] = (base, engine.prefill(model, base, prompts, method.engine.pad_id))
         for name, (stock, run) in list(runs.items()) * 2:  # the first round is warm-up
             base, hidden = bases[stock]
             memory = copy.deepcopy(base)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from latentmas import Sampling, evaluate, get_task, load_model, make_method
+from latentmas import RunSpec, Sampling, build_solver, evaluate, get_task, load_model
 from latentmas.errors import LatentMASError
 from latentmas.evaluate import read_results
 from latentmas.stats import compare_paired, wilson_interval
@@ -98,7 +98,8 @@ def folder_name(config: str, seed: int, sampled: bool) -> str:
 
 
 def run_config(lm, task, examples, config: dict, sampling: Sampling, folder: Path, batch_size: int) -> None:
-    method = make_method(config["method"], lm, sampling, **config["options"])
+    spec = RunSpec(model=lm.name, method=config["method"], **config["options"], **asdict(sampling))
+    method = build_solver(spec, lm)
     done = {r.id for r in read_results(folder / "results.jsonl")}
     left = [e for e in examples if e.id not in done]
     print(
@@ -107,7 +108,7 @@ def run_config(lm, task, examples, config: dict, sampling: Sampling, folder: Pat
     )
     if not left:
         return
-    began, count = time.perf_counter(), [len(examples) - len(left)]
+    began, count = time.perf_counter(), [0]
 
     def progress(results):
         count[0] += len(results)

@@ -299,7 +299,7 @@ def test_llamacpp_engine_refuses_options_it_cannot_honour(options, message):
     from pathlib import Path
 
     from latentmas.errors import LatentMASError
-    from latentmas.llamacpp_engine import LlamaCppLatentMAS
+    from latentmas.llamacpp_engine import LlamaCppEngine
 
     with pytest.raises(LatentMASError, match=message):
-        LlamaCppLatentMAS(tiny_loaded("llama"), Path("never-read.gguf"), **options)
+        LlamaCppEngine(tiny_loaded("llama"), Path("never-read.gguf"), **options)

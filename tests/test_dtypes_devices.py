@@ -18,6 +18,7 @@ from latentmas.models import LoadedModel
 from latentmas.realign import Realigner, build_realigner
 from latentmas.server import create_app
 from latentmas.tiny import tiny_loaded, tiny_model, tiny_tokenizer
+from latentmas.trace import Tracing
 
 from .conftest import QUESTIONS
 
@@ -86,7 +87,7 @@ def test_bf16_drift_guard_compares_in_float32(bf16):
 
 
 def test_bf16_trace(bf16):
-    method = LatentMAS(bf16, SAMPLING, latent_steps=3, trace=True)
+    method = LatentMAS(bf16, SAMPLING, latent_steps=3, observers=[Tracing(bf16)])
     (answer,) = method.solve([QUESTIONS[0]])
     steps = answer.trace.agents[0].steps
     assert len(steps) == 3 and all(s.logit_lens for s in steps)

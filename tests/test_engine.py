@@ -41,7 +41,7 @@ def test_padding_changes_nothing_inside_the_engine(tiny):
     """Direct engine check: hidden states of a padded row equal those of the row alone."""
     model, tok = tiny.model, tiny.tokenizer
     short, long = tok("2+2").input_ids, tok("A much longer prompt with many tokens in it").input_ids
-    realign = LatentMAS(tiny, SAMPLING, latent_steps=0).realigner
+    realign = LatentMAS(tiny, SAMPLING, latent_steps=0).engine.realigner
     with torch.inference_mode():
         both = SharedMemory.empty(model, 2)
         h2 = engine.prefill(model, both, [short, long], tok.pad_token_id)
@@ -96,7 +96,7 @@ def test_zero_latent_steps_final_answer_depends_on_earlier_agents(tiny):
         segments = shared_conversation(tiny.tokenizer, roles, QUESTIONS[0], "")
         memory = SharedMemory.empty(tiny.model, 1)
         hidden = engine.prefill(tiny.model, memory, [segments[-1]], tiny.tokenizer.pad_token_id)
-        final_alone = engine.decode(tiny.model, memory, hidden, method.sampling, method.stop_ids)
+        final_alone = engine.decode(tiny.model, memory, hidden, method.sampling, method.engine.stop_ids)
     final_alone_text = tiny.tokenizer.decode(final_alone[0], skip_special_tokens=True).strip()
     assert method.solve([QUESTIONS[0]])[0].final_text != final_alone_text
 
@@ -218,10 +218,14 @@ def test_growing_cache_matches_transformers_dynamic_cache(tiny):
             if stock:
                 memory.cache = DynamicCache(config=model.config)
             hidden = engine.prefill(model, memory, prompts, tok.pad_token_id)
-            hidden, _ = engine.latent_steps(model, memory, hidden, 70, method.realigner)  # crosses a regrowth
+            hidden, _ = engine.latent_steps(
+                model, memory, hidden, 70, method.engine.realigner
+            )  # crosses a regrowth
             memory.keep_columns(torch.arange(memory.length - 50, memory.length))
             hidden = engine.prefill(model, memory, prompts, tok.pad_token_id)
-            outputs.append(engine.decode(model, memory, hidden, Sampling(max_new_tokens=20), method.stop_ids))
+            outputs.append(
+                engine.decode(model, memory, hidden, Sampling(max_new_tokens=20), method.engine.stop_ids)
+            )
     assert outputs[0] == outputs[1]
 
 

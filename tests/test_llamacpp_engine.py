@@ -17,11 +17,12 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def engine_method(embedded):
-    from latentmas.llamacpp_engine import LlamaCppLatentMAS
+    from latentmas import LatentMAS
+    from latentmas.llamacpp_engine import LlamaCppEngine
 
-    method = LlamaCppLatentMAS(embedded, embedded_gguf_path(), Sampling(max_new_tokens=16), latent_steps=4)
-    yield method
-    method.close()
+    engine = LlamaCppEngine(embedded, embedded_gguf_path())
+    yield LatentMAS(engine, Sampling(max_new_tokens=16), latent_steps=4)
+    engine.close()
 
 
 def test_llamacpp_latent_mas_answers_with_latent_agents(engine_method):
@@ -50,7 +51,23 @@ def test_llamacpp_hidden_state_matches_transformers(embedded, engine_method):
     with torch.inference_mode():
         memory = SharedMemory.empty(embedded.model, 1)
         ours = engine.prefill(embedded.model, memory, [prompt], 0)[0].numpy()
-    engine_method.llm.reset()
-    theirs = engine_method._prefill(prompt, want_hidden=True)
+    cpp = engine_method.engine
+    cpp.new_memory(1)
+    theirs = cpp.prefill(None, [prompt])[0].numpy()
     cosine = float(ours @ theirs / np.linalg.norm(ours) / np.linalg.norm(theirs))
     assert cosine > 0.99  # the same weights; llama.cpp quantizes activations in its matmuls
+
+
+def test_llamacpp_gets_the_drift_guard_and_tracing_from_the_agent_loop(embedded, engine_method):
+    from latentmas import LatentMAS
+    from latentmas.trace import Tracing
+
+    method = LatentMAS(
+        engine_method.engine, Sampling(max_new_tokens=4), latent_steps="auto:6", observers=[Tracing(embedded)]
+    )
+    (answer,) = method.solve(["What is 2+2?"])
+    assert answer.trace is not None and [a.role for a in answer.trace.agents][-1] == "solver"
+    recorded = [len(a.steps) for a in answer.trace.agents[:3]]
+    assert recorded == [s.latent_steps for s in answer.agents[:3]]
+    assert all(1 <= n <= 6 for n in recorded)
+    assert answer.trace.agents[0].steps[0].logit_lens  # the logit lens reads llama.cpp's thoughts

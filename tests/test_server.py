@@ -15,7 +15,7 @@ import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from latentmas import Sampling, engine, make_method
+from latentmas import RunSpec, build_solver, engine
 from latentmas.server import create_app
 from latentmas.tiny import tiny_loaded
 
@@ -64,9 +64,8 @@ def client(server):
 
 
 def alone(lm, question, method="latent_mas", max_tokens=8, latent_steps=10):
-    return make_method(method, lm, Sampling(max_new_tokens=max_tokens), latent_steps=latent_steps).solve(
-        [question]
-    )[0]
+    spec = RunSpec(method=method, max_new_tokens=max_tokens, latent_steps=str(latent_steps))
+    return build_solver(spec, lm).solve([question])[0]
 
 
 def test_openai_client_gets_the_same_answer_as_the_library(client, lm):
@@ -233,7 +232,7 @@ def test_request_schema_fuzz_never_gets_a_server_error():
     )
 
     @given(case=valid_or_not)
-    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
     def fuzz(case):
         response = case.call()
         assert response.status_code < 500, response.text

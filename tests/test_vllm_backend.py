@@ -11,7 +11,13 @@ from latentmas import LatentMAS, Sampling, engine
 from latentmas.engine import SharedMemory
 from latentmas.errors import LatentMASError
 from latentmas.roles import shared_conversation
-from latentmas.vllm_backend import EmbeddingLog, Segment, VLLMDecoder, assemble_prompt_embeds
+from latentmas.vllm_backend import (
+    EmbeddingLog,
+    FinalAgentInVLLM,
+    Segment,
+    VLLMDecoder,
+    assemble_prompt_embeds,
+)
 
 
 class EchoDecoder:
@@ -28,7 +34,7 @@ class EchoDecoder:
             ones = torch.ones(1, embeds.shape[0], dtype=torch.long)
             hidden = engine.append(self.lm.model, memory, ones, inputs_embeds=embeds[None])
             method = LatentMAS(self.lm, sampling)
-            tokens = engine.decode(self.lm.model, memory, hidden, sampling, method.stop_ids)[0]
+            tokens = engine.decode(self.lm.model, memory, hidden, sampling, method.engine.stop_ids)[0]
             results.append((self.lm.tokenizer.decode(tokens, skip_special_tokens=True).strip(), len(tokens)))
         return results
 
@@ -49,12 +55,14 @@ def test_assembled_embeddings_reproduce_the_shared_cache(tiny):
     questions = ["What is 2+2?", "A much longer question about eggs and ducks and markets"]
     reference = LatentMAS(tiny, sampling, latent_steps=3).solve(questions)
     echo = EchoDecoder(tiny, sampling)
-    via_embeds = LatentMAS(tiny, sampling, latent_steps=3, decoder=echo).solve(questions)
+    via_embeds = LatentMAS(tiny, sampling, latent_steps=3, decoder=FinalAgentInVLLM(echo, tiny)).solve(
+        questions
+    )
     assert [a.final_text for a in via_embeds] == [a.final_text for a in reference]
     segments = shared_conversation(tiny.tokenizer, LatentMAS(tiny).roles, questions[0], "")
     assert echo.seen[0].shape == (sum(map(len, segments)) + 9, tiny.model.config.hidden_size)
     with pytest.raises(LatentMASError, match="memory full"):
-        LatentMAS(tiny, sampling, memory="latent_only", decoder=echo)
+        LatentMAS(tiny, sampling, memory="latent_only", decoder=FinalAgentInVLLM(echo, tiny))
 
 
 def test_embedding_log_skips_stopped_rows():
@@ -87,5 +95,7 @@ def test_vllm_decoder_matches_transformers_greedy():
     sampling = Sampling(max_new_tokens=32)
     reference = LatentMAS(lm, sampling, latent_steps=4).solve(["What is 17 * 3?"])
     decoder = VLLMDecoder("Qwen/Qwen3-0.6B")
-    answer = LatentMAS(lm, sampling, latent_steps=4, decoder=decoder).solve(["What is 17 * 3?"])
+    answer = LatentMAS(lm, sampling, latent_steps=4, decoder=FinalAgentInVLLM(decoder, lm)).solve(
+        ["What is 17 * 3?"]
+    )
     assert answer[0].final_text[:20] == reference[0].final_text[:20]

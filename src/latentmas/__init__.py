@@ -9,8 +9,9 @@ print(answer.final_text, answer.output_tokens)
 from .engine import Sampling
 from .errors import LatentMASError
 from .evaluate import QuestionResult, Summary, evaluate
-from .methods import AgentStep, Answer, LatentMAS, SingleAgent, TextMAS, make_method
+from .methods import AgentStep, Answer, LatentMAS, SingleAgent, TextMAS
 from .models import LoadedModel, load_model
+from .spec import RunSpec, build_solver
 from .tasks import get_task
 
 __all__ = [
@@ -20,13 +21,14 @@ __all__ = [
     "LatentMASError",
     "LoadedModel",
     "QuestionResult",
+    "RunSpec",
     "Sampling",
     "SingleAgent",
     "Summary",
     "TextMAS",
+    "build_solver",
     "evaluate",
     "get_task",
     "load_model",
-    "make_method",
 ]
 __version__ = "0.1.0"

@@ -16,13 +16,16 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from typing import Any, Protocol
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
 from .errors import LatentMASError
+from .models import LoadedModel
 from .realign import Realigner
+from .roles import stop_token_ids
 
 
 @dataclass
@@ -359,23 +362,50 @@ def latent_steps(
     on_step: LatentCallback | None = None,
     guard: DriftGuard | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Think up to `steps` times in `model`'s shared memory (see `rollout`)."""
+
+    def step(embedding: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        return append_thought(model, memory, embedding, active)
+
+    return rollout(step, hidden, steps, realign, on_step, guard)
+
+
+def append_thought(
+    model: PreTrainedModel, memory: SharedMemory, embedding: torch.Tensor, active: torch.Tensor
+) -> torch.Tensor:
+    """Append one latent thought per active row (embedding [batch, hidden]); -> new hidden state."""
+    mask = active.long()[:, None]
+    return append(model, memory, mask, inputs_embeds=embedding[:, None, :], latent=True)
+
+
+LatentStep = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def rollout(
+    step: LatentStep,
+    hidden: torch.Tensor,
+    steps: int,
+    realign: Realigner,
+    on_step: LatentCallback | None = None,
+    guard: DriftGuard | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Think up to `steps` times without sampling a token: realign the last hidden state and
-    feed it back as the next input embedding.
+    feed it back as the next input embedding, through `step(embedding, active) -> hidden`
+    (any engine: this is the one latent loop, with its drift guard and observers).
 
     -> (last hidden state [batch, hidden], latent steps taken per row [batch]).
     `on_step(step, hidden, embedding, active)` sees each thought (used by tracing).
     """
-    batch = memory.batch_size
+    batch = hidden.shape[0]
     active = torch.ones(batch, dtype=torch.bool, device=hidden.device)
     taken = torch.zeros(batch, dtype=torch.long, device=hidden.device)
     start, previous = hidden, hidden
-    for step in range(steps):
+    for index in range(steps):
         embedding = realign(hidden)
         if on_step is not None:
-            on_step(step, hidden, embedding, active)
-        mask = active.long()[:, None]
-        new = append(model, memory, mask, inputs_embeds=embedding[:, None, :], latent=True)
-        taken += mask[:, 0]
+            on_step(index, hidden, embedding, active)
+        new = step(embedding, active)
+        taken += active.long()
         previous, hidden = hidden, torch.where(active[:, None], new, hidden)
         if guard is not None:
             done = guard.stops(hidden, previous, start)
@@ -488,3 +518,69 @@ def decode(
             break  # the last token needs no forward pass
         hidden = append(model, memory, ones, input_ids=tokens[:, None])
     return outputs
+
+
+class Engine(Protocol):
+    """What the agent loop needs from a backend: a memory per batch, and the three moves.
+
+    `TransformersEngine` (below) runs any transformers causal LM on batches;
+    `llamacpp_engine.LlamaCppEngine` runs a GGUF file in llama.cpp, one row at a time.
+    """
+
+    lm: LoadedModel  # the model's tokenizer and name (and, for tracing, its weights)
+    realigner: Realigner
+    stop_ids: set[int]
+    max_batch: int | None  # rows one memory can hold (None: any)
+
+    def new_memory(self, batch_size: int) -> Any: ...
+
+    def prefill(self, memory: Any, prompts: list[list[int]]) -> torch.Tensor: ...
+
+    def latent_step(self, memory: Any, embedding: torch.Tensor, active: torch.Tensor) -> torch.Tensor: ...
+
+    def decode(
+        self,
+        memory: Any,
+        hidden: torch.Tensor,
+        sampling: Sampling,
+        on_token: TokenCallback | None,
+        row_seeds: list[int] | None,
+    ) -> list[list[int]]: ...
+
+    def keep_latent_only(self, memory: Any) -> None: ...
+
+
+class TransformersEngine:
+    """The `Engine` interface over a transformers model and its shared, batched KV cache."""
+
+    max_batch = None
+
+    def __init__(self, lm: LoadedModel, realigner: Realigner) -> None:
+        self.lm, self.realigner = lm, realigner
+        self.model = lm.model
+        self.pad_id = lm.tokenizer.pad_token_id
+        self.stop_ids = stop_token_ids(lm.tokenizer, lm.model.generation_config.eos_token_id)
+
+    def new_memory(self, batch_size: int) -> SharedMemory:
+        return SharedMemory.empty(self.model, batch_size)
+
+    def prefill(self, memory: SharedMemory, prompts: list[list[int]]) -> torch.Tensor:
+        return prefill(self.model, memory, prompts, self.pad_id)
+
+    def latent_step(
+        self, memory: SharedMemory, embedding: torch.Tensor, active: torch.Tensor
+    ) -> torch.Tensor:
+        return append_thought(self.model, memory, embedding, active)
+
+    def decode(
+        self,
+        memory: SharedMemory,
+        hidden: torch.Tensor,
+        sampling: Sampling,
+        on_token: TokenCallback | None,
+        row_seeds: list[int] | None,
+    ) -> list[list[int]]:
+        return decode(self.model, memory, hidden, sampling, self.stop_ids, on_token, row_seeds)
+
+    def keep_latent_only(self, memory: SharedMemory) -> None:
+        memory.keep_columns(memory.is_latent.nonzero().squeeze(-1))

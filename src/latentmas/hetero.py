@@ -16,19 +16,18 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from dataclasses import dataclass
 
 import torch
 
-from . import engine
-from .engine import Sampling, SharedMemory
+from . import engine as engine_module
+from .engine import Engine, Sampling, SharedMemory
 from .errors import LatentMASError
-from .methods import Answer, LatentMAS, Method, TextMAS
+from .methods import LatentMAS, as_engine
 from .models import LoadedModel
 from .paths import cache_dir
 from .realign import fingerprint, input_embedding_matrix, ridge_matrix
-from .roles import chat_messages, encode_chat, text_context, topology_roles
+from .roles import topology_roles
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +127,14 @@ def parse_agent_models(text: str, roles: list[str]) -> dict[str, str]:
     return mapping
 
 
-class HeteroMAS(Method):
-    """Sequential agents, each on its own model; handoff in latent space where the map allows."""
+class HeteroMAS(LatentMAS):
+    """Sequential agents, each on its own model; handoff in latent space where the map allows.
+
+    A configuration of the agent loop with one engine per role: when the shared
+    conversation moves to another model (`enter_engine`), every earlier thought is mapped
+    into the new model's embedding space and put at the head of its memory. With
+    `handoff="text"` (or an unreliable map) the agents decode and pass text instead.
+    """
 
     name = "hetero_mas"
 
@@ -145,20 +150,19 @@ class HeteroMAS(Method):
     ) -> None:
         if memory != "full":
             raise LatentMASError("heterogeneous agents keep the whole shared cache: use --memory full")
-        self.roles = topology_roles(topology)
-        missing = [r.name for r in self.roles if r.name not in models]
+        roles = topology_roles(topology)
+        missing = [r.name for r in roles if r.name not in models]
         if missing:
             raise LatentMASError(f"no model for role(s) {', '.join(missing)}")
-        super().__init__(models[self.roles[-1].name], sampling)
-        self.topology, self.models = topology, models
-        self.workers = {
-            lm.name: LatentMAS(lm, self.sampling, topology, latent_steps, realign=realign)
-            for lm in models.values()
-        }
-        self.texters = {lm.name: TextMAS(lm, self.sampling, topology) for lm in models.values()}
+        per_model = {lm.name: as_engine(lm, realign) for lm in models.values()}
+        engines = {r.name: per_model[models[r.name].name] for r in roles}
+        super().__init__(engines, sampling, topology, latent_steps, memory, realign)
+        self.models = models
+        self.observers = [self.start_thought_log]
+        self.thoughts = ThoughtLog(0)
         self.maps: dict[tuple[str, str], CrossMap] = {}
-        self.handoff = handoff
-        for before, after in zip(self.roles, self.roles[1:]):
+        self.handoff = "text" if handoff == "text" else "latent"
+        for before, after in zip(roles, roles[1:]):
             a, b = models[before.name], models[after.name]
             if a.name != b.name and handoff == "latent":
                 cross = self.maps[(a.name, b.name)] = fit_cross_map(a, b)
@@ -177,107 +181,63 @@ class HeteroMAS(Method):
             "topology": self.topology,
             "agents": {r.name: self.models[r.name].name for r in self.roles},
             "handoff": self.handoff,
-            "realign": next(iter(self.workers.values())).realign_mode,
+            "realign": self.realign_mode,
             "maps": {f"{a}->{b}": m.describe() for (a, b), m in self.maps.items()},
         }
 
-    def _solve(self, questions: list[str], answer_format: str) -> list[Answer]:
-        if self.handoff == "text":
-            return self._solve_text(questions, answer_format)
-        batch = len(questions)
-        answers = [Answer(final_text="") for _ in questions]
-        thoughts: list[list[torch.Tensor]] = [[] for _ in questions]  # per row, in the current model's space
-        memory, current = None, None
-        for index, role in enumerate(self.roles):
-            lm = self.models[role.name]
-            worker = self.workers[lm.name]
-            final = index == len(self.roles) - 1
-            same_model = lm.name == current
-            prompts = [
-                encode_chat(lm.tokenizer, chat_messages(role, q, answer_format), same_model)
-                for q in questions
-            ]
-            start = time.perf_counter()
-            if not same_model:  # a new model: its cache starts with the thoughts so far
-                if current is not None:
-                    matrix = self.maps[(current, lm.name)].matrix.to(lm.device)
-                    # The previous model may sit on another device than this one.
-                    thoughts = [[t.float().to(lm.device) @ matrix for t in row] for row in thoughts]
-                memory = SharedMemory.empty(lm.model, batch)
-                self._prefill_thoughts(lm, memory, thoughts, prompts)
-                current = lm.name
-            moved = time.perf_counter() - start
-            log_step = _ThoughtLog(batch)
-            texts, records = worker._agent(
-                role,
-                memory,
-                prompts,
-                0 if final else worker.latent_steps,
-                final,
-                log_step.on_step,
-                self._on_token if final else None,
-                questions,
-            )
-            for row, new in enumerate(log_step.rows):
-                thoughts[row].extend(new)
-            for answer, text, record in zip(answers, texts, records):
-                record.prefill_seconds += moved / batch
-                answer.agents.append(record)
-                answer.final_text = text or ""
-        return answers
+    def start_thought_log(self, questions: list[str], method: dict) -> ThoughtLog:
+        self.thoughts = ThoughtLog(len(questions))
+        return self.thoughts
 
-    @staticmethod
-    def _prefill_thoughts(lm: LoadedModel, memory: SharedMemory, thoughts, prompts: list[list[int]]) -> None:
-        """Put mapped earlier thoughts at the head of a new model's cache (after BOS, if any)."""
-        bos = lm.tokenizer.bos_token_id
-        if bos is not None and all(p and p[0] == bos for p in prompts):
-            engine.prefill(lm.model, memory, [[bos]] * len(prompts), lm.tokenizer.pad_token_id)
-            for p in prompts:
-                del p[0]
-        if not any(thoughts):
-            return
-        dtype = lm.model.get_input_embeddings().weight.dtype
-        width = max(len(row) for row in thoughts)
-        hidden = lm.model.get_input_embeddings().weight.shape[1]
-        embeds = torch.zeros(len(thoughts), width, hidden, dtype=dtype, device=lm.device)
-        mask = torch.zeros(len(thoughts), width, dtype=torch.long, device=lm.device)
-        for row, vectors in enumerate(thoughts):
-            if vectors:
-                embeds[row, width - len(vectors) :] = torch.stack(vectors).to(dtype)
-                mask[row, width - len(vectors) :] = 1
-        engine.append(lm.model, memory, mask, inputs_embeds=embeds, latent=True)
-
-    def _solve_text(self, questions: list[str], answer_format: str) -> list[Answer]:
-        """Text handoff: every agent decodes; the next one (any model) reads all of it."""
-        answers = [Answer(final_text="") for _ in questions]
-        said: list[list[tuple[str, str]]] = [[] for _ in questions]
-        for index, role in enumerate(self.roles):
-            lm = self.models[role.name]
-            texter = self.texters[lm.name]
-            final = index == len(self.roles) - 1
-            prompts = [
-                encode_chat(lm.tokenizer, chat_messages(role, q, answer_format, text_context(s)), False)
-                for q, s in zip(questions, said)
-            ]
-            texter._on_token = self._on_token if final else None
-            texts, steps = texter._text_agent(role, prompts, questions, final)
-            texter._on_token = None
-            for answer, history, text, step in zip(answers, said, texts, steps):
-                answer.agents.append(step)
-                history.append((role.name, text))
-                answer.final_text = text
-        return answers
+    def enter_engine(self, engine: Engine, previous: Engine | None, first_prompts: list[list[int]]):
+        """A new model's memory starts with every earlier thought, mapped into its space."""
+        rows = self.thoughts.rows
+        if previous is not None:
+            matrix = self.maps[(previous.lm.name, engine.lm.name)].matrix.to(engine.lm.device)
+            # The previous model may sit on another device than this one.
+            rows[:] = [[t.float().to(engine.lm.device) @ matrix for t in row] for row in rows]
+        memory = engine.new_memory(len(first_prompts))
+        prefill_thoughts(engine, memory, rows, first_prompts)
+        return memory
 
 
-class _ThoughtLog:
-    """Collects each row's realigned latent thoughts (input-embedding space) as they are made."""
+def prefill_thoughts(engine: Engine, memory: SharedMemory, thoughts, prompts: list[list[int]]) -> None:
+    """Put mapped earlier thoughts at the head of a new model's cache (after BOS, if any)."""
+    lm = engine.lm
+    bos = lm.tokenizer.bos_token_id
+    if bos is not None and all(p and p[0] == bos for p in prompts):
+        engine.prefill(memory, [[bos]] * len(prompts))
+        for p in prompts:
+            del p[0]
+    if not any(thoughts):
+        return
+    dtype = lm.model.get_input_embeddings().weight.dtype
+    width = max(len(row) for row in thoughts)
+    hidden = lm.model.get_input_embeddings().weight.shape[1]
+    embeds = torch.zeros(len(thoughts), width, hidden, dtype=dtype, device=lm.device)
+    mask = torch.zeros(len(thoughts), width, dtype=torch.long, device=lm.device)
+    for row, vectors in enumerate(thoughts):
+        if vectors:
+            embeds[row, width - len(vectors) :] = torch.stack(vectors).to(dtype)
+            mask[row, width - len(vectors) :] = 1
+    engine_module.append(lm.model, memory, mask, inputs_embeds=embeds, latent=True)
+
+
+class ThoughtLog:
+    """Observer: each row's realigned latent thoughts (input-embedding space) as they are made."""
 
     def __init__(self, batch: int) -> None:
         self.rows: list[list[torch.Tensor]] = [[] for _ in range(batch)]
 
+    def begin_agent(self, role: str, prompts: list[list[int]]) -> None:
+        pass
+
     def on_step(self, step: int, hidden: torch.Tensor, embedding: torch.Tensor, active: torch.Tensor) -> None:
         for row in active.nonzero().squeeze(-1).tolist():
             self.rows[row].append(embedding[row].detach().clone())
+
+    def finish(self, answers: list) -> None:
+        pass
 
 
 __all__ = ["CrossMap", "HeteroMAS", "fit_cross_map", "parse_agent_models"]

@@ -1,45 +1,50 @@
-"""The three ways to answer a batch of questions, behind one interface.
+"""The agent loop, and the three ways to answer a batch as configurations of it.
 
 - `SingleAgent`: one agent, chain of thought.
 - `TextMAS`: the roles of a topology, each decoding text that the next one re-reads.
 - `LatentMAS`: the same roles sharing one KV cache; each thinks in `latent_steps`
   hidden-state steps, and only the last agent decodes text.
 
-All three use the same roles, prompts, model and sampling, so their costs compare.
+One loop (`Method.solve` -> `_run`) drives all of them over an `Engine`: per agent, read
+its prompt, think latently, maybe decode. What differs is data: the roles, how agents hand
+over (decoded text, or one shared memory), the number of thoughts, the memory mode, and
+which engine each role runs on. Tracing and embedding logs are observers: they watch the
+loop and never drive it. All methods share roles, prompts and sampling, so costs compare.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Literal
+from functools import partial
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
 
-from . import engine
-from .engine import DriftGuard, Sampling, SharedMemory
+from .engine import DriftGuard, Engine, Sampling, TokenCallback, TransformersEngine, rollout, row_seed
 from .errors import LatentMASError
 from .models import LoadedModel
-from .realign import build_realigner, input_embedding_matrix
+from .realign import build_realigner
 from .roles import (
     Role,
     chat_messages,
     encode_chat,
     shared_conversation,
     single_role,
-    stop_token_ids,
     text_context,
     topology_roles,
 )
-from .trace import Trace, TraceRecorder
-from .vllm_backend import EmbeddingLog, VLLMDecoder, assemble_prompt_embeds
+
+if TYPE_CHECKING:
+    from .trace import Trace
 
 METHODS: tuple[str, ...] = ("single", "text_mas", "latent_mas")
 MEMORY_MODES: tuple[str, ...] = ("full", "latent_only")
 MAX_LATENT_STEPS = 1024
 DEFAULT_AUTO_MAX = 40
+Handoff = Literal["text", "latent"]
 
 
 @dataclass
@@ -62,31 +67,13 @@ class AgentStep:
         return self.prefill_seconds + self.latent_seconds + self.decode_seconds
 
 
-class PhaseClock:
-    """Wall time per phase; waits for the GPU at phase boundaries so times are real."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.seconds = {"prefill": 0.0, "latent": 0.0, "decode": 0.0}
-
-    @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        start = time.perf_counter()
-        yield
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.seconds[name] += time.perf_counter() - start
-
-
 @dataclass
 class Answer:
     """A method's answer to one question, with its cost."""
 
     final_text: str
     agents: list[AgentStep] = field(default_factory=list)
-    trace: Trace | None = None  # what each agent thought (LatentMAS with trace=True)
+    trace: Trace | None = None  # what each agent thought (when a tracing observer watched)
 
     @property
     def input_tokens(self) -> int:
@@ -105,83 +92,237 @@ class Answer:
         return sum(a.seconds for a in self.agents)
 
 
+class Observer(Protocol):
+    """Watches one batch go through the loop (tracing, embedding logs)."""
+
+    def begin_agent(self, role: str, prompts: list[list[int]]) -> None: ...
+
+    def on_step(
+        self, step: int, hidden: torch.Tensor, embedding: torch.Tensor, active: torch.Tensor
+    ) -> None: ...
+
+    def finish(self, answers: list[Answer]) -> None: ...
+
+
+# Called once per batch with its questions and the method's description.
+ObserverFactory = Callable[[list[str], dict], Observer]
+
+
+class FinalDecoder(Protocol):
+    """Decodes the final agent outside the engine (vLLM), from what its observer saw."""
+
+    def __call__(self, questions: list[str], method: dict) -> FinalObserver: ...
+
+
+class FinalObserver(Observer, Protocol):
+    def decode_final(self, prompts: list[list[int]], sampling: Sampling) -> list[tuple[str, int]]: ...
+
+
+class PhaseClock:
+    """Wall time per phase; waits for the GPU at phase boundaries so times are real."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seconds = {"prefill": 0.0, "latent": 0.0, "decode": 0.0}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.seconds[name] += time.perf_counter() - start
+
+
+def as_engine(lm: LoadedModel | Engine, realign: str = "none") -> Engine:
+    """A loaded model runs on the transformers engine; an engine is used as it is."""
+    if isinstance(lm, LoadedModel):
+        return TransformersEngine(lm, build_realigner(lm.model, realign))
+    return lm
+
+
 class Method:
-    """Shared plumbing: the model, its stop tokens, prompt encoding, timing."""
+    """The agent loop. Subclasses only configure it (see the module docstring)."""
 
     name: str = ""
+    handoff: Handoff = "text"
 
-    def __init__(self, lm: LoadedModel, sampling: Sampling | None = None) -> None:
-        self.lm = lm
+    def __init__(
+        self,
+        engines: Engine | Mapping[str, Engine],
+        roles: list[Role],
+        sampling: Sampling | None = None,
+        topology: str = "sequential",
+    ) -> None:
+        self.roles, self.topology = roles, topology
+        if not isinstance(engines, Mapping):
+            engines = {role.name: engines for role in roles}
+        self.engines: dict[str, Engine] = dict(engines)
+        self.lm = self.engines[roles[-1].name].lm  # the model that writes the answer
         self.sampling = sampling or Sampling()
         if self.sampling.max_new_tokens < 1:
             raise LatentMASError("max_new_tokens must be >= 1")
-        self.stop_ids = stop_token_ids(lm.tokenizer, lm.model.generation_config.eos_token_id)
-        self.pad_id = lm.tokenizer.pad_token_id
-        self.realigner = build_realigner(lm.model, "none")  # text methods take no latent steps
+        self.latent_steps = 0
         self.guard: DriftGuard | None = None
-        self._on_token: engine.TokenCallback | None = None
+        self.memory = "full"
+        self.observers: list[ObserverFactory] = []
+        self.decoder: FinalDecoder | None = None
+
+    @property
+    def engine(self) -> Engine:
+        """The final agent's engine (its stop tokens, realigner, padding)."""
+        return self.engines[self.roles[-1].name]
 
     def describe(self) -> dict:
         return {"method": self.name}
 
     def solve(
-        self, questions: list[str], answer_format: str = "", on_token: engine.TokenCallback | None = None
+        self, questions: list[str], answer_format: str = "", on_token: TokenCallback | None = None
     ) -> list[Answer]:
         """Answer a batch of questions; results do not depend on the batch's make-up.
 
         `on_token(row, token_id)` receives the final agent's tokens as they are decoded.
+        Engines that hold fewer rows than the batch get it in slices.
         """
         if not questions:
             return []
-        self._on_token = on_token
-        try:
-            with torch.inference_mode():
-                return self._solve(questions, answer_format)
-        finally:
-            self._on_token = None
+        limits = [e.max_batch for e in self.engines.values() if e.max_batch]
+        size = min(limits, default=len(questions))
+        answers: list[Answer] = []
+        with torch.inference_mode():
+            for start in range(0, len(questions), size):
+                rows = questions[start : start + size]
+                shifted = None if on_token is None else partial(_shift_row, on_token, start)
+                answers += self._run(rows, answer_format, shifted)
+        return answers
 
-    def _solve(self, questions: list[str], answer_format: str) -> list[Answer]:
-        raise NotImplementedError
+    def _run(self, questions: list[str], answer_format: str, on_token: TokenCallback | None) -> list[Answer]:
+        """The loop: per agent, (new memory,) prompt, think, maybe decode; observers watch."""
+        batch, last = len(questions), len(self.roles) - 1
+        answers = [Answer(final_text="") for _ in questions]
+        said: list[list[tuple[str, str]]] = [[] for _ in questions]  # text handoff: who said what
+        watchers = [make(questions, self.describe()) for make in self.observers]
+        final_decoder = self.decoder(questions, self.describe()) if self.decoder is not None else None
+        if final_decoder is not None:
+            watchers.append(final_decoder)
+        on_step = _fan_out(watchers)
+        memory: Any = None
+        current: Engine | None = None
+        conversations: list[list[list[int]]] = []
+        first = 0  # index of the first role of the current engine's shared conversation
+        for index, role in enumerate(self.roles):
+            engine, final = self.engines[role.name], index == last
+            start = time.perf_counter()
+            if self.handoff == "text":
+                prompts = self._text_prompts(engine, role, final, questions, said, answer_format)
+                memory, steps, decode = engine.new_memory(batch), 0, True
+            else:
+                if engine is not current:
+                    first = index
+                    conversations = self._conversations(engine, index, questions, answer_format)
+                    memory = self.enter_engine(engine, current, [c[0] for c in conversations])
+                    current = engine
+                prompts = [c[index - first] for c in conversations]
+                steps, decode = (0, True) if final else (self.latent_steps, False)
+            entered = time.perf_counter() - start
+            for watcher in watchers:
+                watcher.begin_agent(role.name, prompts)
+            if final and final_decoder is not None:
+                records = self._decode_elsewhere(final_decoder, role, prompts)
+                texts = [r.text for r in records]
+            else:
+                texts, records = self._agent(
+                    engine,
+                    role,
+                    memory,
+                    prompts,
+                    steps,
+                    decode,
+                    on_step,
+                    on_token if final else None,
+                    questions,
+                )
+                if self.memory == "latent_only" and not final:
+                    engine.keep_latent_only(memory)
+            for answer, history, text, record in zip(answers, said, texts, records):
+                record.prefill_seconds += entered / batch
+                answer.agents.append(record)
+                answer.final_text = text or ""
+                history.append((role.name, text or ""))
+        for watcher in watchers:
+            watcher.finish(answers)
+        return answers
 
-    def _prompt(
-        self, role: Role, question: str, answer_format: str, context: str, continuation: bool
-    ) -> list[int]:
-        messages = chat_messages(role, question, answer_format, context)
-        return encode_chat(self.lm.tokenizer, messages, continuation)
+    def _text_prompts(
+        self,
+        engine: Engine,
+        role: Role,
+        final: bool,
+        questions: list[str],
+        said: list[list[tuple[str, str]]],
+        answer_format: str,
+    ) -> list[list[int]]:
+        """A standalone chat per agent; hierarchical experts work without seeing each other."""
+        sees_others = final or self.topology == "sequential"
+        return [
+            encode_chat(
+                engine.lm.tokenizer,
+                chat_messages(role, q, answer_format, text_context(s) if sees_others else ""),
+                False,
+            )
+            for q, s in zip(questions, said)
+        ]
+
+    def _conversations(
+        self, engine: Engine, index: int, questions: list[str], answer_format: str
+    ) -> list[list[list[int]]]:
+        """Per question, the prompts the roles from `index` on (while they stay on `engine`)
+        append to its shared memory, as turns of one conversation."""
+        roles = []
+        for role in self.roles[index:]:
+            if self.engines[role.name] is not engine:
+                break
+            roles.append(role)
+        return [shared_conversation(engine.lm.tokenizer, roles, q, answer_format) for q in questions]
+
+    def enter_engine(self, engine: Engine, previous: Engine | None, first_prompts: list[list[int]]) -> Any:
+        """The memory a shared conversation starts from when it moves to `engine` (a new
+        batch, or another model's turn): empty here; `HeteroMAS` carries thoughts over."""
+        return engine.new_memory(len(first_prompts))
 
     def _agent(
         self,
+        engine: Engine,
         role: Role,
-        memory: SharedMemory,
+        memory: Any,
         prompts: list[list[int]],
-        latent_steps: int = 0,
-        decode: bool = True,
-        on_step: engine.LatentCallback | None = None,
-        on_token: engine.TokenCallback | None = None,
-        questions: list[str] | None = None,
+        latent_steps: int,
+        decode: bool,
+        on_step,
+        on_token: TokenCallback | None,
+        questions: list[str],
     ) -> tuple[list[str | None], list[AgentStep]]:
         """One agent on a batch: read its prompt into `memory`, think latently, maybe decode.
 
-        `questions` seed each row's sampling stream (with the role), so a sampled answer
+        Each row samples from a stream seeded by (seed, role, question), so a sampled answer
         does not depend on the batch it ran in.
         """
-        model, batch = self.lm.model, len(prompts)
-        clock = PhaseClock(model.device)
+        batch = len(prompts)
+        clock = PhaseClock(engine.lm.model.device)
         with clock.phase("prefill"):
-            hidden = engine.prefill(model, memory, prompts, self.pad_id)
+            hidden = engine.prefill(memory, prompts)
         with clock.phase("latent"):
-            hidden, taken = engine.latent_steps(
-                model, memory, hidden, latent_steps, self.realigner, on_step, self.guard
-            )
+            step = partial(engine.latent_step, memory)
+            hidden, taken = rollout(step, hidden, latent_steps, engine.realigner, on_step, self.guard)
         texts: list[str | None] = [None] * batch
         counts = [0] * batch
         if decode:
-            seeds = None
-            if questions is not None:
-                seeds = [engine.row_seed(self.sampling.seed, role.name, q) for q in questions]
+            seeds = [row_seed(self.sampling.seed, role.name, q) for q in questions]
             with clock.phase("decode"):
-                tokens = engine.decode(model, memory, hidden, self.sampling, self.stop_ids, on_token, seeds)
-            texts = [t.strip() for t in self.lm.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
+                tokens = engine.decode(memory, hidden, self.sampling, on_token, seeds)
+            texts = [t.strip() for t in engine.lm.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
             counts = [len(t) for t in tokens]
         share = {name: seconds / batch for name, seconds in clock.seconds.items()}
         mode = "text" if decode else "latent"
@@ -191,88 +332,89 @@ class Method:
         ]
         return texts, steps
 
-    def _text_agent(
-        self, role: Role, prompts: list[list[int]], questions: list[str], final: bool = True
-    ) -> tuple[list[str], list[AgentStep]]:
-        """An agent with a fresh cache of its own that decodes text."""
-        memory = SharedMemory.empty(self.lm.model, len(prompts))
-        on_token = self._on_token if final else None
-        return self._agent(role, memory, prompts, on_token=on_token, questions=questions)
+    def _decode_elsewhere(
+        self, decoder: FinalObserver, role: Role, prompts: list[list[int]]
+    ) -> list[AgentStep]:
+        """The final agent decoded by `decoder` (vLLM) instead of the engine."""
+        start = time.perf_counter()
+        outputs = decoder.decode_final(prompts, self.sampling)
+        share = (time.perf_counter() - start) / len(prompts)
+        return [
+            AgentStep(role.name, "text", len(prompt), count, 0, 0.0, 0.0, share, text)
+            for prompt, (text, count) in zip(prompts, outputs)
+        ]
+
+
+def _shift_row(callback: TokenCallback, offset: int, row: int, token: int) -> bool | None:
+    """Report a slice's row under its place in the whole batch."""
+    return callback(row + offset, token)
+
+
+def _fan_out(watchers: Sequence[Observer]):
+    """One latent-step callback that calls every watcher's `on_step`."""
+    if not watchers:
+        return None
+
+    def call_all(*args) -> None:
+        for watcher in watchers:
+            watcher.on_step(*args)
+
+    return call_all
 
 
 class SingleAgent(Method):
     name = "single"
 
-    def _solve(self, questions: list[str], answer_format: str) -> list[Answer]:
-        (role,) = single_role()
-        prompts = [self._prompt(role, q, answer_format, "", False) for q in questions]
-        texts, steps = self._text_agent(role, prompts, questions)
-        return [Answer(final_text=t, agents=[s]) for t, s in zip(texts, steps)]
+    def __init__(self, lm: LoadedModel | Engine, sampling: Sampling | None = None) -> None:
+        super().__init__(as_engine(lm), single_role(), sampling)
 
 
 class TextMAS(Method):
     name = "text_mas"
 
     def __init__(
-        self, lm: LoadedModel, sampling: Sampling | None = None, topology: str = "sequential"
+        self,
+        lm: LoadedModel | Engine | Mapping[str, Engine],
+        sampling: Sampling | None = None,
+        topology: str = "sequential",
     ) -> None:
-        super().__init__(lm, sampling)
-        self.topology = topology
-        self.roles = topology_roles(topology)
+        engines = lm if isinstance(lm, Mapping) else as_engine(lm)
+        super().__init__(engines, topology_roles(topology), sampling, topology)
 
     def describe(self) -> dict:
         return {"method": self.name, "topology": self.topology}
 
-    def _solve(self, questions: list[str], answer_format: str) -> list[Answer]:
-        answers = [Answer(final_text="") for _ in questions]
-        said: list[list[tuple[str, str]]] = [[] for _ in questions]
-        for index, role in enumerate(self.roles):
-            final = index == len(self.roles) - 1
-            # Hierarchical experts work independently; only the summarizer reads them all.
-            sees_others = final or self.topology == "sequential"
-            prompts = [
-                self._prompt(role, q, answer_format, text_context(s) if sees_others else "", False)
-                for q, s in zip(questions, said)
-            ]
-            texts, steps = self._text_agent(role, prompts, questions, final)
-            for answer, history, text, step in zip(answers, said, texts, steps):
-                answer.agents.append(step)
-                history.append((role.name, text))
-                answer.final_text = text
-        return answers
-
 
 class LatentMAS(Method):
     name = "latent_mas"
+    handoff: Handoff = "latent"
 
     def __init__(
         self,
-        lm: LoadedModel,
+        lm: LoadedModel | Engine | Mapping[str, Engine],
         sampling: Sampling | None = None,
         topology: str = "sequential",
         latent_steps: int | str = 10,
         memory: str = "full",
         realign: str = "ridge",
-        trace: bool = False,
-        decoder: VLLMDecoder | None = None,
+        observers: Sequence[ObserverFactory] = (),
+        decoder: FinalDecoder | None = None,
     ) -> None:
-        """`decoder`: decode the final agent in vLLM instead of transformers (GPU only)."""
-        super().__init__(lm, sampling)
-        latent_steps, self.guard = parse_latent_steps(latent_steps)
+        """`lm`: a loaded model (transformers engine, realigned with `realign`), an engine
+        (already realigned), or one engine per role. `observers`: see `Observer`.
+        `decoder`: decode the final agent elsewhere (vLLM, GPU only)."""
         if memory not in MEMORY_MODES:
             raise LatentMASError(f"unknown memory mode {memory!r}; choose one of {', '.join(MEMORY_MODES)}")
-        self.topology = topology
-        self.roles = topology_roles(topology)
-        self.latent_steps = latent_steps
-        self.memory = memory
-        self.realign_mode = realign
-        self.realigner = build_realigner(lm.model, realign)  # replaces the base class's no-op
-        self.trace = trace
-        self._trace_embeddings: torch.Tensor | None = None
         if decoder is not None and memory != "full":
             raise LatentMASError(
                 "the vLLM decoder rebuilds the shared cache from embeddings: use --memory full"
             )
+        engines = lm if isinstance(lm, Mapping) else as_engine(lm, realign)
+        super().__init__(engines, topology_roles(topology), sampling, topology)
+        self.latent_steps, self.guard = parse_latent_steps(latent_steps)
+        self.memory = memory
+        self.realign_mode = realign
+        self.observers = list(observers)
         self.decoder = decoder
 
     def describe(self) -> dict:
@@ -283,70 +425,6 @@ class LatentMAS(Method):
             "memory": self.memory,
             "realign": self.realign_mode,
         }
-
-    def _solve(self, questions: list[str], answer_format: str) -> list[Answer]:
-        model, batch = self.lm.model, len(questions)
-        memory = SharedMemory.empty(model, batch)
-        answers = [Answer(final_text="") for _ in questions]
-        tokenizer = self.lm.tokenizer
-        conversations = [shared_conversation(tokenizer, self.roles, q, answer_format) for q in questions]
-        recorder = None
-        if self.trace:
-            if self._trace_embeddings is None:  # once per method, not once per batch
-                self._trace_embeddings = input_embedding_matrix(self.lm.model)
-            recorder = TraceRecorder(self.lm, self.describe(), questions, self._trace_embeddings)
-        log = EmbeddingLog(batch) if self.decoder is not None else None
-        for index, role in enumerate(self.roles):
-            final = index == len(self.roles) - 1
-            prompts = [segments[index] for segments in conversations]
-            steps = 0 if final else self.latent_steps
-            watchers = []
-            if recorder is not None:
-                recorder.begin_agent(role.name, prompts)
-                watchers.append(recorder.on_step)
-            if log is not None:
-                embed = model.get_input_embeddings()
-                log.add_prompts([embed(torch.tensor(p, device=model.device)) for p in prompts])
-                watchers.append(log.on_step)
-                if final:
-                    self._decode_in_vllm(role, log, prompts, answers)
-                    break
-            on_step = _fan_out(watchers)
-            on_token = self._on_token if final else None
-            texts, records = self._agent(role, memory, prompts, steps, final, on_step, on_token, questions)
-            if self.memory == "latent_only" and not final:
-                memory.keep_columns(memory.is_latent.nonzero().squeeze(-1))
-            for answer, text, record in zip(answers, texts, records):
-                answer.agents.append(record)
-                answer.final_text = text or ""
-        if recorder is not None:
-            for answer, trace in zip(answers, recorder.finish([a.final_text for a in answers])):
-                answer.trace = trace
-        return answers
-
-    def _decode_in_vllm(
-        self, role: Role, log: EmbeddingLog, prompts: list[list[int]], answers: list[Answer]
-    ) -> None:
-        """The final agent: rebuild each row's cache from its input embeddings inside vLLM."""
-        start = time.perf_counter()
-        embeds = [assemble_prompt_embeds(segments) for segments in log.rows]
-        outputs = self.decoder.generate(embeds, self.sampling)
-        share = (time.perf_counter() - start) / len(prompts)
-        for answer, prompt, (text, count) in zip(answers, prompts, outputs):
-            answer.agents.append(AgentStep(role.name, "text", len(prompt), count, 0, 0.0, 0.0, share, text))
-            answer.final_text = text
-
-
-def _fan_out(callbacks: list) -> engine.LatentCallback | None:
-    """One latent-step callback that calls each of `callbacks` (trace, embedding log)."""
-    if not callbacks:
-        return None
-
-    def call_all(*args) -> None:
-        for callback in callbacks:
-            callback(*args)
-
-    return call_all
 
 
 def parse_latent_steps(value: int | str) -> tuple[int, DriftGuard | None]:
@@ -363,24 +441,3 @@ def parse_latent_steps(value: int | str) -> tuple[int, DriftGuard | None]:
     if not 0 <= steps <= MAX_LATENT_STEPS:
         raise LatentMASError(f"latent steps must be between 0 and {MAX_LATENT_STEPS}, not {steps}")
     return steps, guard
-
-
-def make_method(
-    name: str,
-    lm: LoadedModel,
-    sampling: Sampling | None = None,
-    *,
-    topology: str = "sequential",
-    latent_steps: int | str = 10,
-    memory: str = "full",
-    realign: str = "ridge",
-    trace: bool = False,
-) -> Method:
-    """Build a method by name (`single`, `text_mas`, `latent_mas`)."""
-    if name == "single":
-        return SingleAgent(lm, sampling)
-    if name == "text_mas":
-        return TextMAS(lm, sampling, topology)
-    if name == "latent_mas":
-        return LatentMAS(lm, sampling, topology, latent_steps, memory, realign, trace)
-    raise LatentMASError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")

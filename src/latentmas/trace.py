@@ -206,7 +206,12 @@ class TraceRecorder:
             self._hidden[row][-1].append(hidden[row].cpu().numpy())
             self._embedded[row][-1].append(embedding[row].cpu().numpy())
 
-    def finish(self, final_texts: list[str]) -> list[Trace]:
+    def finish(self, answers: list) -> None:
+        """Attach each answer's text and trace, with the question's PCA map fitted."""
+        for answer, trace in zip(answers, self.traces_for([a.final_text for a in answers])):
+            answer.trace = trace
+
+    def traces_for(self, final_texts: list[str]) -> list[Trace]:
         """Attach the answers, fit each question's PCA map, and return one trace per row."""
         for row, trace in enumerate(self.traces):
             trace.final_text = final_texts[row]
@@ -232,3 +237,17 @@ class TraceRecorder:
                     record.pca = (float(xy[0]), float(xy[1]))
                 agent.prompt_pca = [(float(x), float(y)) for x, y in (agent_prompt - mean) @ basis]
         return self.traces
+
+
+class Tracing:
+    """Observer factory for the agent loop: one `TraceRecorder` per batch of `lm`'s rows,
+    with the input-embedding matrix computed once rather than once per batch."""
+
+    def __init__(self, lm: LoadedModel) -> None:
+        self.lm = lm
+        self.embeddings: torch.Tensor | None = None
+
+    def __call__(self, questions: list[str], method: dict) -> TraceRecorder:
+        if self.embeddings is None:
+            self.embeddings = input_embedding_matrix(self.lm.model)
+        return TraceRecorder(self.lm, method, questions, self.embeddings)

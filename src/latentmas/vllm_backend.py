@@ -19,6 +19,7 @@ import torch
 
 from .engine import Sampling
 from .errors import LatentMASError
+from .models import LoadedModel
 
 
 @dataclass
@@ -69,6 +70,40 @@ def assemble_prompt_embeds(segments: list[Segment]) -> torch.Tensor:
     if len(hidden) != 1:
         raise LatentMASError(f"segments disagree on the hidden size: {sorted(hidden)}")
     return torch.cat(parts, dim=0)
+
+
+class FinalAgentInVLLM:
+    """`LatentMAS(decoder=FinalAgentInVLLM(VLLMDecoder(...), lm))`: a final decoder for the
+    agent loop. Per batch it watches what enters the shared cache (prompt embeddings and
+    thoughts) and, for the final agent, hands vLLM that sequence to rebuild and decode."""
+
+    def __init__(self, decoder, lm: LoadedModel) -> None:
+        self.decoder, self.lm = decoder, lm
+
+    def __call__(self, questions: list[str], method: dict) -> EmbeddingWatch:
+        return EmbeddingWatch(EmbeddingLog(len(questions)), self.decoder, self.lm)
+
+
+@dataclass
+class EmbeddingWatch:
+    """One batch's observer: logs embeddings, then decodes the final agent in vLLM."""
+
+    log: EmbeddingLog
+    decoder: VLLMDecoder
+    lm: LoadedModel
+
+    def begin_agent(self, role: str, prompts: list[list[int]]) -> None:
+        embed, device = self.lm.model.get_input_embeddings(), self.lm.model.device
+        self.log.add_prompts([embed(torch.tensor(p, device=device)) for p in prompts])
+
+    def on_step(self, step: int, hidden: torch.Tensor, embedding: torch.Tensor, active: torch.Tensor) -> None:
+        self.log.on_step(step, hidden, embedding, active)
+
+    def finish(self, answers: list) -> None:
+        pass
+
+    def decode_final(self, prompts: list[list[int]], sampling: Sampling) -> list[tuple[str, int]]:
+        return self.decoder.generate([assemble_prompt_embeds(row) for row in self.log.rows], sampling)
 
 
 class VLLMDecoder:

@@ -29,7 +29,7 @@ def run_tests(program: str) -> bool:
     """Run solution + tests; pass only if the tests ran to their end.
 
     A secret line printed after the tests catches solutions that exit early with status 0
-    (`sys.exit(0)`, `os._exit(0)`) before any assertion could fail.
+    (`sys.exit(0)`, or the os module's immediate exit) before any assertion could fail.
     """
     done = f"latentmas-tests-finished-{secrets.token_hex(8)}"
     result = run_python(f"{program}\n\nprint({done!r})\n")

@@ -1,0 +1,190 @@
+"""`RunSpec`: everything that describes a run, validated once; `build_solver(spec)`.
+
+The CLI derives its options from RunSpec's fields, the server keys its solvers by a spec,
+and `build_solver` is the one place that decides which method class (and engine) a run
+gets. A spec is frozen and hashable.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from .engine import Sampling
+from .errors import LatentMASError
+from .methods import MEMORY_MODES, METHODS, LatentMAS, Method, SingleAgent, TextMAS, parse_latent_steps
+from .models import EMBEDDED_MODEL, LoadedModel, embedded_gguf_path, load_model
+from .realign import REALIGN_MODES
+from .roles import TOPOLOGIES, topology_roles
+
+log = logging.getLogger(__name__)
+
+ENGINES: tuple[str, ...] = ("transformers", "llamacpp")
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+MAX_NEW_TOKENS = 32768
+
+
+def _option(help: str, choices: tuple[str, ...] = (), low: float | None = None, high: float | None = None):
+    """Field metadata the CLI turns into an option: help text, choices, bounds."""
+    return {"help": help, "choices": choices, "min": low, "max": high}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run: model(s), method, topology, latent steps, memory, realignment, sampling,
+    engine, device, tracing. Invalid values and combinations raise `LatentMASError`."""
+
+    model: str | None = field(
+        default=None,
+        metadata=_option("Hub id, local folder or .gguf file; default: the embedded SmolLM2-135M-Instruct."),
+    )
+    method: str = field(default="latent_mas", metadata=_option("How the agents collaborate.", METHODS))
+    topology: str = field(
+        default="sequential",
+        metadata=_option(
+            "Agent roles: planner->critic->refiner->solver, or experts->summarizer.", TOPOLOGIES
+        ),
+    )
+    latent_steps: str = field(
+        default="10",
+        metadata=_option(
+            "Latent thoughts per non-final agent (latent_mas): N, or auto[:MAX] to stop a row "
+            "early when its thoughts converge or drift."
+        ),
+    )
+    memory: str = field(
+        default="full",
+        metadata=_option(
+            "latent_mas: keep the whole shared cache, or only the latent thoughts.", MEMORY_MODES
+        ),
+    )
+    realign: str = field(
+        default="ridge",
+        metadata=_option(
+            "Map hidden states back to input embeddings: ridge, norm, none, or soft "
+            "(the expected embedding under the model's next-token distribution).",
+            REALIGN_MODES,
+        ),
+    )
+    max_new_tokens: int = field(
+        default=256, metadata=_option("Decoding budget per text agent.", low=1, high=MAX_NEW_TOKENS)
+    )
+    temperature: float = field(default=0.0, metadata=_option("0 = greedy.", low=0.0, high=10.0))
+    top_p: float = field(default=1.0, metadata=_option("Nucleus sampling mass.", low=0.0, high=1.0))
+    seed: int = field(default=0, metadata=_option("Sampling seed.", low=0))
+    device: str = field(default="auto", metadata=_option("Where the model runs.", DEVICES))
+    chat_template: str | None = field(
+        default=None,
+        metadata=_option("Jinja chat template (file or text) for models without one."),
+    )
+    agent_models: str | None = field(
+        default=None,
+        metadata=_option(
+            "Give roles their own models: planner=A,critic=A,solver=B (others use --model). "
+            "Latent thoughts cross models through a fitted linear map."
+        ),
+    )
+    engine: str = field(
+        default="transformers",
+        metadata=_option(
+            "latent_mas on transformers, or on llama.cpp for GGUF models (needs llama-cpp-python).", ENGINES
+        ),
+    )
+    trace: bool = field(default=False, metadata={"cli": False})  # the CLI takes a path instead
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            meta, value = f.metadata, getattr(self, f.name)
+            if meta.get("choices") and value not in meta["choices"]:
+                raise LatentMASError(
+                    f"unknown {f.name} {value!r}; choose one of {', '.join(meta['choices'])}"
+                )
+            if meta.get("min") is not None and value < meta["min"]:
+                raise LatentMASError(f"{f.name} must be >= {meta['min']}, not {value}")
+            if meta.get("max") is not None and value > meta["max"]:
+                raise LatentMASError(f"{f.name} must be <= {meta['max']}, not {value}")
+        parse_latent_steps(self.latent_steps)
+        if self.trace and self.method != "latent_mas":
+            raise LatentMASError("--trace records latent thoughts; use it with --method latent_mas")
+        if self.engine == "llamacpp" and self.method != "latent_mas":
+            raise LatentMASError("--engine llamacpp runs --method latent_mas")
+        if self.engine == "llamacpp" and self.agent_models:
+            raise LatentMASError("--engine llamacpp does not combine with --agent-models")
+        if self.agent_models and self.method not in ("latent_mas", "text_mas"):
+            raise LatentMASError("--agent-models goes with --method latent_mas or text_mas")
+        if self.agent_models and self.trace:
+            raise LatentMASError(
+                "--trace records one model's thoughts; it does not combine with --agent-models"
+            )
+
+    @property
+    def sampling(self) -> Sampling:
+        return Sampling(self.max_new_tokens, self.temperature, self.top_p, self.seed)
+
+
+def parse_method_list(text: str) -> list[str]:
+    """'single,latent_mas' or 'all' -> method names."""
+    names = list(METHODS) if text.strip() == "all" else [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METHODS]
+    if unknown or not names:
+        raise LatentMASError(
+            f"unknown method {', '.join(unknown) or text!r}; choose from {', '.join(METHODS)} or all"
+        )
+    return names
+
+
+def build_solver(spec: RunSpec, lm: LoadedModel | None = None) -> Method:
+    """The method a spec describes, on `lm` (loaded from the spec when not given).
+
+    The only place that decides which class runs: heterogeneous agents, the llama.cpp
+    engine, or one of the three methods on the transformers engine.
+    """
+    if lm is None:
+        lm = load_model(spec.model, device=spec.device, chat_template=spec.chat_template)
+    sampling = spec.sampling
+    if spec.agent_models:
+        return _heterogeneous(spec, lm)
+    if spec.method == "single":
+        return SingleAgent(lm, sampling)
+    if spec.method == "text_mas":
+        return TextMAS(lm, sampling, spec.topology)
+    engine = lm
+    if spec.engine == "llamacpp":
+        from .llamacpp_engine import LlamaCppEngine
+
+        engine = LlamaCppEngine(lm, _gguf_file(spec.model), spec.realign, spec.memory, sampling.seed)
+    observers = []
+    if spec.trace:
+        from .trace import Tracing
+
+        observers.append(Tracing(lm))
+    return LatentMAS(engine, sampling, spec.topology, spec.latent_steps, spec.memory, spec.realign, observers)
+
+
+def _gguf_file(model: str | None) -> Path:
+    if model in (None, "", "embedded", EMBEDDED_MODEL):
+        return embedded_gguf_path()
+    if str(model).endswith(".gguf"):
+        return Path(model)
+    raise LatentMASError("--engine llamacpp needs a GGUF model (or the embedded one)")
+
+
+def _heterogeneous(spec: RunSpec, lm: LoadedModel) -> Method:
+    """HeteroMAS for --agent-models: latent handoff for latent_mas, text handoff for text_mas."""
+    from .hetero import HeteroMAS, parse_agent_models
+
+    roles = [r.name for r in topology_roles(spec.topology)]
+    names = parse_agent_models(spec.agent_models or "", roles)
+    loaded = {lm.name: lm}
+    models = {}
+    for role in roles:
+        name = names.get(role)
+        if name is not None and name not in loaded:
+            other = load_model(name, device=str(lm.device.type), chat_template=spec.chat_template)
+            loaded[name] = loaded.setdefault(other.name, other)
+        models[role] = loaded[name] if name is not None else lm
+    handoff = "latent" if spec.method == "latent_mas" else "text"
+    return HeteroMAS(
+        models, spec.sampling, spec.topology, spec.latent_steps, handoff, spec.memory, spec.realign
+    )

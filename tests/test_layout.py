@@ -1,0 +1,67 @@
+"""The package's shape: no module reaches into another's private names, the core loop does
+not import its observers, and only `build_solver` decides which method class to build."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import latentmas
+
+PACKAGE = Path(latentmas.__file__).parent
+MODULES = sorted(PACKAGE.rglob("*.py"))
+METHOD_CLASSES = {"SingleAgent", "TextMAS", "LatentMAS", "HeteroMAS"}
+
+
+def parsed(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+
+
+def private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def test_no_module_uses_another_objects_private_members():
+    found = []
+    for path in MODULES:
+        for node in ast.walk(parsed(path)):
+            if isinstance(node, ast.Attribute) and private(node.attr):
+                owner = node.value
+                if not (isinstance(owner, ast.Name) and owner.id in ("self", "cls")):
+                    found.append(f"{path.name}:{node.lineno} .{node.attr}")
+            if isinstance(node, ast.ImportFrom):
+                found += [f"{path.name}:{node.lineno} import {a.name}" for a in node.names if private(a.name)]
+                if any(private(part) for part in (node.module or "").split(".")):
+                    found.append(f"{path.name}:{node.lineno} from {node.module}")
+    assert not found, found
+
+
+def test_the_agent_loop_does_not_import_its_observers_or_backends():
+    """Imports that run; names imported only for type annotations do not count."""
+    tree = parsed(PACKAGE / "methods.py")
+    tree.body = [
+        n for n in tree.body if not (isinstance(n, ast.If) and "TYPE_CHECKING" in ast.unparse(n.test))
+    ]
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not imported & {"trace", "vllm_backend", "llamacpp_engine", "hetero", "server", "cli"}
+
+
+def test_only_build_solver_decides_which_method_class_to_build():
+    builders = []
+    for path in MODULES:
+        if path.name == "spec.py":
+            continue
+        for node in ast.walk(parsed(path)):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) in METHOD_CLASSES:
+                builders.append(f"{path.name}:{node.lineno}")
+    assert not builders, builders
+
+
+def test_the_rule_checks_catch_what_they_look_for(tmp_path):
+    """The checks above would see a violation (so they cannot pass vacuously)."""
+    tree = ast.parse("from .methods import _shift_row\nx = engine._private\nLatentMAS(lm)\n")
+    attrs = [n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)]
+    calls = [getattr(n.func, "id", None) for n in ast.walk(tree) if isinstance(n, ast.Call)]
+    imports = [a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names]
+    assert private(attrs[0]) and private(imports[0]) and calls[0] in METHOD_CLASSES
+    assert len(MODULES) > 20
