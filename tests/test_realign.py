@@ -8,7 +8,7 @@ import torch
 from latentmas import realign
 from latentmas.errors import LatentMASError
 from latentmas.realign import build_realigner, input_embedding_matrix, output_embedding_matrix
-from latentmas.tiny import tiny_model
+from latentmas.tiny import tiny_loaded, tiny_model
 
 
 def _row_cosines(model, realigner):
@@ -107,3 +107,20 @@ def test_soft_realignment_is_the_expected_input_embedding():
     token = 17
     confident = 50 * w_out[token] / w_out[token].norm() ** 2 * w_out.norm(dim=-1).max()
     torch.testing.assert_close(realigner(confident[None])[0], w_in[token], atol=1e-3, rtol=1e-3)
+
+
+def test_a_model_is_realigned_once_per_process(monkeypatch):
+    """The server builds a method per request spec; none of them refits the realignment."""
+    from latentmas import LatentMAS, Sampling
+
+    model = tiny_model("qwen2", seed=11)
+    fits = []
+    real = realign.build_realigner
+    monkeypatch.setattr(realign, "build_realigner", lambda *a, **k: fits.append(a[1]) or real(*a, **k))
+    first = realign.realigner_for(model, "ridge")
+    assert realign.realigner_for(model, "ridge") is first
+    assert realign.realigner_for(model, "norm") is not first
+    assert fits == ["ridge", "norm"]
+    lm = tiny_loaded("qwen2")
+    methods = [LatentMAS(lm, Sampling(max_new_tokens=t)) for t in (4, 8)]
+    assert methods[0].engine.realigner is methods[1].engine.realigner

@@ -25,7 +25,7 @@ import torch
 from .engine import Sampling
 from .errors import LatentMASError
 from .models import LoadedModel
-from .realign import build_realigner
+from .realign import realigner_for
 from .roles import stop_token_ids
 
 
@@ -59,7 +59,7 @@ class LlamaCppEngine:
                 "--engine llamacpp needs llama-cpp-python: pip install llama-cpp-python"
             ) from exc
         self.lm = lm
-        self.realigner = build_realigner(lm.model, realign)
+        self.realigner = realigner_for(lm.model, realign)
         self.stop_ids = stop_token_ids(lm.tokenizer, lm.model.generation_config.eos_token_id)
         self.cpp = llama_cpp
         llama_cpp.llama_log_set(SILENT, None)  # llama.cpp logs to stderr even when not verbose

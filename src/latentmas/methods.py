@@ -26,7 +26,7 @@ import torch
 from .engine import DriftGuard, Engine, Sampling, TokenCallback, TransformersEngine, rollout, row_seed
 from .errors import LatentMASError
 from .models import LoadedModel
-from .realign import build_realigner
+from .realign import realigner_for
 from .roles import (
     Role,
     chat_messages,
@@ -139,7 +139,7 @@ class PhaseClock:
 def as_engine(lm: LoadedModel | Engine, realign: str = "none") -> Engine:
     """A loaded model runs on the transformers engine; an engine is used as it is."""
     if isinstance(lm, LoadedModel):
-        return TransformersEngine(lm, build_realigner(lm.model, realign))
+        return TransformersEngine(lm, realigner_for(lm.model, realign))
     return lm
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import weakref
 from dataclasses import dataclass
 from typing import Literal
 
@@ -164,3 +165,19 @@ def build_realigner(
                 torch.save(matrix.cpu(), tmp)
                 tmp.replace(path)
     return Realigner(mode=mode, target_norm=target_norm, matrix=matrix.float())
+
+
+_FITTED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def realigner_for(model: PreTrainedModel, mode: str = "ridge") -> Realigner:
+    """The realigner of `model` for `mode`, fitted (or read from disk) once per process.
+
+    Methods and engines are built often (the server builds one per request spec); the
+    ridge solve and even reading its cached matrix cost more than answering a short
+    question on a small model, so the result is kept for as long as the model lives.
+    """
+    fitted = _FITTED.setdefault(model, {})
+    if mode not in fitted:
+        fitted[mode] = build_realigner(model, mode)
+    return fitted[mode]
