@@ -35,14 +35,27 @@ from latentmas.stats import compare_paired, wilson_interval
 GSM8K_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
 
 # latent_mas's default and the one-factor-at-a-time variations around it.
-LATENT_DEFAULT = {"topology": "sequential", "latent_steps": "10", "memory": "full", "realign": "ridge"}
+LATENT_DEFAULT = {
+    "topology": "sequential",
+    "latent_steps": "10",
+    "memory": "full",
+    "realign": "ridge",
+    "question_once": "false",
+}
 VARIATIONS = {
     "latent_steps": ["0", "5", "20", "auto"],
     "realign": ["norm", "none"],
     "memory": ["latent_only"],
     "topology": ["hierarchical"],
+    "question_once": ["true"],
 }
-SHORT = {"latent_steps": "m", "realign": "realign", "memory": "memory", "topology": "topology"}
+SHORT = {
+    "latent_steps": "m",
+    "realign": "realign",
+    "memory": "memory",
+    "topology": "topology",
+    "question_once": "once",
+}
 
 
 def all_configs() -> list[str]:
@@ -98,7 +111,8 @@ def folder_name(config: str, seed: int, sampled: bool) -> str:
 
 
 def run_config(lm, task, examples, config: dict, sampling: Sampling, folder: Path, batch_size: int) -> None:
-    spec = RunSpec(model=lm.name, method=config["method"], **config["options"], **asdict(sampling))
+    options = {k: v == "true" if k == "question_once" else v for k, v in config["options"].items()}
+    spec = RunSpec(model=lm.name, method=config["method"], **options, **asdict(sampling))
     method = build_solver(spec, lm)
     done = {r.id for r in read_results(folder / "results.jsonl")}
     left = [e for e in examples if e.id not in done]

@@ -258,3 +258,18 @@ def test_sliding_window_latent_only_is_batch_invariant(arch):
     method = LatentMAS(lm, SAMPLING, latent_steps=3, memory="latent_only")
     batched, alone = _solo_and_batched(method, QUESTIONS)
     assert [a.final_text for a in batched] == [a.final_text for a in alone]
+
+
+def test_question_once_states_the_question_only_to_the_first_agent(tiny):
+    question = "How many legs do 3 spiders have?"
+    roles = topology_roles("sequential")
+    every = shared_conversation(tiny.tokenizer, roles, question, "")
+    once = shared_conversation(tiny.tokenizer, roles, question, "", question_once=True)
+    decoded = [tiny.tokenizer.decode(s) for s in once]
+    assert "spiders" in decoded[0] and not any("spiders" in d for d in decoded[1:])
+    assert once[0] == every[0] and all(len(o) < len(e) for o, e in zip(once[1:], every[1:]))
+    method = LatentMAS(tiny, SAMPLING, latent_steps=2, question_once=True)
+    (answer,) = method.solve([question])
+    assert answer.input_tokens == sum(map(len, once)) and answer.final_text
+    assert method.describe()["question_once"] is True
+    assert "question_once" not in LatentMAS(tiny, SAMPLING).describe()  # earlier runs still resume

@@ -167,6 +167,7 @@ class Method:
         self.latent_steps = 0
         self.guard: DriftGuard | None = None
         self.memory = "full"
+        self.question_once = False
         self.observers: list[ObserverFactory] = []
         self.decoder: FinalDecoder | None = None
 
@@ -285,7 +286,8 @@ class Method:
             if self.engines[role.name] is not engine:
                 break
             roles.append(role)
-        return [shared_conversation(engine.lm.tokenizer, roles, q, answer_format) for q in questions]
+        tokenizer, once = engine.lm.tokenizer, self.question_once
+        return [shared_conversation(tokenizer, roles, q, answer_format, once) for q in questions]
 
     def enter_engine(self, engine: Engine, previous: Engine | None, first_prompts: list[list[int]]) -> Any:
         """The memory a shared conversation starts from when it moves to `engine` (a new
@@ -399,10 +401,12 @@ class LatentMAS(Method):
         realign: str = "ridge",
         observers: Sequence[ObserverFactory] = (),
         decoder: FinalDecoder | None = None,
+        question_once: bool = False,
     ) -> None:
         """`lm`: a loaded model (transformers engine, realigned with `realign`), an engine
         (already realigned), or one engine per role. `observers`: see `Observer`.
-        `decoder`: decode the final agent elsewhere (vLLM, GPU only)."""
+        `decoder`: decode the final agent elsewhere (vLLM, GPU only). `question_once`:
+        later agents read the question from the shared memory instead of a restatement."""
         if memory not in MEMORY_MODES:
             raise LatentMASError(f"unknown memory mode {memory!r}; choose one of {', '.join(MEMORY_MODES)}")
         if decoder is not None and memory != "full":
@@ -416,15 +420,19 @@ class LatentMAS(Method):
         self.realign_mode = realign
         self.observers = list(observers)
         self.decoder = decoder
+        self.question_once = question_once
 
     def describe(self) -> dict:
-        return {
+        described = {
             "method": self.name,
             "topology": self.topology,
             "latent_steps": self.latent_steps if self.guard is None else f"auto:{self.latent_steps}",
             "memory": self.memory,
             "realign": self.realign_mode,
         }
+        if self.question_once:  # only when set, so results of earlier runs still resume
+            described["question_once"] = True
+        return described
 
 
 def parse_latent_steps(value: int | str) -> tuple[int, DriftGuard | None]:

@@ -53,10 +53,14 @@ def text_context(messages: list[tuple[str, str]]) -> str:
     return _fill(spec["text"], messages=lines)
 
 
-def user_message(role: Role, question: str, answer_format: str, context: str = "") -> dict:
+def user_message(
+    role: Role, question: str, answer_format: str, context: str = "", restate: bool = True
+) -> dict:
+    """An agent's user turn; `restate=False` leaves the question out (it is in the memory)."""
     spec = _prompts()
     instruction = _fill(role.instruction, answer_format=answer_format)
-    user = _fill(spec["user_template"], instruction=instruction, question=question, context=context)
+    template = spec["user_template"] if restate else spec["followup_template"]
+    user = _fill(template, instruction=instruction, question=question, context=context)
     return {"role": "user", "content": user.rstrip()}
 
 
@@ -67,7 +71,11 @@ def chat_messages(role: Role, question: str, answer_format: str, context: str = 
 
 
 def shared_conversation(
-    tokenizer: PreTrainedTokenizerBase, roles: list[Role], question: str, answer_format: str
+    tokenizer: PreTrainedTokenizerBase,
+    roles: list[Role],
+    question: str,
+    answer_format: str,
+    question_once: bool = False,
 ) -> list[list[int]]:
     """Token ids each agent appends to the shared cache, one list per agent.
 
@@ -76,13 +84,15 @@ def shared_conversation(
     Each segment is the difference between successive renderings of the chat template,
     so any model's turn markers are used. Templates that rewrite earlier turns (so that
     one rendering is not a prefix of the next) fall back to standalone chats per agent.
+    `question_once`: only the first agent's turn states the question; later agents read
+    it from the shared memory (fewer tokens to prefill).
     """
     messages = [{"role": "system", "content": _prompts()["system"]}]
     segments, previous = [], ""
     for index, role in enumerate(roles):
         if index:
             messages.append({"role": "assistant", "content": ""})
-        messages.append(user_message(role, question, answer_format))
+        messages.append(user_message(role, question, answer_format, restate=not (question_once and index)))
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         if not text.startswith(previous):
             return [

@@ -91,6 +91,12 @@ class RunSpec:
             "latent_mas on transformers, or on llama.cpp for GGUF models (needs llama-cpp-python).", ENGINES
         ),
     )
+    question_once: bool = field(
+        default=False,
+        metadata=_option(
+            "latent_mas: state the question only to the first agent; the rest read it from memory."
+        ),
+    )
     trace: bool = field(default=False, metadata={"cli": False})  # the CLI takes a path instead
 
     def __post_init__(self) -> None:
@@ -107,6 +113,8 @@ class RunSpec:
         parse_latent_steps(self.latent_steps)
         if self.trace and self.method != "latent_mas":
             raise LatentMASError("--trace records latent thoughts; use it with --method latent_mas")
+        if self.question_once and self.method != "latent_mas":
+            raise LatentMASError("--question-once shapes the shared memory; use it with --method latent_mas")
         if self.engine == "llamacpp" and self.method != "latent_mas":
             raise LatentMASError("--engine llamacpp runs --method latent_mas")
         if self.engine == "llamacpp" and self.agent_models:
@@ -159,7 +167,16 @@ def build_solver(spec: RunSpec, lm: LoadedModel | None = None) -> Method:
         from .trace import Tracing
 
         observers.append(Tracing(lm))
-    return LatentMAS(engine, sampling, spec.topology, spec.latent_steps, spec.memory, spec.realign, observers)
+    return LatentMAS(
+        engine,
+        sampling,
+        spec.topology,
+        spec.latent_steps,
+        spec.memory,
+        spec.realign,
+        observers,
+        question_once=spec.question_once,
+    )
 
 
 def _gguf_file(model: str | None) -> Path:
