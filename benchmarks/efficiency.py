@@ -91,9 +91,16 @@ def measure(
     sampling: Sampling,
     engine: str = "transformers",
 ) -> Row:
-    engine_name = engine if method_name == "latent_mas" else "transformers"
+    """`method_name` "latent_mas[once]" is latent_mas with the question stated once."""
+    base, once = method_name.removesuffix("[once]"), method_name.endswith("[once]")
+    engine_name = engine if base == "latent_mas" else "transformers"
     spec = RunSpec(
-        method=method_name, topology=topology, latent_steps=str(steps), engine=engine_name, **asdict(sampling)
+        method=base,
+        topology=topology,
+        latent_steps=str(steps),
+        engine=engine_name,
+        question_once=once,
+        **asdict(sampling),
     )
     method = build_solver(spec, lm)
     method.solve([questions[0].question], task.answer_format)  # warm-up: allocator, kernels
@@ -120,7 +127,7 @@ def measure(
     return Row(
         method=method_name,
         topology=topology if method_name != "single" else "-",
-        latent_steps=steps if method_name == "latent_mas" else 0,
+        latent_steps=steps if base == "latent_mas" else 0,
         batch_size=batch_size,
         n=n,
         accuracy=sum(correct) / n,
@@ -270,6 +277,9 @@ def main() -> None:
         choices=["transformers", "llamacpp"],
         help="run latent_mas on llama.cpp (embedded GGUF; needs llama-cpp-python)",
     )
+    p.add_argument(
+        "--question-once", action="store_true", help="also latent_mas with the question stated once"
+    )
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = p.parse_args()
     if args.quick:
@@ -287,6 +297,8 @@ def main() -> None:
     plan = [("single", "sequential", 0, b) for b in batch_sizes]
     plan += [("text_mas", t, 0, b) for t in topologies for b in batch_sizes]
     plan += [("latent_mas", t, m, b) for t in topologies for m in steps_grid for b in batch_sizes]
+    if args.question_once:
+        plan += [("latent_mas[once]", t, m, b) for t in topologies for m in steps_grid for b in batch_sizes]
 
     rows: list[Row] = []
     for i, (method, topology, steps, batch) in enumerate(plan, 1):
@@ -306,10 +318,12 @@ def main() -> None:
     for r in rows:
         d = asdict(r)
         text = find("text_mas", r.topology, r.batch_size)
-        d["speedup_vs_text_mas"] = text.seconds / r.seconds if text and r.method == "latent_mas" else None
+        latent = r.method.startswith("latent_mas")
+        d["speedup_vs_text_mas"] = text.seconds / r.seconds if text and latent else None
         d["token_reduction_vs_text_mas"] = (
-            1 - r.output_tokens_mean / text.output_tokens_mean if text and r.method == "latent_mas" else None
+            1 - r.output_tokens_mean / text.output_tokens_mean if text and latent else None
         )
+        d["prefill_share"] = r.prefill_seconds / max(r.seconds, 1e-9)
         one = find(r.method, r.topology, 1, r.latent_steps)
         d["qps_vs_batch_1"] = r.questions_per_second / one.questions_per_second if one else None
         table.append(d)
@@ -349,6 +363,7 @@ def main() -> None:
         "prefill_seconds",
         "latent_seconds",
         "decode_seconds",
+        "prefill_share",
         "questions_per_second",
         "peak_rss_mib",
         "speedup_vs_text_mas",

@@ -124,3 +124,38 @@ def test_a_model_is_realigned_once_per_process(monkeypatch):
     lm = tiny_loaded("qwen2")
     methods = [LatentMAS(lm, Sampling(max_new_tokens=t)) for t in (4, 8)]
     assert methods[0].engine.realigner is methods[1].engine.realigner
+
+
+def test_soft_realignment_and_the_logit_lens_apply_the_models_softcap():
+    """Gemma-style final-logit soft-capping: tanh(z / c) * c before the softmax."""
+    from latentmas.engine import lm_logits
+
+    model = tiny_model("gemma3", final_logit_softcapping=2.0, seed=5)
+    realigner = build_realigner(model, "soft")
+    w_out, w_in = output_embedding_matrix(model), input_embedding_matrix(model)
+    hidden = 5 * torch.randn(3, model.config.hidden_size)
+    logits = hidden @ w_out.T
+    capped = torch.tanh(logits / 2.0) * 2.0
+    torch.testing.assert_close(lm_logits(model, hidden), capped, atol=1e-5, rtol=1e-4)
+    expected = torch.softmax(capped, dim=-1) @ w_in
+    torch.testing.assert_close(realigner(hidden), expected, atol=1e-5, rtol=1e-4)
+    uncapped = torch.softmax(logits, dim=-1) @ w_in
+    assert not torch.allclose(realigner(hidden), uncapped, atol=1e-3)
+
+
+def test_a_head_that_pads_the_vocabulary_is_cut_to_the_embeddings():
+    """Some LM heads have more rows than the input embedding; the extra logits are ignored."""
+    model = tiny_model("qwen2", tie_word_embeddings=False, seed=9)
+    vocab, width = model.get_input_embeddings().weight.shape
+    padded = torch.nn.Linear(width, vocab + 8, bias=False)
+    with torch.no_grad():
+        padded.weight[:vocab] = model.get_output_embeddings().weight
+        padded.weight[vocab:] = 100.0  # would dominate every softmax if it were kept
+    model.set_output_embeddings(padded)
+    w_out, w_in = output_embedding_matrix(model), input_embedding_matrix(model)
+    hidden = torch.randn(2, width)
+    expected = torch.softmax(hidden @ w_out[:vocab].T, dim=-1) @ w_in
+    torch.testing.assert_close(build_realigner(model, "soft")(hidden), expected, atol=1e-5, rtol=1e-4)
+    ridge = build_realigner(model, "ridge", use_disk_cache=False)
+    reference = realign.ridge_matrix(w_out[:vocab], w_in, 1e-5)
+    torch.testing.assert_close(ridge.matrix, reference.float(), atol=1e-4, rtol=1e-3)
