@@ -157,14 +157,14 @@ def step_costs(lm: LoadedModel, batch_size: int, context: int, steps: int = 16) 
     def naive_latent(memory, hidden):
         for _ in range(steps):
             positions = memory.next_position[:, None]
-            memory.extend(ones, True)
+            memory.extend(ones, positions, True)
             out = model(
                 inputs_embeds=method.engine.realigner(hidden)[:, None],
                 attention_mask=memory.attention_mask,
                 position_ids=positions,
-                cache=memory.cache,
                 use_cache=True,
                 output_hidden_states=True,
+                **{engine.cache_keyword(type(engine.decoder(model))): memory.cache},
             )
             hidden = out.hidden_states[-1][:, -1]
 
@@ -257,7 +257,7 @@ def plot(rows: list[Row], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="8 questions, 64 tokens, m=10, sequential")
     p.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M-Instruct")
@@ -281,7 +281,7 @@ def main() -> None:
         "--question-once", action="store_true", help="also latent_mas with the question stated once"
     )
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.quick:
         args.limit, args.max_new_tokens, args.latent_steps = 8, 64, "10"
         args.topologies, args.batch_sizes = "sequential", "1,8"

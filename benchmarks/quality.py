@@ -88,6 +88,39 @@ def parse_config(name: str) -> dict:
 
 
 @dataclass
+class Endings:
+    """How the final answers end: where a method loses, this says whether it lost the format or the maths."""
+
+    boxed: int  # the final text holds a boxed answer
+    correct_when_boxed: int
+    hit_limit: int  # the final agent's decoding stopped at max_new_tokens
+    stopped_unanswered: int  # the model ended its turn before giving a boxed answer
+    repetitive: int  # some line repeats at least REPEATS times: a decoding loop
+
+
+REPEATS = 4
+
+
+def endings(results, max_new_tokens: int) -> Endings:
+    def loops(text: str) -> bool:
+        lines = [line.strip() for line in text.splitlines() if len(line.strip()) > 8]
+        return any(lines.count(line) >= REPEATS for line in set(lines))
+
+    boxed = [r for r in results if "\\boxed" in r.final_text]
+    def final_tokens(r) -> int:  # text_mas's output_tokens sums every agent's
+        return r.agents[-1].output_tokens if r.agents else r.output_tokens
+
+    at_limit = {r.id for r in results if final_tokens(r) >= max_new_tokens}
+    return Endings(
+        boxed=len(boxed),
+        correct_when_boxed=sum(r.correct for r in boxed),
+        hit_limit=len(at_limit),
+        stopped_unanswered=sum(1 for r in results if "\\boxed" not in r.final_text and r.id not in at_limit),
+        repetitive=sum(loops(r.final_text) for r in results),
+    )
+
+
+@dataclass
 class Row:
     task: str
     config: str
@@ -103,6 +136,7 @@ class Row:
     p_vs_single: float | None
     vs_text_mas: float | None
     p_vs_text_mas: float | None
+    endings: Endings | None = None
 
 
 def folder_name(config: str, seed: int, sampled: bool) -> str:
@@ -136,7 +170,9 @@ def correctness(folder: Path, ids: set[str]) -> dict[str, bool]:
     return {r.id: r.correct for r in read_results(folder / "results.jsonl") if r.id in ids}
 
 
-def summarize(task: str, config: str, seed: int, folder: Path, ids: set[str], baselines: dict) -> Row | None:
+def summarize(
+    task: str, config: str, seed: int, folder: Path, ids: set[str], baselines: dict, max_new_tokens: int
+) -> Row | None:
     results = [r for r in read_results(folder / "results.jsonl") if r.id in ids]
     if not results:
         return None
@@ -166,6 +202,7 @@ def summarize(task: str, config: str, seed: int, folder: Path, ids: set[str], ba
         p_vs_single=paired["single"][1],
         vs_text_mas=paired["text_mas"][0],
         p_vs_text_mas=paired["text_mas"][1],
+        endings=endings(results, max_new_tokens),
     )
 
 
@@ -177,20 +214,41 @@ def _p(value: float | None) -> str:
     return "—" if value is None else f"{value:.3f}"
 
 
+def table(title: str, header: list[str], cells: list[list[str]]) -> str:
+    lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
+
+
 def markdown(rows: list[Row], title: str) -> str:
-    lines = [
-        f"### {title}",
-        "",
-        "| config | n | accuracy % [95% CI] | vs single (pts, p) | vs text_mas (pts, p) | decoded tokens/q | latent steps/q | s/q |",
-        "|---|---|---|---|---|---|---|---|",
+    header = ["config", "n", "accuracy % [95% CI]", "vs single (pts, p)", "vs text_mas (pts, p)"]
+    header += ["decoded tokens/q", "latent steps/q", "s/q"]
+    cells = [
+        [
+            r.config,
+            str(r.n),
+            f"{100 * r.accuracy:.1f} [{100 * r.ci_low:.1f}, {100 * r.ci_high:.1f}]",
+            f"{_signed(r.vs_single)}, {_p(r.p_vs_single)}",
+            f"{_signed(r.vs_text_mas)}, {_p(r.p_vs_text_mas)}",
+            f"{r.output_tokens_mean:.0f}",
+            f"{r.latent_steps_mean:.0f}",
+            f"{r.seconds_mean:.1f}",
+        ]
+        for r in rows
     ]
+    return table(title, header, cells)
+
+
+def endings_table(rows: list[Row], title: str) -> str:
+    """Where answers go wrong: the format (no boxed answer, loops, cut off) or the maths (wrong when boxed)."""
+    header = ["config", "n", "boxed answer %", "correct when boxed", "hit token limit %"]
+    header += ["ended turn unanswered %", "repetitive %"]
+    cells = []
     for r in rows:
-        lines.append(
-            f"| {r.config} | {r.n} | {100 * r.accuracy:.1f} [{100 * r.ci_low:.1f}, {100 * r.ci_high:.1f}] "
-            f"| {_signed(r.vs_single)}, {_p(r.p_vs_single)} | {_signed(r.vs_text_mas)}, {_p(r.p_vs_text_mas)} "
-            f"| {r.output_tokens_mean:.0f} | {r.latent_steps_mean:.0f} | {r.seconds_mean:.1f} |"
-        )
-    return "\n".join(lines)
+        e = r.endings
+        share = [f"{100 * k / r.n:.0f}" for k in (e.boxed, e.hit_limit, e.stopped_unanswered, e.repetitive)]
+        when_boxed = f"{e.correct_when_boxed}/{e.boxed} ({100 * e.correct_when_boxed / max(e.boxed, 1):.0f}%)"
+        cells.append([r.config, str(r.n), share[0], when_boxed, *share[1:]])
+    return table(title, header, cells)
 
 
 def seed_spread(rows: list[Row]) -> str:
@@ -346,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
             }
             for config in chosen:
                 folder = args.out / name / folder_name(config, seed, sampled)
-                row = summarize(name, config, seed, folder, ids, baselines)
+                row = summarize(name, config, seed, folder, ids, baselines, args.max_new_tokens)
                 if row is not None:
                     rows.append(row)
     if not rows:
@@ -360,6 +418,12 @@ def main(argv: list[str] | None = None) -> int:
         markdown([r for r in rows if r.task == t and r.seed == s], f"{t}, seed {s}: {title}")
         for t in task_names
         for s in seeds
+    )
+    text += "\n\n" + "\n\n".join(
+        endings_table([r for r in rows if r.task == t and r.seed == s], f"how the answers end: {t}, seed {s}")
+        for t in task_names
+        for s in seeds
+        if t == "gsm8k"
     )
     if sampled and len(seeds) > 1:
         text += "\n\n" + seed_spread(rows)

@@ -106,3 +106,22 @@ def test_quality_run_writes_tables_and_resumes(tmp_path, capsys):
 def test_unknown_config_is_a_clear_error(capsys):
     assert _quality_module().main(["--configs", "double_mas", "--report-only"]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_endings_tell_format_failures_from_wrong_maths():
+    quality = _quality_module()
+    from latentmas.evaluate import QuestionResult
+
+    def result(i: int, text: str, tokens: int, correct: bool) -> QuestionResult:
+        return QuestionResult(f"q{i}", "?", "3", None, correct, text, 10, tokens, 0, 1.0)
+
+    loop = "\n".join(["Step: add the bolts together."] * 4)
+    results = [
+        result(0, "so \\boxed{3}", 50, True),  # right, boxed
+        result(1, "so \\boxed{4}", 50, False),  # wrong maths, right format
+        result(2, "The plan is", 20, False),  # ended its turn unanswered
+        result(3, loop, 64, False),  # a loop cut off at the limit
+    ]
+    e = quality.endings(results, max_new_tokens=64)
+    assert (e.boxed, e.correct_when_boxed) == (2, 1)
+    assert (e.hit_limit, e.stopped_unanswered, e.repetitive) == (1, 1, 1)

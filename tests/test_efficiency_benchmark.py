@@ -1,0 +1,38 @@
+"""The efficiency benchmark runs end to end (a random-weight model, a few tokens), so that a
+change to the engine cannot silently break the script that measures it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+from latentmas.tiny import tiny_loaded
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_efficiency_benchmark_writes_its_table(tmp_path, capsys):
+    config = tiny_loaded("qwen2").model.config.to_dict()
+    (tmp_path / "tiny.json").write_text(json.dumps(config))
+    spec = importlib.util.spec_from_file_location("efficiency", ROOT / "benchmarks" / "efficiency.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["efficiency"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    module.main(
+        [
+            *("--config", str(tmp_path / "tiny.json"), "--dtype", "fp32", "--device", "cpu"),
+            *("--limit", "2", "--max-new-tokens", "3", "--latent-steps", "2", "--batch-sizes", "1,2"),
+            *("--topologies", "sequential", "--micro-context", "12", "--question-once"),
+            *("--out", str(tmp_path / "out")),
+        ]
+    )
+    report = json.loads((tmp_path / "out" / "efficiency.json").read_text())
+    methods = {(r["method"], r["batch_size"]) for r in report["rows"]}
+    assert methods == {
+        (m, b) for m in ("single", "text_mas", "latent_mas", "latent_mas[once]") for b in (1, 2)
+    }
+    assert [m["batch_size"] for m in report["micro"]] == [1, 2]
+    assert all(m["latent_step_ms"] > 0 and m["decode_step_ms"] > 0 for m in report["micro"])
+    assert "speedup_vs_text_mas" in capsys.readouterr().out
