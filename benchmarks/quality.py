@@ -107,6 +107,7 @@ def endings(results, max_new_tokens: int) -> Endings:
         return any(lines.count(line) >= REPEATS for line in set(lines))
 
     boxed = [r for r in results if "\\boxed" in r.final_text]
+
     def final_tokens(r) -> int:  # text_mas's output_tokens sums every agent's
         return r.agents[-1].output_tokens if r.agents else r.output_tokens
 
