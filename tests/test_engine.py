@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from latentmas import LatentMAS, Sampling, SingleAgent, TextMAS, engine
-from latentmas.engine import SharedMemory
+from latentmas.engine import SharedMemory, TransformersEngine
 from latentmas.roles import shared_conversation, topology_roles
 from latentmas.tiny import tiny_loaded
 
@@ -273,3 +273,86 @@ def test_question_once_states_the_question_only_to_the_first_agent(tiny):
     assert answer.input_tokens == sum(map(len, once)) and answer.final_text
     assert method.describe()["question_once"] is True
     assert "question_once" not in LatentMAS(tiny, SAMPLING).describe()  # earlier runs still resume
+
+
+def test_rows_that_stop_early_leave_the_batch_without_disturbing_the_others(tiny):
+    """Rows that emit a stop token at different steps are dropped from the batch (their cache
+    rows go); every row must still decode exactly what it decodes alone."""
+    model, tok = tiny.model, tiny.tokenizer
+    prompts = [tok(q).input_ids for q in QUESTIONS[:4]]
+    greedy = Sampling(max_new_tokens=10)
+
+    def decode(rows: list[list[int]], stops: set[int]) -> list[list[int]]:
+        with torch.inference_mode():
+            memory = SharedMemory.empty(model, len(rows))
+            hidden = engine.prefill(model, memory, rows, tok.pad_token_id)
+            return engine.decode(model, memory, hidden, greedy, stops)
+
+    free = decode(prompts, set())
+    # Stop tokens picked from two rows' own outputs, so those rows end early at different steps.
+    stops = {free[0][2], free[1][5]}
+    batched = decode(prompts, stops)
+    alone = [decode([p], stops)[0] for p in prompts]
+    assert batched == alone
+    lengths = sorted(len(row) for row in batched)
+    assert lengths[0] < 10 and lengths[0] < lengths[-1]  # rows really left at different steps
+
+
+def test_streamed_tokens_reach_their_own_row_when_the_batch_is_sliced(tiny):
+    """An engine that holds fewer rows than the batch gets it in slices; each slice's rows must
+    be streamed under their place in the whole batch, with the tokens that make the answer."""
+    method = LatentMAS(tiny, SAMPLING, latent_steps=2)
+    for one in method.engines.values():
+        one.max_batch = 3
+    streamed: dict[int, list[int]] = {}
+    answers = method.solve(QUESTIONS, on_token=lambda row, token: streamed.setdefault(row, []).append(token))
+    assert len(answers) == len(QUESTIONS) and sorted(streamed) == list(range(len(QUESTIONS)))
+    for row, answer in enumerate(answers):
+        assert tiny.tokenizer.decode(streamed[row], skip_special_tokens=True).strip() == answer.final_text
+
+
+@pytest.mark.parametrize("topology", ["sequential", "hierarchical"])
+def test_text_mas_agents_read_what_they_should_of_each_other(tiny, monkeypatch, topology):
+    """Sequential TextMAS agents read every earlier agent's text; hierarchical experts work
+    alone and only the final agent reads them all."""
+    from latentmas import methods
+
+    prompts = []
+    encode = methods.encode_chat
+
+    def recording(tokenizer, messages, continuation):
+        prompts.append(" ".join(m["content"] for m in messages))
+        return encode(tokenizer, messages, continuation)
+
+    monkeypatch.setattr(methods, "encode_chat", recording)
+    answer = TextMAS(tiny, SAMPLING, topology=topology).solve([QUESTIONS[0]])[0]
+    texts = [agent.text for agent in answer.agents]
+    assert len(prompts) == len(texts) and all(texts)
+    for index, prompt in enumerate(prompts):
+        final = index == len(prompts) - 1
+        expected = texts[:index] if final or topology == "sequential" else []
+        assert [t for t in texts[:index] if t in prompt] == expected
+
+
+def test_each_row_samples_from_its_own_seed(tiny):
+    """Two rows with the same prompt but different row seeds draw different tokens, and each
+    row draws what it draws alone with its seed: the seed goes with the row, not the batch."""
+    model, tok = tiny.model, tiny.tokenizer
+    prompt = tok(QUESTIONS[0]).input_ids
+    sampling = Sampling(max_new_tokens=10, temperature=1.0, seed=0)
+
+    def decode(seeds: list[int]) -> list[list[int]]:
+        with torch.inference_mode():
+            memory = SharedMemory.empty(model, len(seeds))
+            hidden = engine.prefill(model, memory, [prompt] * len(seeds), tok.pad_token_id)
+            return engine.decode(model, memory, hidden, sampling, set(), row_seeds=seeds)
+
+    both = decode([11, 12])
+    assert both[0] != both[1]
+    assert both == [decode([11])[0], decode([12])[0]]
+    # The engine interface passes the row seeds through.
+    with torch.inference_mode():
+        chosen = TransformersEngine(tiny, LatentMAS(tiny, SAMPLING).engine.realigner)
+        memory = chosen.new_memory(2)
+        hidden = chosen.prefill(memory, [prompt, prompt])
+        assert chosen.decode(memory, hidden, sampling, None, [11, 12]) == both
