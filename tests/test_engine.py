@@ -356,3 +356,12 @@ def test_each_row_samples_from_its_own_seed(tiny):
         memory = chosen.new_memory(2)
         hidden = chosen.prefill(memory, [prompt, prompt])
         assert chosen.decode(memory, hidden, sampling, None, [11, 12]) == both
+
+
+def test_a_budget_of_one_token_is_legal_and_zero_is_refused(tiny):
+    from latentmas.errors import LatentMASError
+
+    answer = SingleAgent(tiny, Sampling(max_new_tokens=1)).solve([QUESTIONS[0]])[0]
+    assert answer.output_tokens <= 1
+    with pytest.raises(LatentMASError, match="max_new_tokens"):
+        SingleAgent(tiny, Sampling(max_new_tokens=0))
