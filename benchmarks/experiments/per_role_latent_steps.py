@@ -1,4 +1,4 @@
-"""Experiment 11 of docs/quality.md (not in the package): latent steps per role.
+"""Experiment 12 of docs/quality.md (not in the package): latent steps per role.
 
 The final agent's premature end of turn grows with the number of thoughts in context. With
 the same budget of about ten thoughts, does it matter where they sit? Only the planner
