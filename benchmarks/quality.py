@@ -106,17 +106,16 @@ def endings(results, max_new_tokens: int) -> Endings:
         lines = [line.strip() for line in text.splitlines() if len(line.strip()) > 8]
         return any(lines.count(line) >= REPEATS for line in set(lines))
 
-    boxed = [r for r in results if "\\boxed" in r.final_text]
-
     def final_tokens(r) -> int:  # text_mas's output_tokens sums every agent's
         return r.agents[-1].output_tokens if r.agents else r.output_tokens
 
+    boxed = {r.id for r in results if "\\boxed" in r.final_text}  # an unclosed \boxed{ counts too
     at_limit = {r.id for r in results if final_tokens(r) >= max_new_tokens}
     return Endings(
         boxed=len(boxed),
-        correct_when_boxed=sum(r.correct for r in boxed),
+        correct_when_boxed=sum(r.correct for r in results if r.id in boxed),
         hit_limit=len(at_limit),
-        stopped_unanswered=sum(1 for r in results if "\\boxed" not in r.final_text and r.id not in at_limit),
+        stopped_unanswered=len({r.id for r in results} - boxed - at_limit),
         repetitive=sum(loops(r.final_text) for r in results),
     )
 
@@ -137,7 +136,7 @@ class Row:
     p_vs_single: float | None
     vs_text_mas: float | None
     p_vs_text_mas: float | None
-    endings: Endings | None = None
+    endings: Endings
 
 
 def folder_name(config: str, seed: int, sampled: bool) -> str:

@@ -7,6 +7,7 @@ import torch
 
 from latentmas import LatentMAS, Sampling, SingleAgent, TextMAS, engine
 from latentmas.engine import SharedMemory, TransformersEngine
+from latentmas.realign import realigner_for
 from latentmas.roles import shared_conversation, topology_roles
 from latentmas.tiny import tiny_loaded
 
@@ -352,7 +353,7 @@ def test_each_row_samples_from_its_own_seed(tiny):
     assert both == [decode([11])[0], decode([12])[0]]
     # The engine interface passes the row seeds through.
     with torch.inference_mode():
-        chosen = TransformersEngine(tiny, LatentMAS(tiny, SAMPLING).engine.realigner)
+        chosen = TransformersEngine(tiny, realigner_for(tiny.model))
         memory = chosen.new_memory(2)
         hidden = chosen.prefill(memory, [prompt, prompt])
         assert chosen.decode(memory, hidden, sampling, None, [11, 12]) == both
