@@ -4,7 +4,8 @@ Same questions (GSM8K), same model, same --max-new-tokens for every method. For 
 method x topology x latent steps x batch size: decoded tokens, latent steps, wall seconds
 split into prefill / latent / decode, peak memory, questions per second, accuracy. Then a
 micro-benchmark: one latent step vs one greedy decode step at the same batch and cache
-length. Prints markdown tables, writes efficiency.json and efficiency.png.
+length; and LatentMAS's prefill with the prompts' shared prefix read once vs read whole.
+Prints markdown tables, writes efficiency.json and efficiency.png.
 
     python benchmarks/efficiency.py --quick                 # embedded model, < 5 min on 2 CPU cores
     python benchmarks/efficiency.py                         # the full grid
@@ -29,8 +30,9 @@ import torch
 from transformers import DynamicCache
 
 from latentmas import LatentMAS, RunSpec, Sampling, build_solver, engine, get_task, load_model
-from latentmas.engine import SharedMemory
+from latentmas.engine import SharedMemory, TransformersEngine
 from latentmas.models import LoadedModel
+from latentmas.realign import realigner_for
 from latentmas.tiny import model_from_config_file, tiny_tokenizer
 
 
@@ -205,6 +207,31 @@ def step_costs(lm: LoadedModel, batch_size: int, context: int, steps: int = 16) 
     }
 
 
+def prefix_costs(lm: LoadedModel, questions, task, batch_size: int) -> dict:
+    """LatentMAS's prefill seconds on the same questions with the prompts' shared prefix read
+    once and copied (the default), against every prompt read whole: alternated twice after a
+    warm-up, best of each, so the ratio comes from one process and one machine state."""
+    realign = realigner_for(lm.model, "ridge")
+    methods = {
+        name: LatentMAS(TransformersEngine(lm, realign, share_prefixes=shared), Sampling(max_new_tokens=1))
+        for name, shared in (("whole", False), ("shared", True))
+    }
+    order = sorted(questions, key=lambda q: len(q.question))
+    batches = [[q.question for q in order[i : i + batch_size]] for i in range(0, len(order), batch_size)]
+    seconds: dict[str, list[float]] = {name: [] for name in methods}
+    for name, method in list(methods.items()) * 3:  # the first round is warm-up
+        answers = [a for batch in batches for a in method.solve(batch, task.answer_format)]
+        seconds[name].append(sum(s.prefill_seconds for a in answers for s in a.agents))
+    whole, shared = min(seconds["whole"][1:]), min(seconds["shared"][1:])
+    return {
+        "batch_size": batch_size,
+        "prefix_tokens": max(len(k) for k in methods["shared"].engine.prefixes.kept),
+        "prefill_whole_s": whole,
+        "prefill_shared_prefix_s": shared,
+        "shared_over_whole": shared / whole,
+    }
+
+
 def engine_clock(model):
     def now() -> float:
         if model.device.type == "cuda":
@@ -332,6 +359,7 @@ def main(argv: list[str] | None = None) -> None:
     head_latent = find("latent_mas", topologies[0], batch_sizes[0], headline_steps)
     head_text = find("text_mas", topologies[0], batch_sizes[0])
     micro = [step_costs(lm, b, args.micro_context) for b in batch_sizes]
+    prefix = [prefix_costs(lm, questions, task, b) for b in batch_sizes]
     result = {
         "speedup_vs_text_mas": head_text.seconds / head_latent.seconds,
         "token_reduction_vs_text_mas": 1 - head_latent.output_tokens_mean / head_text.output_tokens_mean,
@@ -347,6 +375,7 @@ def main(argv: list[str] | None = None) -> None:
         "settings": {"n": len(questions), "max_new_tokens": args.max_new_tokens, "quick": args.quick},
         "rows": table,
         "micro": micro,
+        "prefix": prefix,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "efficiency.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -379,6 +408,8 @@ def main(argv: list[str] | None = None) -> None:
     print(markdown(table, cols))
     print("\n## One latent step vs one decode step\n")
     print(markdown(micro, list(micro[0])))
+    print("\n## LatentMAS prefill: shared prompt prefix read once vs every prompt read whole\n")
+    print(markdown(prefix, list(prefix[0])))
     print(
         f"\nspeedup_vs_text_mas = {result['speedup_vs_text_mas']:.2f}x, "
         f"token_reduction_vs_text_mas = {result['token_reduction_vs_text_mas']:.1%} "

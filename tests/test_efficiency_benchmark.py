@@ -35,4 +35,6 @@ def test_efficiency_benchmark_writes_its_table(tmp_path, capsys):
     }
     assert [m["batch_size"] for m in report["micro"]] == [1, 2]
     assert all(m["latent_step_ms"] > 0 and m["decode_step_ms"] > 0 for m in report["micro"])
+    assert [p["batch_size"] for p in report["prefix"]] == [1, 2]
+    assert all(p["prefix_tokens"] > 0 and p["prefill_shared_prefix_s"] > 0 for p in report["prefix"])
     assert "speedup_vs_text_mas" in capsys.readouterr().out

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from latentmas import LatentMAS, Sampling, get_task, models
+from latentmas import LatentMAS, Sampling, TextMAS, get_task, models
 from latentmas.errors import LatentMASError
 from latentmas.models import EMBEDDED_MODEL, assemble_parts
 
@@ -107,3 +107,17 @@ def test_converted_models_are_kept_per_transformers_release(tmp_path):
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF")
     assert models._gguf_cache_folder(gguf).name.endswith(f"-tf{transformers.__version__}")
+
+
+def test_real_prompts_begin_with_the_shared_prefix(embedded):
+    """With a real BPE tokenizer, which merges the space after "Question:" into the next
+    word, the prefix found from probe questions still begins every real prompt, so its KV
+    is really computed once and reused (for each TextMAS role, and LatentMAS's first)."""
+    questions = ["Janet has 16 eggs and eats 3. How many are left?", "A robe takes 2 bolts. How many?"]
+    for method, roles in (
+        (LatentMAS(embedded, Sampling(max_new_tokens=1), latent_steps=0), 1),
+        (TextMAS(embedded, Sampling(max_new_tokens=1)), 4),
+    ):
+        method.solve(questions, "Put the final answer in \\boxed{}.")
+        kept = method.engine.prefixes.kept
+        assert len(kept) == roles and all(len(prefix) >= 40 for prefix in kept)

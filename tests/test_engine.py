@@ -58,17 +58,17 @@ def test_padding_changes_nothing_inside_the_engine(tiny):
 def _record_memory(monkeypatch):
     """Record the memory's real length per row at every prefill and before decoding."""
     events = []
-    prefill, decode = engine.prefill, engine.decode
+    prefill, decode = TransformersEngine.prefill, engine.decode
 
-    def recording_prefill(model, memory, prompts, pad_id):
+    def recording_prefill(self, memory, prompts, shared_prefix=()):
         events.append(("before_prefill", memory.real_lengths().tolist(), memory.is_latent.clone()))
-        return prefill(model, memory, prompts, pad_id)
+        return prefill(self, memory, prompts, shared_prefix)
 
     def recording_decode(model, memory, hidden, sampling, stop_ids, on_token=None, row_seeds=None):
         events.append(("decode", memory.real_lengths().tolist(), memory.is_latent.clone()))
         return decode(model, memory, hidden, sampling, stop_ids, on_token, row_seeds)
 
-    monkeypatch.setattr(engine, "prefill", recording_prefill)
+    monkeypatch.setattr(TransformersEngine, "prefill", recording_prefill)
     monkeypatch.setattr(engine, "decode", recording_decode)
     return events
 
@@ -322,7 +322,8 @@ def test_text_mas_agents_read_what_they_should_of_each_other(tiny, monkeypatch, 
     encode = methods.encode_chat
 
     def recording(tokenizer, messages, continuation):
-        prompts.append(" ".join(m["content"] for m in messages))
+        if QUESTIONS[0] in messages[-1]["content"]:  # not the probes that find the shared prefix
+            prompts.append(" ".join(m["content"] for m in messages))
         return encode(tokenizer, messages, continuation)
 
     monkeypatch.setattr(methods, "encode_chat", recording)
@@ -366,3 +367,47 @@ def test_a_budget_of_one_token_is_legal_and_zero_is_refused(tiny):
     assert answer.output_tokens <= 1
     with pytest.raises(LatentMASError, match="max_new_tokens"):
         SingleAgent(tiny, Sampling(max_new_tokens=0))
+
+
+def test_shared_prefix_changes_no_answer_and_is_really_shared(tiny_any, monkeypatch):
+    """The prompts' common head is prefilled once and copied: the same answers as reading
+    every prompt whole, at batch 1 and 8, for every method; and the first agent's own
+    prefill really reads only what follows the prefix."""
+    realign = realigner_for(tiny_any.model, "ridge")
+    whole = TransformersEngine(tiny_any, realign, share_prefixes=False)
+    widths = []
+    prefill = engine.prefill
+
+    def recording(model, memory, prompts, pad_id):
+        widths.append(max(map(len, prompts)))
+        return prefill(model, memory, prompts, pad_id)
+
+    monkeypatch.setattr(engine, "prefill", recording)
+    for make in (lambda e: LatentMAS(e, SAMPLING, latent_steps=3), lambda e: TextMAS(e, SAMPLING)):
+        expected = make(whole).solve(QUESTIONS)
+        read_whole = widths[0]
+        widths.clear()
+        shared = TransformersEngine(tiny_any, realign)
+        batched, alone = _solo_and_batched(make(shared), QUESTIONS)
+        for answers in (batched, alone):
+            assert [a.final_text for a in answers] == [a.final_text for a in expected]
+        prefix_width, first_agent_width = widths[:2]  # the prefix alone, once; then the rest
+        assert first_agent_width == read_whole - prefix_width
+        widths.clear()
+
+
+def test_a_row_that_lacks_the_prefix_reads_its_whole_prompt(tiny):
+    """Rows decide alone whether the shared prefix is theirs: one that does not begin with
+    it gets the prefix columns as padding, and each row's state equals its state alone."""
+    tok = tiny.tokenizer
+    prefix = tok("You are one member of a team of problem-solving agents.").input_ids
+    prompts = [prefix + tok(" What is 7 * 8?").input_ids, tok("Something else entirely, 2+2").input_ids]
+    realign = realigner_for(tiny.model, "ridge")
+    shared, whole = TransformersEngine(tiny, realign), TransformersEngine(tiny, realign, share_prefixes=False)
+    with torch.inference_mode():
+        memory = shared.new_memory(2)
+        hidden = shared.prefill(memory, prompts, prefix)
+        assert memory.real_lengths().tolist() == [len(p) for p in prompts]
+        for row, prompt in enumerate(prompts):
+            alone = whole.prefill(whole.new_memory(1), [prompt])
+            torch.testing.assert_close(hidden[row], alone[0], atol=1e-4, rtol=1e-3)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, Protocol
@@ -327,6 +327,50 @@ def prefill(
     return append(model, memory, mask, input_ids=ids)
 
 
+class PrefixStore:
+    """Prefill the tokens every prompt of a method begins with once, and copy their KV.
+
+    Every row of every batch starts with the same system prompt and first instruction (about
+    an eighth of LatentMAS's prefill with our prompts). Their keys and values do not depend
+    on what follows, so they are computed once per prefix, at batch 1, and copied into each
+    new memory. A row uses the copy only if its own prompt begins with the prefix (else the
+    prefix columns are padding for it and it reads its whole prompt), so a row's layout
+    never depends on the other rows of its batch.
+    """
+
+    MIN_TOKENS = 4  # shorter prefixes are not worth a copy
+    MAX_KEPT = 32  # distinct prefixes kept (roles x answer formats); the oldest goes first
+
+    def __init__(self, model: PreTrainedModel, pad_id: int) -> None:
+        self.model, self.pad_id = model, pad_id
+        self.kept: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    def kv(self, prefix: tuple[int, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each layer's (keys, values) for `prefix` alone, [1, heads, len, dim]."""
+        if prefix not in self.kept:
+            if len(self.kept) >= self.MAX_KEPT:
+                self.kept.pop(next(iter(self.kept)))
+            memory = SharedMemory.empty(self.model, 1)
+            prefill(self.model, memory, [list(prefix)], self.pad_id)
+            self.kept[prefix] = [(layer.keys.clone(), layer.values.clone()) for layer in memory.cache.layers]
+        return self.kept[prefix]
+
+    def start(self, memory: SharedMemory, prompts: list[list[int]], prefix: Sequence[int]) -> list[list[int]]:
+        """Put `prefix`'s KV into the empty `memory`; -> what each row still has to read."""
+        prefix = tuple(prefix)
+        width = len(prefix)
+        uses = [len(p) > width and tuple(p[:width]) == prefix for p in prompts]
+        if width < self.MIN_TOKENS or not any(uses):
+            return prompts
+        batch = memory.batch_size
+        for layer, (keys, values) in zip(memory.cache.layers, self.kv(prefix)):
+            layer.update(keys.expand(batch, -1, -1, -1), values.expand(batch, -1, -1, -1))
+        device = memory.next_position.device
+        rows = torch.tensor(uses, dtype=torch.long, device=device)[:, None].expand(batch, width)
+        memory.extend(rows, torch.arange(width, device=device).expand(batch, width), latent=False)
+        return [p[width:] if used else p for p, used in zip(prompts, uses)]
+
+
 LatentCallback = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
 
 
@@ -534,7 +578,11 @@ class Engine(Protocol):
 
     def new_memory(self, batch_size: int) -> Any: ...
 
-    def prefill(self, memory: Any, prompts: list[list[int]]) -> torch.Tensor: ...
+    def prefill(
+        self, memory: Any, prompts: list[list[int]], shared_prefix: Sequence[int] = ()
+    ) -> torch.Tensor:
+        """Read one prompt per row. `shared_prefix`: tokens the method's prompts begin with
+        whatever the question (a hint; an engine may reuse their KV across rows and batches)."""
 
     def latent_step(self, memory: Any, embedding: torch.Tensor, active: torch.Tensor) -> torch.Tensor: ...
 
@@ -555,16 +603,21 @@ class TransformersEngine:
 
     max_batch = None
 
-    def __init__(self, lm: LoadedModel, realigner: Realigner) -> None:
+    def __init__(self, lm: LoadedModel, realigner: Realigner, share_prefixes: bool = True) -> None:
         self.lm, self.realigner = lm, realigner
         self.model = lm.model
         self.pad_id = lm.tokenizer.pad_token_id
         self.stop_ids = stop_token_ids(lm.tokenizer, lm.model.generation_config.eos_token_id)
+        self.prefixes = PrefixStore(self.model, self.pad_id) if share_prefixes else None
 
     def new_memory(self, batch_size: int) -> SharedMemory:
         return SharedMemory.empty(self.model, batch_size)
 
-    def prefill(self, memory: SharedMemory, prompts: list[list[int]]) -> torch.Tensor:
+    def prefill(
+        self, memory: SharedMemory, prompts: list[list[int]], shared_prefix: Sequence[int] = ()
+    ) -> torch.Tensor:
+        if self.prefixes is not None and memory.length == 0:
+            prompts = self.prefixes.start(memory, prompts, shared_prefix)
         return prefill(self.model, memory, prompts, self.pad_id)
 
     def latent_step(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -87,8 +88,11 @@ class LlamaCppEngine:
         self.llm.reset()
         self.cpp.llama_memory_clear(self.cpp.llama_get_memory(self.llm.ctx), True)
 
-    def prefill(self, memory: None, prompts: list[list[int]]) -> torch.Tensor:
-        """Read a prompt; -> the last position's hidden state [1, hidden].
+    def prefill(
+        self, memory: None, prompts: list[list[int]], shared_prefix: Sequence[int] = ()
+    ) -> torch.Tensor:
+        """Read a prompt; -> the last position's hidden state [1, hidden]. (`shared_prefix`
+        is not used: one question at a time, there is no batch to share it across.)
 
         With embeddings on, llama.cpp outputs every position of a batch, so only the last
         token is read that way (about 12% less prefill time on the embedded model).

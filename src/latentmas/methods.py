@@ -216,13 +216,18 @@ class Method:
         for index, role in enumerate(self.roles):
             engine, final = self.engines[role.name], index == last
             start = time.perf_counter()
+            prefix: list[int] = []
             if self.handoff == "text":
                 prompts = self._text_prompts(engine, role, final, questions, said, answer_format)
+                probes = self._text_prompts(engine, role, final, PROBES, [[]] * len(PROBES), answer_format)
+                prefix = common_prefix(probes)
                 memory, steps, decode = engine.new_memory(batch), 0, True
             else:
                 if engine is not current:
                     first = index
                     conversations = self._conversations(engine, index, questions, answer_format)
+                    probes = self._conversations(engine, index, PROBES, answer_format)
+                    prefix = common_prefix([c[0] for c in probes])
                     memory = self.enter_engine(engine, current, [c[0] for c in conversations])
                     current = engine
                 prompts = [c[index - first] for c in conversations]
@@ -244,6 +249,7 @@ class Method:
                     on_step,
                     on_token if final else None,
                     questions,
+                    prefix,
                 )
                 if self.memory == "latent_only" and not final:
                     engine.keep_latent_only(memory)
@@ -305,6 +311,7 @@ class Method:
         on_step,
         on_token: TokenCallback | None,
         questions: list[str],
+        prefix: list[int],
     ) -> tuple[list[str | None], list[AgentStep]]:
         """One agent on a batch: read its prompt into `memory`, think latently, maybe decode.
 
@@ -314,7 +321,7 @@ class Method:
         batch = len(prompts)
         clock = PhaseClock(engine.lm.model.device)
         with clock.phase("prefill"):
-            hidden = engine.prefill(memory, prompts)
+            hidden = engine.prefill(memory, prompts, prefix)
         with clock.phase("latent"):
             step = partial(engine.latent_step, memory)
             hidden, taken = rollout(step, hidden, latent_steps, engine.realigner, on_step, self.guard)
@@ -345,6 +352,23 @@ class Method:
             AgentStep(role.name, "text", len(prompt), count, 0, 0.0, 0.0, share, text)
             for prompt, (text, count) in zip(prompts, outputs)
         ]
+
+
+# Questions that differ from their first character, and start as questions do (a word, a
+# number, a bracket): what their prompts share is the part of a prompt that does not depend
+# on the question. Starting like a real question matters: BPE tokenizers merge the space
+# after "Question:" into a word (" Janet") but not into a digit, so one probe kind alone
+# would put that space in the prefix and real prompts would not begin with it.
+PROBES = ["1", "Who", "(a)", "what"]
+
+
+def common_prefix(prompts: list[list[int]]) -> list[int]:
+    """The longest list of tokens every prompt begins with."""
+    first = prompts[0]
+    length = 0
+    while all(len(p) > length and p[length] == first[length] for p in prompts):
+        length += 1
+    return first[:length]
 
 
 def _shift_row(callback: TokenCallback, offset: int, row: int, token: int) -> bool | None:
