@@ -225,7 +225,7 @@ def prefix_costs(lm: LoadedModel, questions, task, batch_size: int) -> dict:
     whole, shared = min(seconds["whole"][1:]), min(seconds["shared"][1:])
     return {
         "batch_size": batch_size,
-        "prefix_tokens": max(len(k) for k in methods["shared"].engine.prefixes.kept),
+        "prefix_tokens": max(map(len, methods["shared"].engine.prefixes.kept), default=0),  # 0: none shared
         "prefill_whole_s": whole,
         "prefill_shared_prefix_s": shared,
         "shared_over_whole": shared / whole,

@@ -12,7 +12,6 @@ text_mas, whose planner must be free to stop). Tuning split first:
         --configs "single,latent_mas" --out benchmarks/results/experiment-answer-before-end
 """
 
-import re
 import sys
 from pathlib import Path
 
@@ -22,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import quality  # noqa: E402
 
 from latentmas import engine, load_model  # noqa: E402
+from latentmas.graders import last_boxed  # noqa: E402
 
 lm = load_model("qwen2.5-coder-0.5b")
-BOXED = re.compile(r"\\boxed\{[^{}]*\}")
 texts: list[str] = []  # per current row of the decode in progress, in the batch's order
 stop_ids: list[int] = []  # that decode's stop tokens
 
@@ -39,9 +38,8 @@ def decode(model, memory, hidden, sampling, stops, on_token=None, row_seeds=None
 def next_tokens(logits, sampling, generators):
     """Mask the stop tokens of unanswered rows, then mirror decode's bookkeeping: a row that
     emits a stop token leaves the batch (no streaming client ends rows in an eval)."""
-    unanswered = torch.tensor([not BOXED.search(text) for text in texts], device=logits.device)
-    is_stop = torch.isin(torch.arange(logits.shape[1], device=logits.device), torch.tensor(stop_ids))
-    logits[unanswered[:, None] & is_stop] = float("-inf")
+    unanswered = torch.tensor([last_boxed(text) is None for text in texts], device=logits.device)
+    logits[:, stop_ids] = logits[:, stop_ids].masked_fill(unanswered[:, None], float("-inf"))
     tokens = original_next_tokens(logits, sampling, generators)
     kept = []
     for text, token in zip(texts, tokens.tolist()):
