@@ -1,13 +1,17 @@
 """LatentMAS on llama.cpp, for GGUF models on CPU (optional: `pip install llama-cpp-python`).
 
-On two CPU cores llama.cpp runs the embedded SmolLM2-135M about 4.5x faster per latent
-step than our transformers engine (`benchmarks/llamacpp_latent.py`). The method is the
+llama.cpp runs quantized weights; on CPU its latent and decode steps cost less than our
+fp32 transformers engine's (`benchmarks/llamacpp_latent.py`), its prompt reading more
+with the portable build the README installs. The method is the
 same: one KV cache per question, each agent's prompt appended to it, latent steps that
 feed the realigned last hidden state back as an input embedding (llama.cpp's batch takes
 embeddings; with embeddings enabled it returns the last layer's normed hidden state), and
-only the last agent decodes. Questions run one after another (each in a fresh sequence),
-so results are trivially batch-invariant; the realignment is the same map, fitted on
-the transformers copy of the same weights.
+only the last agent decodes. The realignment is the same map, fitted on the transformers
+copy of the same weights.
+
+A batch of questions runs together: row i is sequence i of one llama.cpp context, each
+sequence in its own KV stream (`kv_unified` off), so rows need no padding, a row attends
+only to its own cells, and its results do not depend on the other rows.
 
 `LlamaCppEngine` implements the agent loop's `Engine` interface, so `LatentMAS` runs on it
 unchanged: `LatentMAS(LlamaCppEngine(lm, gguf), ...)` (or `--engine llamacpp`).
@@ -15,29 +19,58 @@ unchanged: `LatentMAS(LlamaCppEngine(lm, gguf), ...)` (or `--engine llamacpp`).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .engine import Sampling
+from .engine import PrefixStore, Sampling, TokenCallback
 from .errors import LatentMASError
 from .models import LoadedModel
 from .realign import realigner_for
 from .roles import stop_token_ids
 
+CHUNK = 512  # tokens per llama_decode call when reading prompts
 
-class LlamaCppEngine:
-    """The `Engine` interface over llama.cpp: one question (row) per memory, in one context.
 
-    The agent loop, drift guard (`auto` latent steps) and observers (tracing) are the same
-    as on the transformers engine; this class only makes the three moves.
+@dataclass
+class RowByRow:
+    """A realigner applied to one row at a time.
+
+    llama.cpp computes each sequence the same whatever else is in its batch (we checked:
+    hidden states bit-identical at batch 1 and 8), but torch's [batch, hidden] x [hidden,
+    hidden] product rounds differently for one row and for eight; row by row, a question's
+    thoughts are bit-identical alone and in any batch, so its answer is too.
     """
 
-    max_batch = 1  # one sequence per context; the loop hands questions over one by one
+    realign: Callable[[torch.Tensor], torch.Tensor]
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.realign(row[None]) for row in hidden])
+
+
+@dataclass
+class Rows:
+    """One batch's memory in llama.cpp: row i is sequence i of the engine's context."""
+
+    positions: list[int]  # each row's next position
+    logits: np.ndarray  # [batch, vocab] each row's newest next-token logits
+
+
+class LlamaCppEngine:
+    """The `Engine` interface over llama.cpp: a batch of questions in one context.
+
+    The agent loop, drift guard (`auto` latent steps) and observers (tracing) are the same
+    as on the transformers engine; this class only makes the three moves. The context is
+    sized for the largest batch seen so far (`context` positions per row).
+    """
+
+    max_batch = None
 
     def __init__(
         self,
@@ -45,9 +78,9 @@ class LlamaCppEngine:
         gguf: Path,
         realign: str = "ridge",
         memory: str = "full",
-        seed: int = 0,
         threads: int | None = None,
         context: int = 4096,
+        share_prefixes: bool = True,
     ) -> None:
         if memory != "full":
             raise LatentMASError("the llama.cpp engine keeps the whole shared cache: use --memory full")
@@ -60,102 +93,231 @@ class LlamaCppEngine:
                 "--engine llamacpp needs llama-cpp-python: pip install llama-cpp-python"
             ) from exc
         self.lm = lm
-        self.realigner = realigner_for(lm.model, realign)
+        self.realigner = RowByRow(realigner_for(lm.model, realign))
         self.stop_ids = stop_token_ids(lm.tokenizer, lm.model.generation_config.eos_token_id)
-        self.cpp = llama_cpp
-        llama_cpp.llama_log_set(SILENT, None)  # llama.cpp logs to stderr even when not verbose
-        self.llm = llama_cpp.Llama(
-            model_path=str(gguf),
-            n_ctx=context,
-            n_threads=threads or os.cpu_count(),  # llama-cpp-python's default uses half the cores
-            n_batch=512,
-            verbose=False,
-            seed=seed,
-        )
-        self.n_embd, self.n_vocab = self.llm.n_embd(), self.llm.n_vocab()
+        self.cpp = cpp = llama_cpp
+        cpp.llama_log_set(SILENT, None)  # llama.cpp logs to stderr even when not verbose
+        cpp.llama_backend_init()
+        self.model = cpp.llama_model_load_from_file(str(gguf).encode(), cpp.llama_model_default_params())
+        if not self.model:
+            raise LatentMASError(f"llama.cpp could not load {gguf}")
+        self.n_embd = cpp.llama_model_n_embd(self.model)
+        self.n_vocab = cpp.llama_vocab_n_tokens(cpp.llama_model_get_vocab(self.model))
         if self.n_embd != lm.model.config.hidden_size:
+            cpp.llama_model_free(self.model)
             raise LatentMASError(f"{gguf} does not hold the same model as {lm.name}")
-        self.batch = llama_cpp.llama_batch_init(1, self.n_embd, 1)
+        self.context, self.threads = context, threads or os.cpu_count()
+        self.rows_held = 0  # sequences the current context holds (0: none yet)
+        self.prefixes: dict[tuple[int, ...], ctypes.Array] = {}  # shared prompt prefix -> its KV state
+        self.share_prefixes = share_prefixes
+        self.ctx = self.tokens = self.thoughts = None
+
+    def open(self, rows: int) -> None:
+        """(Re)create the context for `rows` sequences, each in its own KV stream."""
+        self.free_context()
+        cpp = self.cpp
+        if rows > cpp.llama_max_parallel_sequences():
+            raise LatentMASError(
+                f"llama.cpp holds at most {cpp.llama_max_parallel_sequences()} sequences: use a smaller --batch-size"
+            )
+        params = cpp.llama_context_default_params()
+        params.n_ctx = self.context * rows
+        params.n_batch = params.n_ubatch = CHUNK
+        params.n_seq_max = rows
+        params.kv_unified = False
+        params.flash_attn_type = cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED  # as llama-cpp-python's default
+        params.n_threads = params.n_threads_batch = self.threads  # the default uses half the cores
+        self.ctx = cpp.llama_init_from_model(self.model, params)
+        if not self.ctx:
+            raise LatentMASError(f"llama.cpp could not make a context for {rows} rows")
+        self.tokens = cpp.llama_batch_init(CHUNK, 0, 1)
+        self.thoughts = cpp.llama_batch_init(rows, self.n_embd, 1)
+        self.rows_held = rows
+        self.prefixes.clear()  # a saved sequence state loads only into a context like its own
+
+    def free_context(self) -> None:
+        if self.ctx is not None:
+            self.cpp.llama_batch_free(self.tokens)
+            self.cpp.llama_batch_free(self.thoughts)
+            self.cpp.llama_free(self.ctx)
+            self.ctx = self.tokens = self.thoughts = None
+            self.rows_held = 0
 
     def close(self) -> None:
-        self.cpp.llama_batch_free(self.batch)
-        self.llm.close()
+        self.free_context()
+        if self.model is not None:
+            self.cpp.llama_model_free(self.model)
+            self.model = None
 
-    def new_memory(self, batch_size: int) -> None:
-        """A fresh context: llama.cpp's own KV cache is the memory."""
-        if batch_size != 1:
-            raise LatentMASError("the llama.cpp engine holds one question per memory")
-        self.llm.reset()
-        self.cpp.llama_memory_clear(self.cpp.llama_get_memory(self.llm.ctx), True)
+    def __del__(self) -> None:
+        # At interpreter exit llama_cpp's functions may already be gone; the OS frees them then.
+        with contextlib.suppress(Exception):
+            self.close()
+
+    def new_memory(self, batch_size: int) -> Rows:
+        """Empty sequences 0..batch_size-1: llama.cpp's own KV cache is the memory."""
+        if batch_size > self.rows_held:
+            self.open(batch_size)
+        else:
+            self.cpp.llama_memory_clear(self.cpp.llama_get_memory(self.ctx), True)
+        return Rows([0] * batch_size, np.zeros((batch_size, self.n_vocab), dtype=np.float32))
 
     def prefill(
-        self, memory: None, prompts: list[list[int]], shared_prefix: Sequence[int] = ()
+        self, memory: Rows, prompts: list[list[int]], shared_prefix: Sequence[int] = ()
     ) -> torch.Tensor:
-        """Read a prompt; -> the last position's hidden state [1, hidden]. (`shared_prefix`
-        is not used: one question at a time, there is no batch to share it across.)
+        """Read one prompt per row; -> each row's last hidden state [batch, hidden].
 
-        With embeddings on, llama.cpp outputs every position of a batch, so only the last
-        token is read that way (about 12% less prefill time on the embedded model).
+        In a fresh memory, rows whose prompt begins with `shared_prefix` get its KV copied
+        from the first time it was read (`llama_state_seq_*`) and read only the rest.
+
+        Each row's prompt but its last token is read on its own (a batch mixing sequences of
+        unequal length is split by llama.cpp into many small pieces, which took 18% longer);
+        with embeddings on, llama.cpp outputs every position, so the last tokens of all rows
+        are read together in a batch of their own (about 12% less prefill time).
         """
-        (tokens,) = prompts
-        self.room_for(len(tokens))
-        self.cpp.llama_set_embeddings(self.llm.ctx, False)
-        if len(tokens) > 1:
-            self.llm.eval(tokens[:-1])
-        self.cpp.llama_set_embeddings(self.llm.ctx, True)
-        self.llm.eval(tokens[-1:])
-        return self.hidden()
+        if not all(prompts):
+            raise LatentMASError("empty prompt")
+        self.room_for(memory, [len(p) for p in prompts])
+        self.cpp.llama_set_embeddings(self.ctx, False)
+        if self.share_prefixes and not any(memory.positions):
+            prompts = self.start_from_prefix(memory, prompts, tuple(shared_prefix))
+        for row, prompt in enumerate(prompts):  # row by row: rows of unequal length split badly
+            body = [(row, memory.positions[row] + i, token) for i, token in enumerate(prompt[:-1])]
+            for start in range(0, len(body), CHUNK):
+                self.run_tokens(body[start : start + CHUNK], outputs=False)
+        self.cpp.llama_set_embeddings(self.ctx, True)
+        last = [(row, memory.positions[row] + len(p) - 1, p[-1]) for row, p in enumerate(prompts)]
+        self.run_tokens(last, outputs=True)
+        for row, p in enumerate(prompts):
+            memory.positions[row] += len(p)
+        return self.read(memory, list(range(len(prompts))))
 
-    def hidden(self) -> torch.Tensor:
-        pointer = self.cpp.llama_get_embeddings_ith(self.llm.ctx, -1)
-        return torch.from_numpy(np.ctypeslib.as_array(pointer, shape=(self.n_embd,)).copy())[None]
+    def start_from_prefix(
+        self, memory: Rows, prompts: list[list[int]], prefix: tuple[int, ...]
+    ) -> list[list[int]]:
+        """Put `prefix`'s KV into the sequences of the rows whose prompt begins with it (and
+        continues); -> what each row still has to read. Like the transformers engine's
+        `PrefixStore`, a row that lacks the prefix reads its whole prompt."""
+        width = len(prefix)
+        uses = [len(p) > width and tuple(p[:width]) == prefix for p in prompts]
+        if width < PrefixStore.MIN_TOKENS or not any(uses):
+            return prompts
+        cpp = self.cpp
+        if prefix not in self.prefixes:
+            if len(self.prefixes) >= PrefixStore.MAX_KEPT:
+                self.prefixes.pop(next(iter(self.prefixes)))
+            row = uses.index(True)
+            for start in range(0, width, CHUNK):
+                self.run_tokens([(row, i, prefix[i]) for i in range(start, min(start + CHUNK, width))], False)
+            state = (ctypes.c_uint8 * cpp.llama_state_seq_get_size(self.ctx, row))()
+            cpp.llama_state_seq_get_data(self.ctx, state, len(state), row)
+            self.prefixes[prefix] = state
+            cpp.llama_memory_seq_rm(cpp.llama_get_memory(self.ctx), row, -1, -1)
+        state = self.prefixes[prefix]
+        for row, used in enumerate(uses):
+            if used:
+                if cpp.llama_state_seq_set_data(self.ctx, state, len(state), row) == 0:
+                    raise LatentMASError("llama.cpp could not copy the shared prompt prefix")
+                memory.positions[row] = width
+        return [p[width:] if used else p for p, used in zip(prompts, uses)]
 
-    def latent_step(self, memory: None, embedding: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
-        """Feed one thought [1, hidden] as an input embedding; -> the next hidden state."""
-        self.room_for(1)
-        cpp, batch = self.cpp, self.batch
-        cpp.llama_set_embeddings(self.llm.ctx, True)
-        vector = np.ascontiguousarray(embedding[0].float().numpy())
-        ctypes.memmove(batch.embd, vector.ctypes.data, self.n_embd * 4)
-        batch.n_tokens = 1
-        batch.pos[0] = self.llm.n_tokens
-        batch.n_seq_id[0] = 1
-        batch.seq_id[0][0] = 0
-        batch.logits[0] = 1
-        if cpp.llama_decode(self.llm.ctx, batch) != 0:
-            raise LatentMASError("llama.cpp could not take the latent step (context full?)")
-        self.llm.n_tokens += 1  # a position with no token id; llama-cpp-python only counts it
-        return self.hidden()
-
-    def room_for(self, tokens: int) -> None:
-        if self.llm.n_tokens + tokens > self.llm.n_ctx():
-            raise LatentMASError("the question, latent steps and answer exceed the llama.cpp context")
+    def latent_step(self, memory: Rows, embedding: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        """Feed one thought per active row [batch, hidden] as an input embedding; -> the next
+        hidden states (rows that are not active get zeros, which the loop ignores)."""
+        rows = active.nonzero().flatten().tolist()
+        if not rows:
+            return torch.zeros(len(memory.positions), self.n_embd)
+        self.room_for(memory, [1 if row in rows else 0 for row in range(len(memory.positions))])
+        cpp, batch = self.cpp, self.thoughts
+        cpp.llama_set_embeddings(self.ctx, True)
+        vectors = np.ascontiguousarray(embedding[rows].float().cpu().numpy())
+        ctypes.memmove(batch.embd, vectors.ctypes.data, vectors.nbytes)
+        for index, row in enumerate(rows):
+            self.place(batch, index, row, memory.positions[row], output=True)
+        batch.n_tokens = len(rows)
+        if cpp.llama_decode(self.ctx, batch) != 0:
+            raise LatentMASError("llama.cpp could not take the latent step")
+        for row in rows:
+            memory.positions[row] += 1
+        return self.read(memory, rows)
 
     def decode(
-        self, memory: None, hidden: torch.Tensor, sampling: Sampling, on_token, row_seeds
+        self,
+        memory: Rows,
+        hidden: torch.Tensor,
+        sampling: Sampling,
+        on_token: TokenCallback | None,
+        row_seeds: list[int] | None,
     ) -> list[list[int]]:
-        """Generate from the last position's logits (the prompt's last token was just read)."""
-        self.room_for(sampling.max_new_tokens)
-        rng = np.random.default_rng(row_seeds[0] if row_seeds else sampling.seed)
-        tokens, logits = [], self.logits().copy()
+        """Generate from each row's newest logits; a row leaves the batch at its stop token."""
+        batch = len(memory.positions)
+        self.room_for(memory, [sampling.max_new_tokens] * batch)
+        seeds = row_seeds if row_seeds is not None else [sampling.seed] * batch
+        rngs = [np.random.default_rng(seed) for seed in seeds]
+        outputs: list[list[int]] = [[] for _ in range(batch)]
+        active = list(range(batch))
+        self.cpp.llama_set_embeddings(self.ctx, False)
         for step in range(sampling.max_new_tokens):
-            token = self.pick(logits, sampling, rng)
-            if token in self.stop_ids:
-                break
-            tokens.append(token)
-            if on_token is not None and on_token(0, token) is False:
-                break
-            if step == sampling.max_new_tokens - 1:
-                break
-            self.llm.eval([token])
-            logits = self.logits()
-        return [tokens]
+            chosen = []
+            for row in active:
+                token = self.pick(memory.logits[row], sampling, rngs[row])
+                if token in self.stop_ids:
+                    continue
+                outputs[row].append(token)
+                if on_token is not None and on_token(row, token) is False:
+                    continue
+                chosen.append((row, token))
+            if not chosen or step == sampling.max_new_tokens - 1:
+                break  # the last token needs no forward pass
+            self.run_tokens([(row, memory.positions[row], token) for row, token in chosen], outputs=True)
+            active = [row for row, _ in chosen]
+            for row in active:
+                memory.positions[row] += 1
+            self.keep_logits(memory, active)
+        return outputs
 
-    def keep_latent_only(self, memory: None) -> None:
+    def keep_latent_only(self, memory: Rows) -> None:
         raise LatentMASError("the llama.cpp engine keeps the whole shared cache: use --memory full")
 
-    def logits(self) -> np.ndarray:
-        return np.ctypeslib.as_array(self.cpp.llama_get_logits_ith(self.llm.ctx, -1), shape=(self.n_vocab,))
+    def place(self, batch, index: int, row: int, position: int, output: bool) -> None:
+        batch.pos[index] = position
+        batch.n_seq_id[index] = 1
+        batch.seq_id[index][0] = row
+        batch.logits[index] = output
+
+    def run_tokens(self, entries: Iterable[tuple[int, int, int]], outputs: bool) -> None:
+        """One llama_decode of (row, position, token) entries; `outputs`: every entry's
+        logits (and hidden state, with embeddings on) are kept, in the entries' order."""
+        batch = self.tokens
+        count = 0
+        for index, (row, position, token) in enumerate(entries):
+            batch.token[index] = token
+            self.place(batch, index, row, position, outputs)
+            count += 1
+        batch.n_tokens = count
+        if self.cpp.llama_decode(self.ctx, batch) != 0:
+            raise LatentMASError("llama.cpp could not read the tokens")
+
+    def read(self, memory: Rows, rows: list[int]) -> torch.Tensor:
+        """The hidden states of the last call's outputs (one per row of `rows`, in order)
+        as [batch, hidden], and their logits into `memory`."""
+        hidden = np.zeros((len(memory.positions), self.n_embd), dtype=np.float32)
+        for index, row in enumerate(rows):
+            pointer = self.cpp.llama_get_embeddings_ith(self.ctx, index)
+            hidden[row] = np.ctypeslib.as_array(pointer, shape=(self.n_embd,))
+        self.keep_logits(memory, rows)
+        return torch.from_numpy(hidden)
+
+    def keep_logits(self, memory: Rows, rows: list[int]) -> None:
+        for index, row in enumerate(rows):
+            pointer = self.cpp.llama_get_logits_ith(self.ctx, index)
+            memory.logits[row] = np.ctypeslib.as_array(pointer, shape=(self.n_vocab,))
+
+    def room_for(self, memory: Rows, tokens: list[int]) -> None:
+        if any(p + t > self.context for p, t in zip(memory.positions, tokens)):
+            raise LatentMASError(
+                f"the question, latent steps and answer exceed the llama.cpp context ({self.context} per row)"
+            )
 
     @staticmethod
     def pick(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> int:

@@ -161,7 +161,7 @@ def build_solver(spec: RunSpec, lm: LoadedModel | None = None) -> Method:
     if spec.engine == "llamacpp":
         from .llamacpp_engine import LlamaCppEngine
 
-        engine = LlamaCppEngine(lm, _gguf_file(spec.model), spec.realign, spec.memory, sampling.seed)
+        engine = LlamaCppEngine(lm, _gguf_file(spec.model), spec.realign, spec.memory)
     observers = []
     if spec.trace:
         from .trace import Tracing
