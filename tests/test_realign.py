@@ -90,6 +90,31 @@ def test_ridge_matrix_is_computed_once_and_read_from_disk(monkeypatch):
     assert torch.equal(first.matrix, second.matrix)
 
 
+def test_the_disk_cache_is_keyed_by_weights_and_lambda_and_survives_a_corrupt_entry(caplog):
+    """Each (weights, lambda) gets its own file; an unreadable file is recomputed, not fatal."""
+    from latentmas.paths import cache_dir
+
+    folder = cache_dir() / "realign"
+    before = set(folder.glob("*.pt")) if folder.exists() else set()
+    a, b = (tiny_model("qwen3", tie_word_embeddings=False, seed=s) for s in (11, 12))
+    fitted = build_realigner(a, "ridge")
+    build_realigner(a, "ridge")  # the same weights: no new file
+    build_realigner(b, "ridge")
+    build_realigner(a, "ridge", lam=1e-2)
+    files = set(folder.glob("*.pt")) - before
+    assert len(files) == 3
+    assert not list(folder.glob("*.tmp"))  # written whole, then renamed
+    for path in files:
+        path.write_bytes(b"not a tensor")
+    with caplog.at_level("WARNING"):
+        again = build_realigner(a, "ridge")
+    assert "ignoring unreadable realignment cache" in caplog.text
+    assert torch.equal(again.matrix, fitted.matrix)
+    assert torch.equal(
+        torch.load(max(files, key=lambda f: f.stat().st_mtime), weights_only=True), fitted.matrix
+    )
+
+
 def test_unknown_mode_is_a_user_error():
     with pytest.raises(LatentMASError, match="unknown realignment"):
         build_realigner(tiny_model("llama"), "bogus")
