@@ -568,7 +568,7 @@ class Engine(Protocol):
     """What the agent loop needs from a backend: a memory per batch, and the three moves.
 
     `TransformersEngine` (below) runs any transformers causal LM on batches;
-    `llamacpp_engine.LlamaCppEngine` runs a GGUF file in llama.cpp, one row at a time.
+    `llamacpp_engine.LlamaCppEngine` runs a GGUF file in llama.cpp, one sequence per row.
     """
 
     lm: LoadedModel  # the model's tokenizer and name (and, for tracing, its weights)
