@@ -345,6 +345,14 @@ class PrefixStore:
         self.model, self.pad_id = model, pad_id
         self.kept: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
+    @classmethod
+    def rows_using(cls, prompts: list[list[int]], prefix: tuple[int, ...]) -> list[bool] | None:
+        """Which rows' prompts begin with `prefix` and continue; None when none does or the
+        prefix is too short to be worth a copy (any engine that shares prefixes asks this)."""
+        width = len(prefix)
+        uses = [len(p) > width and tuple(p[:width]) == prefix for p in prompts]
+        return uses if width >= cls.MIN_TOKENS and any(uses) else None
+
     def kv(self, prefix: tuple[int, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Each layer's (keys, values) for `prefix` alone, [1, heads, len, dim]."""
         if prefix not in self.kept:
@@ -359,8 +367,8 @@ class PrefixStore:
         """Put `prefix`'s KV into the empty `memory`; -> what each row still has to read."""
         prefix = tuple(prefix)
         width = len(prefix)
-        uses = [len(p) > width and tuple(p[:width]) == prefix for p in prompts]
-        if width < self.MIN_TOKENS or not any(uses):
+        uses = self.rows_using(prompts, prefix)
+        if uses is None:
             return prompts
         batch = memory.batch_size
         for layer, (keys, values) in zip(memory.cache.layers, self.kv(prefix)):

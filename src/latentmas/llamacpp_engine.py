@@ -182,9 +182,7 @@ class LlamaCppEngine:
         if self.share_prefixes and not any(memory.positions):
             prompts = self.start_from_prefix(memory, prompts, tuple(shared_prefix))
         for row, prompt in enumerate(prompts):  # row by row: rows of unequal length split badly
-            body = [(row, memory.positions[row] + i, token) for i, token in enumerate(prompt[:-1])]
-            for start in range(0, len(body), CHUNK):
-                self.run_tokens(body[start : start + CHUNK], outputs=False)
+            self.read_row(row, memory.positions[row], prompt[:-1])
         self.cpp.llama_set_embeddings(self.ctx, True)
         last = [(row, memory.positions[row] + len(p) - 1, p[-1]) for row, p in enumerate(prompts)]
         self.run_tokens(last, outputs=True)
@@ -199,16 +197,15 @@ class LlamaCppEngine:
         continues); -> what each row still has to read. Like the transformers engine's
         `PrefixStore`, a row that lacks the prefix reads its whole prompt."""
         width = len(prefix)
-        uses = [len(p) > width and tuple(p[:width]) == prefix for p in prompts]
-        if width < PrefixStore.MIN_TOKENS or not any(uses):
+        uses = PrefixStore.rows_using(prompts, prefix)
+        if uses is None:
             return prompts
         cpp = self.cpp
         if prefix not in self.prefixes:
             if len(self.prefixes) >= PrefixStore.MAX_KEPT:
                 self.prefixes.pop(next(iter(self.prefixes)))
             row = uses.index(True)
-            for start in range(0, width, CHUNK):
-                self.run_tokens([(row, i, prefix[i]) for i in range(start, min(start + CHUNK, width))], False)
+            self.read_row(row, 0, prefix)
             state = (ctypes.c_uint8 * cpp.llama_state_seq_get_size(self.ctx, row))()
             cpp.llama_state_seq_get_data(self.ctx, state, len(state), row)
             self.prefixes[prefix] = state
@@ -284,6 +281,12 @@ class LlamaCppEngine:
         batch.n_seq_id[index] = 1
         batch.seq_id[index][0] = row
         batch.logits[index] = output
+
+    def read_row(self, row: int, position: int, tokens: Sequence[int]) -> None:
+        """Read one row's tokens from `position` on, in chunks, keeping no output."""
+        for start in range(0, len(tokens), CHUNK):
+            chunk = tokens[start : start + CHUNK]
+            self.run_tokens([(row, position + start + i, t) for i, t in enumerate(chunk)], outputs=False)
 
     def run_tokens(self, entries: Iterable[tuple[int, int, int]], outputs: bool) -> None:
         """One llama_decode of (row, position, token) entries; `outputs`: every entry's
