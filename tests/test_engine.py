@@ -411,3 +411,33 @@ def test_a_row_that_lacks_the_prefix_reads_its_whole_prompt(tiny):
         for row, prompt in enumerate(prompts):
             alone = whole.prefill(whole.new_memory(1), [prompt])
             torch.testing.assert_close(hidden[row], alone[0], atol=1e-4, rtol=1e-3)
+
+
+def test_dropping_rows_moves_them_inside_the_buffer(tiny):
+    """Rows leave the cache in place (no new buffer, no copy of the whole cache), hold what
+    the stock selection would, and later steps append after them as before."""
+    from transformers.cache_utils import DynamicLayer
+
+    torch.manual_seed(0)
+    grown, stock = engine.GrowingLayer(), DynamicLayer()
+    prompt = torch.randn(2, 5, 2, 7, 4)  # (keys, values) [batch, heads, length, dim]
+    for layer in (grown, stock):
+        layer.update(*prompt)
+    step = torch.randn(2, 5, 2, 1, 4)
+    for layer in (grown, stock):
+        layer.update(*step)
+    storage = grown.keys.data_ptr()
+    rows = torch.tensor([1, 3, 4])
+    grown.batch_select_indices(rows)
+    stock.batch_select_indices(rows)
+    assert grown.keys.data_ptr() == storage  # moved in place, the buffer kept
+    assert torch.equal(grown.keys, stock.keys) and torch.equal(grown.values, stock.values)
+    after = torch.randn(2, 3, 2, 1, 4)
+    for layer in (grown, stock):
+        layer.update(*after)
+    assert grown.keys.data_ptr() == storage  # the next step still writes into the same buffer
+    assert torch.equal(grown.keys, stock.keys) and torch.equal(grown.values, stock.values)
+    # Any other order is still honoured (by the stock copy).
+    grown.batch_select_indices(torch.tensor([2, 0]))
+    stock.batch_select_indices(torch.tensor([2, 0]))
+    assert torch.equal(grown.keys, stock.keys) and torch.equal(grown.values, stock.values)
