@@ -413,7 +413,7 @@ def test_a_row_that_lacks_the_prefix_reads_its_whole_prompt(tiny):
             torch.testing.assert_close(hidden[row], alone[0], atol=1e-4, rtol=1e-3)
 
 
-def test_dropping_rows_moves_them_inside_the_buffer(tiny):
+def test_dropping_rows_moves_them_inside_the_buffer():
     """Rows leave the cache in place (no new buffer, no copy of the whole cache), hold what
     the stock selection would, and later steps append after them as before."""
     from transformers.cache_utils import DynamicLayer

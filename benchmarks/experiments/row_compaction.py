@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -28,23 +29,29 @@ from latentmas.engine import GrowingLayer, SharedMemory, append, prefill
 IN_PLACE = GrowingLayer.batch_select_indices
 
 
-def run(method, questions, task, batch_size: int, in_place: bool) -> tuple[float, float, list]:
+@contextmanager
+def row_selection(in_place: bool):
+    """Run a block with the engine's in-place row selection or transformers' stock one."""
     GrowingLayer.batch_select_indices = IN_PLACE if in_place else DynamicLayer.batch_select_indices
     try:
+        yield
+    finally:
+        GrowingLayer.batch_select_indices = IN_PLACE
+
+
+def run(method, questions, task, batch_size: int, in_place: bool) -> tuple[float, float, list]:
+    with row_selection(in_place):
         start = time.perf_counter()
         answers = []
         for i in range(0, len(questions), batch_size):
             answers += method.solve([q.question for q in questions[i : i + batch_size]], task.answer_format)
         wall = time.perf_counter() - start
-    finally:
-        GrowingLayer.batch_select_indices = IN_PLACE
     decode = sum(agent.decode_seconds for a in answers for agent in a.agents)
     return wall, decode, answers
 
 
 def drops(lm, context: int, in_place: bool) -> list[dict]:
     """Drop the last row of a batch of 8 until one is left; time the drop and the next step."""
-    GrowingLayer.batch_select_indices = IN_PLACE if in_place else DynamicLayer.batch_select_indices
     model = lm.model
     memory = SharedMemory.empty(model, 8)
 
@@ -54,27 +61,22 @@ def drops(lm, context: int, in_place: bool) -> list[dict]:
         append(model, memory, torch.ones(rows, 1, dtype=torch.long), input_ids=torch.full((rows, 1), 100))
         return time.perf_counter() - start
 
-    try:
-        with torch.inference_mode():
-            prefill(
-                model, memory, [[100 + (row * 7 + i) % 5000 for i in range(context)] for row in range(8)], 0
+    with row_selection(in_place), torch.inference_mode():
+        prefill(model, memory, [[100 + (row * 7 + i) % 5000 for i in range(context)] for row in range(8)], 0)
+        steady = sorted(step() for _ in range(5))[2]
+        out = []
+        for rows in range(8, 1, -1):
+            start = time.perf_counter()
+            memory.keep_rows(torch.arange(rows - 1))
+            drop = time.perf_counter() - start
+            out.append(
+                {
+                    "rows": rows,
+                    "drop_ms": 1e3 * drop,
+                    "next_step_ms": 1e3 * step(),
+                    "steady_step_at_8_ms": 1e3 * steady,
+                }
             )
-            steady = sorted(step() for _ in range(5))[2]
-            out = []
-            for rows in range(8, 1, -1):
-                start = time.perf_counter()
-                memory.keep_rows(torch.arange(rows - 1))
-                drop = time.perf_counter() - start
-                out.append(
-                    {
-                        "rows": rows,
-                        "drop_ms": 1e3 * drop,
-                        "next_step_ms": 1e3 * step(),
-                        "steady_step_at_8_ms": 1e3 * steady,
-                    }
-                )
-    finally:
-        GrowingLayer.batch_select_indices = IN_PLACE
     return out
 
 

@@ -47,6 +47,18 @@ class GrowingLayer(DynamicLayer):
     selection) is noticed by pointer and the new tensors are adopted.
     """
 
+    def holds_buffer(self) -> bool:
+        """Are `keys` still a view of our buffer? (Code that replaced them, such as a column
+        selection, leaves new tensors, which the next `update` adopts.)"""
+        buffers = getattr(self, "_buffers", None)
+        return (
+            buffers is not None
+            and self.keys is not None
+            and self.keys.dim() == 4
+            and self.keys.data_ptr() == buffers[0].data_ptr()
+            and self.keys.shape[0] == buffers[0].shape[0]
+        )
+
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         keys = self.keys
         length = keys.shape[-2] if keys is not None and keys.dim() == 4 else 0
@@ -55,13 +67,7 @@ class GrowingLayer(DynamicLayer):
             self.dtype, self.device, self.is_initialized = key_states.dtype, key_states.device, True
         needed = length + key_states.shape[-2]
         buffers = getattr(self, "_buffers", None)
-        adopted = (
-            buffers is not None
-            and length > 0
-            and self.keys.data_ptr() == buffers[0].data_ptr()
-            and self.keys.shape[0] == buffers[0].shape[0]
-        )
-        if not adopted or needed > buffers[0].shape[-2]:
+        if length == 0 or not self.holds_buffer() or needed > buffers[0].shape[-2]:
             capacity = max(64, 2 * needed)
             grown = []
             for old, new in ((self.keys, key_states), (self.values, value_states)):
@@ -81,23 +87,15 @@ class GrowingLayer(DynamicLayer):
 
         The stock version copies the kept rows into new tensors, which the next `update`
         copies again into a new buffer: at every row that finishes decoding, two copies of
-        the cache and fresh memory to fault in (measured: the next step cost 3-5x a step).
-        Kept rows in ascending order only ever move to a lower row, so they can be moved
-        in place, and only their filled columns are copied.
+        the cache (benchmarks/experiments/row_compaction.py: a drop took 3.6-21 ms on Qwen
+        at batch 8, 0.3-0.6 ms in place). Kept rows in ascending order only ever move to a
+        lower row, so they can be moved in place, and only their filled columns are copied.
         """
         kept = indices.tolist()
-        buffers = getattr(self, "_buffers", None)
-        in_place = (
-            buffers is not None
-            and self.keys is not None
-            and self.keys.dim() == 4
-            and self.keys.data_ptr() == buffers[0].data_ptr()
-            and self.keys.shape[0] == buffers[0].shape[0]
-            and all(a < b for a, b in zip(kept, kept[1:]))
-        )
-        if not in_place:
+        if not self.holds_buffer() or any(a >= b for a, b in zip(kept, kept[1:])):
             super().batch_select_indices(indices)
             return
+        buffers = self._buffers
         length = self.keys.shape[-2]
         for buffer in buffers:
             for row, source in enumerate(kept):
