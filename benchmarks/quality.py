@@ -30,7 +30,8 @@ import torch
 from latentmas import RunSpec, Sampling, build_solver, evaluate, get_task, load_model
 from latentmas.errors import LatentMASError
 from latentmas.evaluate import read_results
-from latentmas.stats import compare_paired, wilson_interval
+from latentmas.graders import last_boxed
+from latentmas.stats import compare_over_seeds, compare_paired, wilson_interval
 
 GSM8K_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
 
@@ -109,7 +110,7 @@ def endings(results, max_new_tokens: int) -> Endings:
     def final_tokens(r) -> int:  # text_mas's output_tokens sums every agent's
         return r.agents[-1].output_tokens if r.agents else r.output_tokens
 
-    boxed = {r.id for r in results if "\\boxed" in r.final_text}  # an unclosed \boxed{ counts too
+    boxed = {r.id for r in results if last_boxed(r.final_text) is not None}  # a closed \boxed{...}
     at_limit = {r.id for r in results if final_tokens(r) >= max_new_tokens}
     return Endings(
         boxed=len(boxed),
@@ -251,16 +252,27 @@ def endings_table(rows: list[Row], title: str) -> str:
     return table(title, header, cells)
 
 
-def seed_spread(rows: list[Row]) -> str:
-    """Sampled pass: mean and standard deviation of accuracy over seeds, per config."""
-    by_config: dict[tuple[str, str], list[float]] = {}
+def seed_spread(rows: list[Row], correct: dict[tuple[str, str, int], dict[str, bool]]) -> str:
+    """Sampled pass: mean and spread of accuracy over seeds, and each config against `single`
+    pooled over seeds (per question, the share of seeds right; an exact sign test on the
+    questions where the shares differ; see `compare_over_seeds`)."""
+    by_config: dict[tuple[str, str], list[Row]] = {}
     for r in rows:
-        by_config.setdefault((r.task, r.config), []).append(r.accuracy)
-    lines = ["| task | config | seeds | mean accuracy % | sd |", "|---|---|---|---|---|"]
-    for (task, config), accs in by_config.items():
+        by_config.setdefault((r.task, r.config), []).append(r)
+    lines = [
+        "| task | config | seeds | mean accuracy % | sd | vs single over seeds (pts; questions better/worse; p) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (task, config), runs in by_config.items():
+        accs = [r.accuracy for r in runs]
         sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        baseline = [correct[(task, "single", r.seed)] for r in runs if (task, "single", r.seed) in correct]
+        versus = "—"
+        if config != "single" and len(baseline) == len(runs):
+            cmp = compare_over_seeds([correct[(task, config, r.seed)] for r in runs], baseline)
+            versus = f"{100 * cmp.difference:+.1f}; {cmp.only_a}/{cmp.only_b}; {cmp.p_value:.3f}"
         lines.append(
-            f"| {task} | {config} | {len(accs)} | {100 * statistics.mean(accs):.1f} | {100 * sd:.1f} |"
+            f"| {task} | {config} | {len(accs)} | {100 * statistics.mean(accs):.1f} | {100 * sd:.1f} | {versus} |"
         )
     return "\n".join(lines)
 
@@ -395,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
     rows: list[Row] = []
+    correct: dict[tuple[str, str, int], dict[str, bool]] = {}
     for name, (_, examples) in data.items():
         ids = {e.id for e in examples}
         for seed in seeds:
@@ -407,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
                 row = summarize(name, config, seed, folder, ids, baselines, args.max_new_tokens)
                 if row is not None:
                     rows.append(row)
+                    correct[(name, config, seed)] = correctness(folder, ids)
     if not rows:
         print("no results yet", file=sys.stderr)
         return 1
@@ -426,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         if t == "gsm8k"
     )
     if sampled and len(seeds) > 1:
-        text += "\n\n" + seed_spread(rows)
+        text += "\n\n" + seed_spread(rows, correct)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "quality.md").write_text(text + "\n")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from latentmas.stats import compare_paired, mcnemar_exact, wilson_interval
+from latentmas.stats import compare_over_seeds, compare_paired, mcnemar_exact, wilson_interval
 from latentmas.tiny import tiny_loaded
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,6 +47,27 @@ def test_paired_comparison_uses_only_shared_questions():
     cmp = compare_paired(a, b)
     assert (cmp.n, cmp.only_a, cmp.only_b) == (3, 1, 1)
     assert cmp.difference == pytest.approx(0.0) and cmp.p_value == 1.0
+
+
+def test_one_seed_per_method_pooled_is_mcnemar():
+    a = {"q1": True, "q2": True, "q3": False, "q4": True}
+    b = {"q1": False, "q2": True, "q3": True, "q4": False}
+    pooled, plain = compare_over_seeds([a], [b]), compare_paired(a, b)
+    assert (pooled.only_a, pooled.only_b, pooled.p_value) == (plain.only_a, plain.only_b, plain.p_value)
+    assert pooled.difference == pytest.approx(plain.difference)
+
+
+def test_seeds_pool_per_question_and_keep_only_questions_every_run_answered():
+    a = [{"q1": True, "q2": True, "q3": False, "q9": True}, {"q1": True, "q2": False, "q3": False}]
+    b = [{"q1": False, "q2": True, "q3": False}, {"q1": True, "q2": False, "q3": True}]
+    cmp = compare_over_seeds(a, b)  # shares a: 1, .5, 0; b: .5, .5, .5 (q9 is not in every run)
+    assert cmp.n == 3
+    assert (cmp.only_a, cmp.only_b) == (1, 1)  # q1 better in a, q3 better in b, q2 a tie
+    assert cmp.accuracy_a == pytest.approx(0.5) and cmp.accuracy_b == pytest.approx(0.5)
+    assert cmp.p_value == 1.0
+    nine = [{f"q{i}": True for i in range(9)}]
+    none = [{f"q{i}": False for i in range(9)}]
+    assert compare_over_seeds(nine * 3, none * 3).p_value == pytest.approx(2 / 2**9)
 
 
 def test_config_names_parse_into_one_change_each():
@@ -103,6 +124,26 @@ def test_quality_run_writes_tables_and_resumes(tmp_path, capsys):
     assert len(results) == 4
 
 
+def test_sampled_pass_reports_each_seed_and_pools_them_against_single(tmp_path, capsys):
+    model_dir = tmp_path / "model"
+    lm = tiny_loaded("llama")
+    lm.model.save_pretrained(model_dir)
+    lm.tokenizer.save_pretrained(model_dir)
+    data = tmp_path / "gsm8k.jsonl"
+    data.write_text(
+        "".join(json.dumps({"question": f"{i} + 1?", "answer": f"#### {i + 1}"}) + "\n" for i in range(2))
+    )
+    args = ["--model", str(model_dir), "--gsm8k-file", str(data), "--limit", "2", "--max-new-tokens", "2"]
+    args += ["--configs", "single,latent_mas[m=1]", "--temperature", "0.6", "--top-p", "0.95"]
+    args += ["--seeds", "0,1", "--out", str(tmp_path / "out")]
+    assert _quality_module().main(args) == 0
+    out = capsys.readouterr().out
+    assert "gsm8k, seed 0:" in out and "gsm8k, seed 1:" in out
+    pooled = [line for line in out.splitlines() if line.startswith("| gsm8k | latent_mas[m=1] | 2 |")]
+    assert len(pooled) == 1 and pooled[0].rstrip(" |").split("; ")[-1].replace(".", "").isdigit(), pooled
+    assert (tmp_path / "out" / "gsm8k" / "latent_mas-m1-seed1" / "results.jsonl").exists()
+
+
 def test_unknown_config_is_a_clear_error(capsys):
     assert _quality_module().main(["--configs", "double_mas", "--report-only"]) == 2
     assert "error:" in capsys.readouterr().err
@@ -121,7 +162,8 @@ def test_endings_tell_format_failures_from_wrong_maths():
         result(1, "so \\boxed{4}", 50, False),  # wrong maths, right format
         result(2, "The plan is", 20, False),  # ended its turn unanswered
         result(3, loop, 64, False),  # a loop cut off at the limit
+        result(4, "so the answer is \\boxed{1", 30, False),  # an unclosed box is no answer
     ]
     e = quality.endings(results, max_new_tokens=64)
     assert (e.boxed, e.correct_when_boxed) == (2, 1)
-    assert (e.hit_limit, e.stopped_unanswered, e.repetitive) == (1, 1, 1)
+    assert (e.hit_limit, e.stopped_unanswered, e.repetitive) == (1, 2, 1)

@@ -9,6 +9,10 @@ rows), then a rescale to the typical input-embedding norm:
 
 `norm` keeps only the rescale and `none` feeds the hidden state as it is.
 
+When the LM head is the input embedding (tied weights: Qwen3-0.6B to 4B, Qwen2.5-0.5B, and the
+embedded Qwen2.5-Coder, whose GGUF stores two quantised copies of one matrix) the ridge map is
+the identity up to lam (||W - I|| / ||I|| = 0.006 there), so `ridge` is the `norm` rescale.
+
 `soft` reads the hidden state through the LM head and feeds the expected input embedding
 under that next-token distribution, e = softmax(h W_out^T) W_in: a convex mixture of real
 token embeddings, so the thought stays where the model's inputs live ("soft thinking").

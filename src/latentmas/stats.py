@@ -61,3 +61,27 @@ def compare_paired(a: dict[str, bool], b: dict[str, bool]) -> PairedComparison:
     acc_a = sum(a[i] for i in ids) / n if n else 0.0
     acc_b = sum(b[i] for i in ids) / n if n else 0.0
     return PairedComparison(n, acc_a, acc_b, only_a, only_b, mcnemar_exact(only_a, only_b))
+
+
+def compare_over_seeds(a: list[dict[str, bool]], b: list[dict[str, bool]]) -> PairedComparison:
+    """Sampled runs, several seeds each -> one paired comparison on the questions every run answered.
+
+    Per question, each method's score is its share of seeds that got it right. `only_a` counts
+    the questions where A's share is higher, `only_b` where B's is, and the p-value is the exact
+    sign test on those counts (ties drop out): with one seed per method this is McNemar's test.
+    Pooling seeds per question keeps the questions as the unit, so seeds do not pass for
+    independent questions.
+    """
+    if not a or not b:
+        raise ValueError("each method needs at least one seed's results")
+    ids = sorted(set.intersection(*(set(run) for run in a + b)))
+
+    def share(runs: list[dict[str, bool]], i: str) -> float:
+        return sum(run[i] for run in runs) / len(runs)
+
+    only_a = sum(share(a, i) > share(b, i) for i in ids)
+    only_b = sum(share(b, i) > share(a, i) for i in ids)
+    n = len(ids)
+    acc_a = sum(share(a, i) for i in ids) / n if n else 0.0
+    acc_b = sum(share(b, i) for i in ids) / n if n else 0.0
+    return PairedComparison(n, acc_a, acc_b, only_a, only_b, mcnemar_exact(only_a, only_b))
