@@ -172,9 +172,9 @@ def correctness(folder: Path, ids: set[str]) -> dict[str, bool]:
 
 
 def summarize(
-    task: str, config: str, seed: int, folder: Path, ids: set[str], baselines: dict, max_new_tokens: int
+    task: str, config: str, seed: int, results: list, baselines: dict, max_new_tokens: int
 ) -> Row | None:
-    results = [r for r in read_results(folder / "results.jsonl") if r.id in ids]
+    """One config's row from its results on the chosen questions."""
     if not results:
         return None
     n = len(results)
@@ -417,10 +417,11 @@ def main(argv: list[str] | None = None) -> int:
             }
             for config in chosen:
                 folder = args.out / name / folder_name(config, seed, sampled)
-                row = summarize(name, config, seed, folder, ids, baselines, args.max_new_tokens)
+                results = [r for r in read_results(folder / "results.jsonl") if r.id in ids]
+                row = summarize(name, config, seed, results, baselines, args.max_new_tokens)
                 if row is not None:
                     rows.append(row)
-                    correct[(name, config, seed)] = correctness(folder, ids)
+                    correct[(name, config, seed)] = {r.id: r.correct for r in results}
     if not rows:
         print("no results yet", file=sys.stderr)
         return 1

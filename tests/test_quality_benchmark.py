@@ -84,14 +84,20 @@ def test_config_names_parse_into_one_change_each():
         quality.parse_config("latent_mas[bogus=1]")
 
 
-def test_quality_run_writes_tables_and_resumes(tmp_path, capsys):
+def _tiny_model_and_gsm8k(tmp_path: Path, rows: list[dict]) -> tuple[Path, Path]:
+    """A saved random-weight model and a GSM8K-style JSONL file of `rows`, for quality.main."""
     model_dir = tmp_path / "model"
     lm = tiny_loaded("llama")
     lm.model.save_pretrained(model_dir)
     lm.tokenizer.save_pretrained(model_dir)
     data = tmp_path / "gsm8k.jsonl"
-    rows = [{"question": f"What is {i} + {i}?", "answer": f"#### {2 * i}"} for i in range(4)]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return model_dir, data
+
+
+def test_quality_run_writes_tables_and_resumes(tmp_path, capsys):
+    rows = [{"question": f"What is {i} + {i}?", "answer": f"#### {2 * i}"} for i in range(4)]
+    model_dir, data = _tiny_model_and_gsm8k(tmp_path, rows)
     quality = _quality_module()
     args = [
         "--model",
@@ -125,14 +131,8 @@ def test_quality_run_writes_tables_and_resumes(tmp_path, capsys):
 
 
 def test_sampled_pass_reports_each_seed_and_pools_them_against_single(tmp_path, capsys):
-    model_dir = tmp_path / "model"
-    lm = tiny_loaded("llama")
-    lm.model.save_pretrained(model_dir)
-    lm.tokenizer.save_pretrained(model_dir)
-    data = tmp_path / "gsm8k.jsonl"
-    data.write_text(
-        "".join(json.dumps({"question": f"{i} + 1?", "answer": f"#### {i + 1}"}) + "\n" for i in range(2))
-    )
+    rows = [{"question": f"{i} + 1?", "answer": f"#### {i + 1}"} for i in range(2)]
+    model_dir, data = _tiny_model_and_gsm8k(tmp_path, rows)
     args = ["--model", str(model_dir), "--gsm8k-file", str(data), "--limit", "2", "--max-new-tokens", "2"]
     args += ["--configs", "single,latent_mas[m=1]", "--temperature", "0.6", "--top-p", "0.95"]
     args += ["--seeds", "0,1", "--out", str(tmp_path / "out")]

@@ -30,7 +30,13 @@ import quality  # noqa: E402
 
 from latentmas import load_model  # noqa: E402
 from latentmas.engine import decoder  # noqa: E402
-from latentmas.realign import _FITTED, Realigner, input_embedding_matrix, realigner_for  # noqa: E402
+from latentmas.realign import (  # noqa: E402
+    _FITTED,
+    Realigner,
+    input_embedding_matrix,
+    realigner_for,
+    ridge_matrix,
+)
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("--fit-offset", type=int, default=300)
@@ -74,9 +80,7 @@ w_in = input_embedding_matrix(model)
 targets = w_in[nxt].double()
 split = int(0.8 * len(h))
 x_fit, y_fit, x_val, ids_val = h[:split], targets[:split], h[split:], nxt[split:]
-gram = x_fit.T @ x_fit
-gram += own.lam * gram.diagonal().mean() * torch.eye(gram.shape[0], dtype=gram.dtype)
-learned = torch.linalg.solve(gram, x_fit.T @ y_fit).float()
+learned = ridge_matrix(x_fit, y_fit, own.lam)  # the same relative-lambda solve as the paper's map
 print(f"fitted on {split} pairs, validated on {len(h) - split}")
 
 target_norm = w_in.norm(dim=-1).mean().item()
