@@ -105,6 +105,8 @@ def test_rerun_with_other_settings_into_the_same_folder_is_refused(monkeypatch, 
         (["run", "q", "--top-p", "1.5"], "top-p"),
         (["run", "q", "--model", "./no/such/model"], "does not exist"),
         (["run", "q", "--model", "missing.gguf"], "GGUF file not found"),
+        (["run", "q", "--model", "qwen-coder"], "did you mean 'qwen2.5-coder-0.5b'"),
+        (["run", "q", "--model", "no such model!"], "unknown model"),
         (["eval", "--task", "chess"], "unknown task"),
         (["eval", "--data", "/no/such/file.jsonl"], "not found"),
         (["run", "   "], "empty"),
@@ -122,6 +124,25 @@ def test_bad_input_exits_2_with_one_line(monkeypatch, capsys, args, message):
 def test_folder_that_is_not_a_model(monkeypatch, capsys, tmp_path):
     code, _, err = cli(monkeypatch, capsys, "run", "q", "--model", tmp_path)
     assert code == 2 and "no config.json" in err
+
+
+def test_unreachable_hub_is_one_quick_error_and_a_cached_id_still_loads(monkeypatch, capsys):
+    """An uncached hub id with no hub fails at once, not after the hub client's retries; a
+    cached one goes on to transformers, which loads it offline."""
+    import socket
+
+    from latentmas import models
+
+    def no_dns(*_):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(models.socket, "getaddrinfo", no_dns)
+    monkeypatch.setattr(models, "try_to_load_from_cache", lambda *_: None)
+    code, _, err = cli(monkeypatch, capsys, "run", "q", "--model", "someone/some-model")
+    assert code == 2 and "cannot be reached" in err and len(err.strip().splitlines()) == 1
+
+    monkeypatch.setattr(models, "try_to_load_from_cache", lambda *_: "/cache/config.json")
+    assert models._resolve("someone/some-model") == ("someone/some-model", "someone/some-model")
 
 
 def test_model_without_chat_template_is_refused_unless_one_is_given(

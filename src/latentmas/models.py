@@ -10,17 +10,22 @@ fraction of a second instead of half a minute.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib.util
 import logging
 import os
 import shutil
+import socket
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 import transformers
+from huggingface_hub import constants as hub_constants
+from huggingface_hub import try_to_load_from_cache
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -207,7 +212,35 @@ def _resolve(name: str | None) -> tuple[str | Path, str]:
     looks_like_path = name.startswith((".", "/", "~")) or os.sep in name and name.count("/") != 1
     if looks_like_path:
         raise LatentMASError(f"model path does not exist: {name}")
+    _check_hub_id(name)
     return name, name  # a hub id such as Qwen/Qwen3-4B
+
+
+def _check_hub_id(name: str) -> None:
+    """Fail in a moment, not after the hub client's retries (about a minute offline), when a
+    hub id can't be loaded: a near miss of a built-in name, or no cached copy and no hub."""
+    known = [EMBEDDED_MODEL, *QWEN_ALIASES]
+    near = difflib.get_close_matches(name.lower(), known, n=1, cutoff=0.6)
+    if "/" not in name and near:
+        raise LatentMASError(f"unknown model {name!r}; did you mean {near[0]!r}?")
+    try:
+        cached = try_to_load_from_cache(name, "config.json")
+    except ValueError:  # the hub client's HFValidationError: not a well-formed repo id
+        raise LatentMASError(
+            f"unknown model {name!r}: not a local path, a built-in name or a hub id"
+        ) from None
+    if isinstance(cached, str):
+        return  # cached: transformers loads it without the network
+    host = urlparse(hub_constants.ENDPOINT).hostname or "huggingface.co"
+    if hub_constants.HF_HUB_OFFLINE:
+        raise LatentMASError(f"model {name!r} is not in the local hub cache, and HF_HUB_OFFLINE is set")
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        raise LatentMASError(
+            f"model {name!r} is not a local model, not in the hub cache, and the hub ({host}) "
+            f"cannot be reached from here; built-in models: {', '.join(known[:2])}"
+        ) from None
 
 
 BUNDLED_TEMPLATES = ("chatml", "gemma")
