@@ -138,8 +138,14 @@ def test_unreachable_hub_is_one_quick_error_and_a_cached_id_still_loads(monkeypa
 
     monkeypatch.setattr(models.socket, "getaddrinfo", no_dns)
     monkeypatch.setattr(models, "try_to_load_from_cache", lambda *_: None)
+    # CI sets HF_HUB_OFFLINE; each branch is pinned here so the test reads the same anywhere.
+    monkeypatch.setattr(models.hub_constants, "HF_HUB_OFFLINE", False)
     code, _, err = cli(monkeypatch, capsys, "run", "q", "--model", "someone/some-model")
     assert code == 2 and "cannot be reached" in err and len(err.strip().splitlines()) == 1
+
+    monkeypatch.setattr(models.hub_constants, "HF_HUB_OFFLINE", True)
+    code, _, err = cli(monkeypatch, capsys, "run", "q", "--model", "someone/some-model")
+    assert code == 2 and "HF_HUB_OFFLINE is set" in err and len(err.strip().splitlines()) == 1
 
     monkeypatch.setattr(models, "try_to_load_from_cache", lambda *_: "/cache/config.json")
     assert models._resolve("someone/some-model") == ("someone/some-model", "someone/some-model")
