@@ -31,6 +31,7 @@ from latentmas import RunSpec, Sampling, build_solver, evaluate, get_task, load_
 from latentmas.errors import LatentMASError
 from latentmas.evaluate import read_results
 from latentmas.graders import last_boxed
+from latentmas.models import DTYPES
 from latentmas.stats import compare_over_seeds, compare_paired, wilson_interval
 
 GSM8K_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
@@ -147,7 +148,7 @@ def folder_name(config: str, seed: int, sampled: bool) -> str:
 
 def run_config(lm, task, examples, config: dict, sampling: Sampling, folder: Path, batch_size: int) -> None:
     options = {k: v == "true" if k == "question_once" else v for k, v in config["options"].items()}
-    spec = RunSpec(model=lm.name, method=config["method"], **options, **asdict(sampling))
+    spec = RunSpec(model=lm.name, dtype=lm.dtype, method=config["method"], **options, **asdict(sampling))
     method = build_solver(spec, lm)
     done = {r.id for r in read_results(folder / "results.jsonl")}
     left = [e for e in examples if e.id not in done]
@@ -339,6 +340,13 @@ def load_examples(task_name: str, limit: int, offset: int = 0, gsm8k_file: Path 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="qwen2.5-coder-0.5b")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=DTYPES,
+        help="what the model computes in (float32: the dtype of every committed 0.5B run; a folder "
+        "refuses to resume a run of another dtype)",
+    )
     parser.add_argument("--tasks", default="gsm8k", help="gsm8k, humaneval_plus, or both (comma list)")
     parser.add_argument("--limit", type=int, default=100, help="first N questions of each task")
     parser.add_argument(
@@ -391,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         data = {name: load_examples(name, args.limit, args.offset, args.gsm8k_file) for name in task_names}
-        lm = None if args.report_only else load_model(args.model)
+        lm = None if args.report_only else load_model(args.model, dtype=args.dtype)
         for name, (task, examples) in data.items():
             for seed in seeds:
                 sampling = Sampling(args.max_new_tokens, args.temperature, args.top_p, seed)
@@ -428,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     sampling_text = (
         f"temperature {args.temperature}, top-p {args.top_p}, seeds {args.seeds}" if sampled else "greedy"
     )
-    title = f"{args.model}, {sampling_text}, max {args.max_new_tokens} new tokens per text agent"
+    title = f"{args.model} ({args.dtype}), {sampling_text}, max {args.max_new_tokens} new tokens per text agent"
     text = "\n\n".join(
         markdown([r for r in rows if r.task == t and r.seed == s], f"{t}, seed {s}: {title}")
         for t in task_names
@@ -447,7 +455,8 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "quality.md").write_text(text + "\n")
     (args.out / "quality.json").write_text(
         json.dumps(
-            {"model": args.model, "sampling": sampling_text, "rows": [asdict(r) for r in rows]}, indent=2
+            {"model": args.model, "dtype": args.dtype, "sampling": sampling_text, "rows": [asdict(r) for r in rows]},
+            indent=2,
         )
         + "\n"
     )

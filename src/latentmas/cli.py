@@ -22,9 +22,9 @@ from .display import print_answer, summary_table, with_progress
 from .errors import LatentMASError
 from .evaluate import evaluate
 from .methods import Method
-from .models import load_model
+from .models import DTYPES
 from .options import spec_options
-from .spec import DEVICES, RunSpec, build_solver, parse_method_list
+from .spec import DEVICES, RunSpec, build_solver, load_for, parse_method_list
 from .tasks import all_tasks, parse_task_list
 from .trace import read_traces
 from .trace_view import print_trace, trace_html
@@ -76,13 +76,14 @@ def run(
         raise LatentMASError("the question is empty")
     spec = dataclasses.replace(spec, trace=trace is not None)
     with console.status("loading model"):
-        lm = load_model(spec.model, device=spec.device, chat_template=spec.chat_template)
+        lm = load_for(spec)
     solver = _solver(spec, lm)
     with console.status(f"{spec.method} on {solver.lm.name}"):
         (answer,) = solver.solve([question])
-    print_answer(console, answer)
-    if trace is not None and answer.trace is not None:
+    if trace is not None and answer.trace is not None:  # saved first: printing can never lose it
         answer.trace.save(trace, vectors=trace_vectors)
+    print_answer(console, answer, title=f"{spec.method} on {solver.lm.name} ({solver.lm.dtype})")
+    if trace is not None and answer.trace is not None:
         console.print(f"trace written to {trace}; view it with `latentmas inspect {trace}`")
 
 
@@ -125,7 +126,7 @@ def eval_(
     examples = {t.name: t.load(data)[:limit] for t in tasks}  # fail on bad data before loading a model
     root = out or Path("runs") / (f"{tasks[0].name}-{methods[0]}" if len(pairs) == 1 else "matrix")
     with console.status("loading model"):
-        lm = load_model(spec.model, device=spec.device, chat_template=spec.chat_template)
+        lm = load_for(spec)
     summaries = []
     for bench, method_name in pairs:
         solver = _solver(specs[method_name], lm)
@@ -201,6 +202,9 @@ def serve(
         int, typer.Option("--queue-size", min=1, max=100_000, help="Requests in flight before 503.")
     ] = 64,
     device: Annotated[str, typer.Option(help=f"Where the model runs: {', '.join(DEVICES)}.")] = "auto",
+    dtype: Annotated[
+        str, typer.Option(help=f"What the model computes in: {', '.join(DTYPES)} (auto: bfloat16 where native).")
+    ] = "auto",
     chat_template: Annotated[
         str | None, typer.Option("--chat-template", help="Jinja chat template (file or text).")
     ] = None,
@@ -210,9 +214,9 @@ def serve(
 
     from .server import create_app
 
-    RunSpec(model=model, device=device, chat_template=chat_template)  # validates the options
+    spec = RunSpec(model=model, device=device, dtype=dtype, chat_template=chat_template)  # validates
     with console.status("loading model"):
-        lm = load_model(model, device=device, chat_template=chat_template)
+        lm = load_for(spec)
     app_ = create_app(lm, max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size)
     console.print(f"serving {lm.name} on http://{host}:{port}/v1 (Ctrl-C to stop)")
     uvicorn.run(app_, host=host, port=port, log_level="warning")

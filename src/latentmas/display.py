@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -15,20 +16,23 @@ from .evaluate import Summary
 from .methods import Answer
 
 
-def print_answer(console: Console, answer: Answer) -> None:
-    """A table of the agents (what each did, tokens, steps, seconds), then the answer."""
-    table = Table(title="Agents", show_lines=False)
+def print_answer(console: Console, answer: Answer, title: str = "Agents") -> None:
+    """A table of the agents (what each did, tokens, steps, seconds), then the answer.
+
+    Model text is printed verbatim: escaped, so `arr[i]` or `[/y]` is text, not rich markup.
+    """
+    table = Table(title=escape(title), show_lines=False)
     for column in ("agent", "did", "input tokens", "output tokens", "latent steps", "seconds"):
         table.add_column(column, justify="left" if column in ("agent", "did") else "right")
     for s in answer.agents:
         did = "thought in latent space" if s.mode == "latent" else "decoded text"
         cells = (s.input_tokens, s.output_tokens, s.latent_steps)
-        table.add_row(s.role, did, *map(str, cells), f"{s.seconds:.2f}")
+        table.add_row(escape(s.role), did, *map(str, cells), f"{s.seconds:.2f}")
     console.print(table)
     for step in answer.agents[:-1]:
         if step.text:
-            console.print(f"[bold]{step.role}[/bold]: {step.text}\n")
-    console.print(f"[bold green]answer[/bold green]: {answer.final_text}")
+            console.print(f"[bold]{escape(step.role)}[/bold]: {escape(step.text)}\n", highlight=False)
+    console.print(f"[bold green]answer[/bold green]: {escape(answer.final_text)}", highlight=False)
 
 
 def summary_table(title: str, summaries: list[Summary]) -> Table:

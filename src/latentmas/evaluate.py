@@ -130,6 +130,11 @@ def vectors_dir(trace_path: Path) -> Path:
     return trace_path.with_name(trace_path.name + ".vectors")
 
 
+# Settings recorded only since a later release, with the value every earlier run had:
+# before `dtype` was recorded, a model on a CPU always computed in float32.
+_RECORDED_LATER = {"dtype": "float32"}
+
+
 def _check_same_run(out_dir: Path, settings: dict) -> None:
     """Refuse to resume into a folder whose results came from other settings."""
     path = out_dir / "run.json"
@@ -138,6 +143,8 @@ def _check_same_run(out_dir: Path, settings: dict) -> None:
             before = json.loads(path.read_text())
         except json.JSONDecodeError:
             before = None
+        if before is not None:
+            before = {**{k: v for k, v in _RECORDED_LATER.items() if k in settings}, **before}
         if before is not None and before != settings:
             changed = sorted(k for k in settings.keys() | before.keys() if before.get(k) != settings.get(k))
             raise LatentMASError(
@@ -167,7 +174,7 @@ def evaluate(
         raise LatentMASError("batch size must be >= 1")
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = {**method.describe(), **asdict(method.sampling)}
-    _check_same_run(out_dir, {"model": method.lm.name, "task": task.name, **settings})
+    _check_same_run(out_dir, {"model": method.lm.name, "dtype": method.lm.dtype, "task": task.name, **settings})
     results_path = out_dir / "results.jsonl"
     done = {r.id: r for r in read_results(results_path)}
     todo = [e for e in examples if e.id not in done]

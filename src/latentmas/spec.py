@@ -14,7 +14,7 @@ from pathlib import Path
 from .engine import Sampling
 from .errors import LatentMASError
 from .methods import MEMORY_MODES, METHODS, LatentMAS, Method, SingleAgent, TextMAS, parse_latent_steps
-from .models import EMBEDDED_MODEL, LoadedModel, embedded_gguf_path, load_model
+from .models import DTYPES, EMBEDDED_MODEL, LoadedModel, embedded_gguf_path, load_model
 from .realign import REALIGN_MODES
 from .roles import TOPOLOGIES, topology_roles
 
@@ -74,6 +74,14 @@ class RunSpec:
     top_p: float = field(default=1.0, metadata=_option("Nucleus sampling mass.", low=0.0, high=1.0))
     seed: int = field(default=0, metadata=_option("Sampling seed.", low=0))
     device: str = field(default="auto", metadata=_option("Where the model runs.", DEVICES))
+    dtype: str = field(
+        default="auto",
+        metadata=_option(
+            "What the model computes in; auto: bfloat16 on CUDA and on CPUs that compute it natively "
+            "(AVX-512 BF16, AMX), else float32.",
+            DTYPES,
+        ),
+    )
     chat_template: str | None = field(
         default=None,
         metadata=_option("Jinja chat template (file or text) for models without one."),
@@ -142,6 +150,11 @@ def parse_method_list(text: str) -> list[str]:
     return names
 
 
+def load_for(spec: RunSpec) -> LoadedModel:
+    """The model a spec names, on its device, in its dtype."""
+    return load_model(spec.model, device=spec.device, dtype=spec.dtype, chat_template=spec.chat_template)
+
+
 def build_solver(spec: RunSpec, lm: LoadedModel | None = None) -> Method:
     """The method a spec describes, on `lm` (loaded from the spec when not given).
 
@@ -149,7 +162,7 @@ def build_solver(spec: RunSpec, lm: LoadedModel | None = None) -> Method:
     engine, or one of the three methods on the transformers engine.
     """
     if lm is None:
-        lm = load_model(spec.model, device=spec.device, chat_template=spec.chat_template)
+        lm = load_for(spec)
     sampling = spec.sampling
     if spec.agent_models:
         return _heterogeneous(spec, lm)
@@ -198,7 +211,9 @@ def _heterogeneous(spec: RunSpec, lm: LoadedModel) -> Method:
     for role in roles:
         name = names.get(role)
         if name is not None and name not in loaded:
-            other = load_model(name, device=str(lm.device.type), chat_template=spec.chat_template)
+            other = load_model(
+                name, device=str(lm.device.type), dtype=lm.model.dtype, chat_template=spec.chat_template
+            )
             loaded[name] = loaded.setdefault(other.name, other)
         models[role] = loaded[name] if name is not None else lm
     handoff = "latent" if spec.method == "latent_mas" else "text"

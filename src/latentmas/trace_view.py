@@ -7,23 +7,25 @@ import html
 import io
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .trace import Trace
 
 
 def _tokens(pairs: list[tuple[str, float]], n: int = 3) -> str:
-    return "  ".join(f"{tok!r} {score:.2f}" for tok, score in pairs[:n])
+    return escape("  ".join(f"{tok!r} {score:.2f}" for tok, score in pairs[:n]))
 
 
 def print_trace(trace: Trace, console: Console) -> None:
-    console.print(f"[bold]question[/bold]: {trace.question}")
-    console.print(f"[bold]model[/bold]: {trace.model}   [bold]method[/bold]: {trace.method}")
+    """Every string from the model or the user is escaped: it is shown, never read as markup."""
+    console.print(f"[bold]question[/bold]: {escape(trace.question)}", highlight=False)
+    console.print(f"[bold]model[/bold]: {escape(trace.model)}   [bold]method[/bold]: {escape(trace.method)}")
     for agent in trace.agents:
         if not agent.steps:
-            console.print(f"[bold]{agent.role}[/bold]: no latent steps (decodes the answer)")
+            console.print(f"[bold]{escape(agent.role)}[/bold]: no latent steps (decodes the answer)")
             continue
-        table = Table(title=f"{agent.role}: {len(agent.steps)} latent steps", title_justify="left")
+        table = Table(title=escape(f"{agent.role}: {len(agent.steps)} latent steps"), title_justify="left")
         for column in ("step", "norm", "cos prev", "cos first", "entropy"):
             table.add_column(column, justify="right")
         table.add_column("logit lens (top 3)")
@@ -40,7 +42,7 @@ def print_trace(trace: Trace, console: Console) -> None:
                 _tokens(s.nearest),
             )
         console.print(table)
-    console.print(f"[bold green]final answer[/bold green]: {trace.final_text}")
+    console.print(f"[bold green]final answer[/bold green]: {escape(trace.final_text)}", highlight=False)
 
 
 def _figure_png(fig) -> str:
