@@ -31,7 +31,7 @@ from transformers import DynamicCache
 
 from latentmas import LatentMAS, RunSpec, Sampling, build_solver, engine, get_task, load_model
 from latentmas.engine import SharedMemory, TransformersEngine
-from latentmas.models import LoadedModel
+from latentmas.models import DTYPES, LoadedModel, pick_dtype
 from latentmas.realign import realigner_for
 from latentmas.tiny import model_from_config_file, tiny_tokenizer
 
@@ -241,13 +241,12 @@ def engine_clock(model):
     return now
 
 
-def load(args) -> LoadedModel:
+def load(args, dtype: str) -> LoadedModel:
     if args.config:
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
         device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        model = model_from_config_file(args.config, dtype, device)
+        model = model_from_config_file(args.config, pick_dtype(dtype, torch.device(device)), device)
         return LoadedModel(model=model, tokenizer=tiny_tokenizer(), name=f"random:{Path(args.config).stem}")
-    return load_model(args.model, device=args.device)
+    return load_model(args.model, device=args.device, dtype=dtype)
 
 
 def markdown(rows: list[dict], columns: list[str]) -> str:
@@ -289,7 +288,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="8 questions, 64 tokens, m=10, sequential")
     p.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M-Instruct")
     p.add_argument("--config", default=None, help="random weights from a config JSON instead of --model")
-    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="with --config")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        help="comma list of auto, float32, bfloat16, float16: the whole grid runs in each, in one "
+        "process, and a table gives each dtype's speed-up over float32",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--data", default=None, help="GSM8K JSONL (default: the bundled 20 problems)")
     p.add_argument("--limit", type=int, default=16)
@@ -312,12 +316,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.limit, args.max_new_tokens, args.latent_steps = 8, 64, "10"
         args.topologies, args.batch_sizes = "sequential", "1,8"
+    unknown = [d for d in args.dtype.split(",") if d.strip() not in DTYPES]
+    if unknown:
+        p.error(f"--dtype: unknown {', '.join(unknown)}; choose from {', '.join(DTYPES)}")
     steps_grid = [int(s) for s in args.latent_steps.split(",")]
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     topologies = args.topologies.split(",")
 
-    torch.manual_seed(0)
-    lm = load(args)
     task = get_task("gsm8k")
     questions = task.load(args.data)[: args.limit]
     sampling = Sampling(max_new_tokens=args.max_new_tokens)
@@ -327,9 +332,38 @@ def main(argv: list[str] | None = None) -> None:
     if args.question_once:
         plan += [("latent_mas[once]", t, m, b) for t in topologies for m in steps_grid for b in batch_sizes]
 
+    runs = {}
+    for dtype in args.dtype.split(","):
+        torch.manual_seed(0)
+        lm = load(args, dtype.strip())
+        runs[lm.dtype] = grid(lm, args, plan, questions, task, sampling, steps_grid, batch_sizes, topologies)
+        del lm
+    by_dtype = compare_dtypes(runs) if len(runs) > 1 else []
+    first = next(iter(runs.values()))
+    result = {**first, "by_dtype": runs, "dtype_speedups": by_dtype}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "efficiency.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(
+        [Row(**{k: r[k] for k in Row.__dataclass_fields__}) for r in first["rows"]],
+        args.out / "efficiency.png",
+    )
+    for dtype, run in runs.items():
+        print_run(run, args, len(questions), dtype)
+    if by_dtype:
+        print("\n## The same runs in each dtype: seconds and the speed-up over float32\n")
+        print(markdown(by_dtype, list(by_dtype[0])))
+    print(f"wrote {args.out / 'efficiency.json'} and {args.out / 'efficiency.png'}")
+
+
+def grid(lm, args, plan, questions, task, sampling, steps_grid, batch_sizes, topologies) -> dict:
+    """Every run of the plan on one loaded model; the ratios against TextMAS and batch 1."""
     rows: list[Row] = []
     for i, (method, topology, steps, batch) in enumerate(plan, 1):
-        print(f"[{i}/{len(plan)}] {method} {topology} m={steps} batch={batch}", file=sys.stderr, flush=True)
+        print(
+            f"[{lm.dtype} {i}/{len(plan)}] {method} {topology} m={steps} batch={batch}",
+            file=sys.stderr,
+            flush=True,
+        )
         rows.append(measure(lm, method, topology, steps, batch, questions, task, sampling, args.engine))
 
     def find(method, topology, batch, steps=0):
@@ -360,14 +394,14 @@ def main(argv: list[str] | None = None) -> None:
     head_text = find("text_mas", topologies[0], batch_sizes[0])
     micro = [step_costs(lm, b, args.micro_context) for b in batch_sizes]
     prefix = [prefix_costs(lm, questions, task, b) for b in batch_sizes]
-    result = {
+    return {
         "speedup_vs_text_mas": head_text.seconds / head_latent.seconds,
         "token_reduction_vs_text_mas": 1 - head_latent.output_tokens_mean / head_text.output_tokens_mean,
         "headline": {"topology": topologies[0], "latent_steps": headline_steps, "batch_size": batch_sizes[0]},
         "model": lm.name,
         "engine": args.engine,
         "device": str(lm.model.device),
-        "dtype": str(lm.model.dtype),
+        "dtype": lm.dtype,
         "torch": torch.__version__,
         "cpu_threads": torch.get_num_threads(),
         "machine": platform.machine(),
@@ -377,10 +411,30 @@ def main(argv: list[str] | None = None) -> None:
         "micro": micro,
         "prefix": prefix,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "efficiency.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot(rows, args.out / "efficiency.png")
 
+
+def compare_dtypes(runs: dict[str, dict]) -> list[dict]:
+    """Per run of the plan: seconds in each dtype, and float32's seconds over each other's."""
+    keyed = {
+        dtype: {(r["method"], r["topology"], r["latent_steps"], r["batch_size"]): r for r in run["rows"]}
+        for dtype, run in runs.items()
+    }
+    baseline = keyed.get("float32")
+    table = []
+    for key in next(iter(keyed.values())):
+        row = dict(zip(("method", "topology", "latent_steps", "batch_size"), key))
+        for dtype, rows in keyed.items():
+            row[f"seconds_{dtype}"] = rows[key]["seconds"]
+            row[f"accuracy_{dtype}"] = rows[key]["accuracy"]
+        for dtype, rows in keyed.items():
+            if baseline is not None and dtype != "float32":
+                row[f"speedup_{dtype}_vs_float32"] = baseline[key]["seconds"] / rows[key]["seconds"]
+        table.append(row)
+    return table
+
+
+def print_run(run: dict, args, n: int, dtype: str) -> None:
+    table, micro, prefix = run["rows"], run["micro"], run["prefix"]
     cols = [
         "method",
         "topology",
@@ -399,10 +453,10 @@ def main(argv: list[str] | None = None) -> None:
         "token_reduction_vs_text_mas",
         "qps_vs_batch_1",
     ]
-    if any(r.peak_cuda_mib for r in rows):
+    if any(r["peak_cuda_mib"] for r in table):
         cols.insert(cols.index("peak_rss_mib") + 1, "peak_cuda_mib")
     print(
-        f"\n## Efficiency — {lm.name} on {lm.model.device}, {len(questions)} GSM8K questions, "
+        f"\n## Efficiency — {run['model']} on {run['device']} in {dtype}, {n} GSM8K questions, "
         f"max_new_tokens={args.max_new_tokens}\n"
     )
     print(markdown(table, cols))
@@ -410,12 +464,12 @@ def main(argv: list[str] | None = None) -> None:
     print(markdown(micro, list(micro[0])))
     print("\n## LatentMAS prefill: shared prompt prefix read once vs every prompt read whole\n")
     print(markdown(prefix, list(prefix[0])))
+    head = run["headline"]
     print(
-        f"\nspeedup_vs_text_mas = {result['speedup_vs_text_mas']:.2f}x, "
-        f"token_reduction_vs_text_mas = {result['token_reduction_vs_text_mas']:.1%} "
-        f"(sequential, m={headline_steps}, batch {batch_sizes[0]})"
+        f"\nspeedup_vs_text_mas = {run['speedup_vs_text_mas']:.2f}x, "
+        f"token_reduction_vs_text_mas = {run['token_reduction_vs_text_mas']:.1%} "
+        f"({head['topology']}, m={head['latent_steps']}, batch {head['batch_size']}, {dtype})"
     )
-    print(f"wrote {args.out / 'efficiency.json'} and {args.out / 'efficiency.png'}")
 
 
 if __name__ == "__main__":

@@ -436,7 +436,9 @@ def main(argv: list[str] | None = None) -> int:
     sampling_text = (
         f"temperature {args.temperature}, top-p {args.top_p}, seeds {args.seeds}" if sampled else "greedy"
     )
-    title = f"{args.model} ({args.dtype}), {sampling_text}, max {args.max_new_tokens} new tokens per text agent"
+    title = (
+        f"{args.model} ({args.dtype}), {sampling_text}, max {args.max_new_tokens} new tokens per text agent"
+    )
     text = "\n\n".join(
         markdown([r for r in rows if r.task == t and r.seed == s], f"{t}, seed {s}: {title}")
         for t in task_names
@@ -455,7 +457,12 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "quality.md").write_text(text + "\n")
     (args.out / "quality.json").write_text(
         json.dumps(
-            {"model": args.model, "dtype": args.dtype, "sampling": sampling_text, "rows": [asdict(r) for r in rows]},
+            {
+                "model": args.model,
+                "dtype": args.dtype,
+                "sampling": sampling_text,
+                "rows": [asdict(r) for r in rows],
+            },
             indent=2,
         )
         + "\n"

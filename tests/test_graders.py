@@ -69,6 +69,16 @@ OPTIONS = ["Paris", "London", "Berlin", "Madrid"]
         ("Paris or Berlin", None),
         ("I don't know", None),
         ("E", None),
+        # The article "a" and other lowercase prose are words, not option letters.
+        ("The answer is a city in England, London.", "B"),
+        ("I would say a capital, and it is Berlin.", "C"),
+        ("(b)", "B"),
+        ("b", "B"),
+        ("the answer is (b)", "B"),
+        ("B) London", "B"),
+        ("answer: C", "C"),
+        ("Answer: c", None),  # lowercase after a colon is too often a word
+        ("The capital in question is Madrid.", "D"),
     ],
 )
 def test_multiple_choice(text, expected):

