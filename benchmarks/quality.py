@@ -146,7 +146,9 @@ def folder_name(config: str, seed: int, sampled: bool) -> str:
     return f"{safe}-seed{seed}" if sampled else safe
 
 
-def run_config(lm, task, examples, config: dict, sampling: Sampling, folder: Path, batch_size: int) -> None:
+def run_config(
+    lm, task, examples, config: dict, sampling: Sampling, folder: Path, batch_size: int, data: str | None
+) -> None:
     options = {k: v == "true" if k == "question_once" else v for k, v in config["options"].items()}
     spec = RunSpec(model=lm.name, dtype=lm.dtype, method=config["method"], **options, **asdict(sampling))
     method = build_solver(spec, lm)
@@ -165,7 +167,7 @@ def run_config(lm, task, examples, config: dict, sampling: Sampling, folder: Pat
         rate = (time.perf_counter() - began) / max(1, count[0] - (len(examples) - len(left)))
         print(f"    {count[0]}/{len(examples)}  ({rate:.1f} s/question)", flush=True)
 
-    evaluate(method, task, examples, folder, batch_size, on_batch=progress)
+    evaluate(method, task, examples, folder, batch_size, on_batch=progress, data=data)
 
 
 def correctness(folder: Path, ids: set[str]) -> dict[str, bool]:
@@ -406,7 +408,10 @@ def main(argv: list[str] | None = None) -> int:
                 for config in chosen:
                     if lm is not None:
                         folder = args.out / name / folder_name(config, seed, sampled)
-                        run_config(lm, task, examples, configs[config], sampling, folder, args.batch_size)
+                        source = str(args.gsm8k_file) if name == "gsm8k" else None
+                        run_config(
+                            lm, task, examples, configs[config], sampling, folder, args.batch_size, source
+                        )
     except LatentMASError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -233,7 +233,7 @@ def test_a_run_folder_refuses_to_resume_in_another_dtype(tmp_path):
     evaluate(SingleAgent(float32, Sampling(max_new_tokens=2)), task, examples, tmp_path)
     assert json.loads((tmp_path / "run.json").read_text())["dtype"] == "float32"
     bf16 = _bf16(tiny_loaded("llama"))
-    with pytest.raises(LatentMASError, match=r"other settings \(dtype\)"):
+    with pytest.raises(LatentMASError, match=r"other settings \(dtype: .float32. then, .bfloat16. now"):
         evaluate(SingleAgent(bf16, Sampling(max_new_tokens=2)), task, examples, tmp_path)
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
 from latentmas import LatentMAS, Sampling, evaluate, get_task
+from latentmas.errors import LatentMASError
+from latentmas.evaluate import read_results
 
 
 class Interrupt(Exception):
@@ -99,3 +102,66 @@ def test_results_do_not_depend_on_batch_size(tiny, tmp_path):
         return {r["id"]: r["final_text"] for r in rows}
 
     assert texts(tmp_path / "b1") == texts(tmp_path / "b4")
+
+
+# --- A folder resumes only the same run: engine, device, dtype, data, model -----------------
+
+
+def _one_run(tiny, tmp_path, data=None):
+    task = get_task("gsm8k")
+    method = LatentMAS(tiny, Sampling(max_new_tokens=2), latent_steps=1)
+    examples = task.load(data)[:2]
+    return method, task, examples, evaluate(method, task, examples, tmp_path, data=data)
+
+
+def test_run_json_records_what_decides_the_answers(tiny, tmp_path):
+    _one_run(tiny, tmp_path)
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert {k: record[k] for k in ("engine", "device", "dtype", "data")} == {
+        "engine": "transformers",
+        "device": "cpu",
+        "dtype": "float32",
+        "data": "default",
+    }
+    assert "model_digest" in record
+
+
+def test_another_engine_is_refused_and_the_field_named(tiny, tmp_path, monkeypatch):
+    method, task, examples, _ = _one_run(tiny, tmp_path)
+    monkeypatch.setattr(type(method.engine), "name", "llamacpp")
+    with pytest.raises(LatentMASError, match=r"\(engine: 'transformers' then, 'llamacpp' now\)"):
+        evaluate(method, task, examples, tmp_path)
+
+
+def test_another_data_file_that_reuses_ids_is_refused(tiny, tmp_path):
+    rows = [{"question": f"What is {i} + 1?", "answer": f"#### {i + 1}"} for i in range(2)]
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    first.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    second.write_text("".join(json.dumps({**r, "question": r["question"] + "?"}) + "\n" for r in rows))
+    method, task, _, _ = _one_run(tiny, tmp_path / "out", data=str(first))
+    with pytest.raises(LatentMASError, match=r"\(data: 'a.jsonl sha256:"):
+        evaluate(method, task, task.load(str(second)), tmp_path / "out", data=str(second))
+
+
+def test_results_of_other_questions_under_the_same_ids_are_refused(tiny, tmp_path):
+    method, task, examples, _ = _one_run(tiny, tmp_path)
+    changed = [dataclasses.replace(examples[0], question="another question"), examples[1]]
+    with pytest.raises(LatentMASError, match="answered id 'gsm8k-0' for another question"):
+        evaluate(method, task, changed, tmp_path)
+
+
+def test_a_corrupt_run_json_is_an_error_not_overwritten(tiny, tmp_path):
+    method, task, examples, _ = _one_run(tiny, tmp_path)
+    (tmp_path / "run.json").write_text('{"model": ')
+    with pytest.raises(LatentMASError, match="run.json is corrupt"):
+        evaluate(method, task, examples, tmp_path)
+    assert (tmp_path / "run.json").read_text() == '{"model": '
+
+
+def test_a_results_line_that_is_json_but_not_an_object_is_skipped_with_a_warning(tiny, tmp_path, caplog):
+    method, task, examples, _ = _one_run(tiny, tmp_path)
+    path = tmp_path / "results.jsonl"
+    path.write_text(path.read_text() + "[1, 2]\n" + '"text"\n')
+    with caplog.at_level("WARNING"):
+        assert len(read_results(path)) == 2
+    assert "line 3 is not a result" in caplog.text and "line 4" in caplog.text

@@ -145,7 +145,7 @@ def eval_(
         solver = _solver(specs[method_name], lm)
         folder = root if len(pairs) == 1 else root / bench.name / method_name
         run_pair = with_progress(console, evaluate, f"{solver.name} · {bench.name}")
-        options = {"trace_path": trace, "trace_vectors": trace_vectors}
+        options = {"trace_path": trace, "trace_vectors": trace_vectors, "data": data}
         summaries.append(run_pair(solver, bench, examples[bench.name], folder, batch_size, **options))
     console.print(summary_table(f"{lm.name} (token and step columns: means per question)", summaries))
     where = f"{root}/results.jsonl" if len(pairs) == 1 else f"{root}/<task>/<method>/"

@@ -607,6 +607,7 @@ class Engine(Protocol):
     `llamacpp_engine.LlamaCppEngine` runs a GGUF file in llama.cpp, one sequence per row.
     """
 
+    name: str  # as `--engine` spells it
     lm: LoadedModel  # the model's tokenizer and name (and, for tracing, its weights)
     realigner: Realigner
     stop_ids: set[int]
@@ -637,6 +638,7 @@ class Engine(Protocol):
 class TransformersEngine:
     """The `Engine` interface over a transformers model and its shared, batched KV cache."""
 
+    name = "transformers"
     max_batch = None
 
     def __init__(self, lm: LoadedModel, realigner: Realigner, share_prefixes: bool = True) -> None:

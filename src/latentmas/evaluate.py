@@ -6,7 +6,9 @@ batch in flight; a rerun with the same output folder skips the ids already there
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -16,7 +18,10 @@ from pathlib import Path
 
 from .errors import LatentMASError
 from .methods import AgentStep, Method
+from .models import model_digest
 from .tasks import Example, Task
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -58,15 +63,19 @@ class Summary:
 
 
 def read_results(path: Path) -> list[QuestionResult]:
-    """Results already written; a torn last line (a crash mid-write) is ignored."""
+    """Results already written. A line that is not one result (a torn last line after a
+    crash, or anything else) is skipped with a warning; its question is answered again."""
     if not path.is_file():
         return []
     results = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         try:
-            results.append(QuestionResult.from_json(json.loads(line)))
-        except (json.JSONDecodeError, TypeError):
-            continue
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise TypeError(f"a JSON {type(row).__name__}, not an object")
+            results.append(QuestionResult.from_json(row))
+        except (json.JSONDecodeError, TypeError) as exc:
+            log.warning("%s: line %d is not a result (%s); skipped", path, number, str(exc)[:80])
     return results
 
 
@@ -130,9 +139,40 @@ def vectors_dir(trace_path: Path) -> Path:
     return trace_path.with_name(trace_path.name + ".vectors")
 
 
-# Settings recorded only since a later release, with the value every earlier run had:
-# before `dtype` was recorded, a model on a CPU always computed in float32.
+# Settings recorded only since a later release. `dtype` has the value every earlier run
+# had (a model on a CPU always computed in float32); the others are taken as they are now,
+# once, and enforced from then on.
 _RECORDED_LATER = {"dtype": "float32"}
+_UNRECORDED_BEFORE = ("engine", "device", "data", "model_digest")
+
+
+def data_source(data: str | None) -> str:
+    """What a run's questions came from: a file (its name and content digest: the same file
+    in another checkout still resumes), the hub, or the task's default source."""
+    if data is None or data == "hub":
+        return data or "default"
+    path = Path(data).expanduser().resolve()
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return f"{path.name} sha256:{digest.hexdigest()[:16]}"
+
+
+def run_record(method: Method, task: Task, data: str | None) -> dict:
+    """Everything that decides a run's answers; a folder resumes only a run with the same."""
+    engines = sorted({engine.name for engine in method.engines.values()})
+    return {
+        "model": method.lm.name,
+        "model_digest": model_digest(method.lm),
+        "dtype": method.lm.dtype,
+        "device": method.lm.device.type,
+        "engine": "+".join(engines),
+        "task": task.name,
+        "data": data_source(data),
+        **method.describe(),
+        **asdict(method.sampling),
+    }
 
 
 def _check_same_run(out_dir: Path, settings: dict) -> None:
@@ -141,17 +181,35 @@ def _check_same_run(out_dir: Path, settings: dict) -> None:
     if path.is_file():
         try:
             before = json.loads(path.read_text())
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             before = None
-        if before is not None:
-            before = {**{k: v for k, v in _RECORDED_LATER.items() if k in settings}, **before}
-        if before is not None and before != settings:
-            changed = sorted(k for k in settings.keys() | before.keys() if before.get(k) != settings.get(k))
+        if not isinstance(before, dict):
             raise LatentMASError(
-                f"{out_dir} holds results of a run with other settings ({', '.join(changed)}); "
+                f"{path} is corrupt, so the results beside it cannot be checked against this run; "
+                "repair or remove it, or choose another --out"
+            )
+        recorded_later = {k: v for k, v in _RECORDED_LATER.items() if k in settings}
+        taken_now = {k: settings[k] for k in _UNRECORDED_BEFORE if k in settings and k not in before}
+        before = {**recorded_later, **taken_now, **before}
+        if before != settings:
+            changed = sorted(k for k in settings.keys() | before.keys() if before.get(k) != settings.get(k))
+            shown = "; ".join(f"{k}: {before.get(k)!r} then, {settings.get(k)!r} now" for k in changed)
+            raise LatentMASError(
+                f"{out_dir} holds results of a run with other settings ({shown}); "
                 "choose another --out to start a new run"
             )
     path.write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def _check_same_questions(done: dict[str, QuestionResult], examples: list[Example], out_dir: Path) -> None:
+    """An id answered before must still name the same question (another file may reuse ids)."""
+    for example in examples:
+        earlier = done.get(example.id)
+        if earlier is not None and (earlier.question, earlier.gold) != (example.question, example.gold):
+            raise LatentMASError(
+                f"{out_dir}/results.jsonl answered id {example.id!r} for another question or gold "
+                "answer (other data?); choose another --out to start a new run"
+            )
 
 
 def evaluate(
@@ -163,22 +221,23 @@ def evaluate(
     on_batch: Callable[[list[QuestionResult]], None] | None = None,
     trace_path: Path | None = None,
     trace_vectors: bool = False,
+    data: str | None = None,
 ) -> Summary:
     """Answer every example not already in `out_dir/results.jsonl`; write the summary.
 
     With `trace_path`, each answer's trace (LatentMAS with trace=True) is appended to that
     JSONL file as its batch finishes; with `trace_vectors` too, each question's raw vectors
-    go to `<trace>.vectors/<id>.npz`.
+    go to `<trace>.vectors/<id>.npz`. `data`: where the examples came from (a file, "hub",
+    or None for the task's default), recorded so that a rerun on other data cannot resume.
     """
     if batch_size < 1:
         raise LatentMASError("batch size must be >= 1")
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = {**method.describe(), **asdict(method.sampling)}
-    _check_same_run(
-        out_dir, {"model": method.lm.name, "dtype": method.lm.dtype, "task": task.name, **settings}
-    )
+    _check_same_run(out_dir, run_record(method, task, data))
     results_path = out_dir / "results.jsonl"
     done = {r.id: r for r in read_results(results_path)}
+    _check_same_questions(done, examples, out_dir)
     todo = [e for e in examples if e.id not in done]
     if batch_size > 1:
         # Similar lengths share a batch, so rows pad less. Results are batch-invariant,

@@ -70,6 +70,7 @@ class LlamaCppEngine:
     sized for the largest batch seen so far (`context` positions per row).
     """
 
+    name = "llamacpp"
     max_batch = None
 
     def __init__(

@@ -103,6 +103,7 @@ class LoadedModel:
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     name: str
+    source: str | None = None  # the folder or hub id the weights were read from
 
     @property
     def device(self) -> torch.device:
@@ -311,6 +312,22 @@ def _read_template(value: str) -> str:
     return value
 
 
+def model_digest(lm: LoadedModel) -> str | None:
+    """A short fingerprint of the weights a model was loaded from: its config and the names
+    and sizes of its weight files (cheap: no weight is read), or the hub snapshot it came
+    from. None for a model built in memory."""
+    if lm.source is None:
+        return None
+    folder = Path(lm.source)
+    if not folder.is_dir():
+        snapshot = try_to_load_from_cache(lm.source, "config.json")
+        return Path(snapshot).parent.name[:16] if isinstance(snapshot, str) else None
+    digest = hashlib.sha256((folder / "config.json").read_bytes())
+    for path in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+        digest.update(f"{path.name}:{path.stat().st_size}".encode())
+    return digest.hexdigest()[:16]
+
+
 def pick_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -392,4 +409,4 @@ def load_model(
     if not spread:
         model.to(target)
     model.eval()
-    return LoadedModel(model=model, tokenizer=tokenizer, name=display)
+    return LoadedModel(model=model, tokenizer=tokenizer, name=display, source=str(source))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,35 +16,56 @@ import transformers
 
 from . import __version__
 from .errors import LatentMASError
-from .evaluate import Summary
+from .evaluate import QuestionResult, Summary, read_results
 
 METHOD_ORDER = ["single", "text_mas", "latent_mas"]
 
 
-def read_runs(root: Path) -> list[Summary]:
-    """Every eval summary below `root`, read back into the dataclass `evaluate` wrote."""
+@dataclass
+class Run:
+    """One eval run: its summary and its answers by question id (results.jsonl beside it)."""
+
+    summary: Summary
+    answers: dict[str, QuestionResult]
+
+
+def read_runs(root: Path) -> list[Run]:
+    """Every eval run below `root`, read back into the dataclasses `evaluate` wrote."""
     if not root.is_dir():
         raise LatentMASError(f"not a folder: {root}")
     runs = []
     for path in sorted(root.rglob("summary.json")):
         try:
-            runs.append(Summary(**json.loads(path.read_text())))
+            summary = Summary(**json.loads(path.read_text()))
         except (json.JSONDecodeError, TypeError) as exc:
             raise LatentMASError(f"{path} is not a latentmas summary ({exc})") from exc
+        answers = {r.id: r for r in read_results(path.with_name("results.jsonl"))}
+        runs.append(Run(summary, answers))
     if not runs:
         raise LatentMASError(f"no summary.json below {root}; run `latentmas eval --out {root}` first")
     return runs
 
 
-def _order(run: Summary) -> tuple:
-    return (run.task, METHOD_ORDER.index(run.method) if run.method in METHOD_ORDER else 99, run.method)
+def _order(run: Run) -> tuple:
+    method = run.summary.method
+    return (run.summary.task, METHOD_ORDER.index(method) if method in METHOD_ORDER else 99, method)
 
 
-def comparison(runs: list[Summary]) -> list[dict]:
-    """One row per task and method, with latent_mas's speedup and token reduction over text_mas."""
-    text = {r.task: r for r in runs if r.method == "text_mas"}
+_PAIRED_SETTINGS = ("topology", "max_new_tokens", "temperature", "top_p", "seed")
+
+
+def _pair_key(summary: Summary) -> tuple:
+    """What a latent_mas run and its text_mas baseline must share to be compared."""
+    return (summary.task, summary.model, *(summary.settings.get(k) for k in _PAIRED_SETTINGS))
+
+
+def comparison(runs: list[Run]) -> list[dict]:
+    """One row per run, with latent_mas's speedup and token reduction over the text_mas run
+    of the same task, model and settings, computed on the questions both answered."""
+    text = {_pair_key(r.summary): r for r in runs if r.summary.method == "text_mas"}
     rows = []
-    for r in sorted(runs, key=_order):
+    for run in sorted(runs, key=_order):
+        r = run.summary
         row = {
             "task": r.task,
             "method": r.method,
@@ -51,14 +73,22 @@ def comparison(runs: list[Summary]) -> list[dict]:
             "accuracy": r.accuracy,
             "output_tokens_mean": r.output_tokens_mean,
             "seconds": r.seconds_total,
+            "paired_n": None,
             "speedup_vs_text_mas": None,
             "token_reduction_vs_text_mas": None,
         }
-        base = text.get(r.task)
-        if r.method == "latent_mas" and base is not None and r.seconds_total > 0:
-            row["speedup_vs_text_mas"] = base.seconds_total / r.seconds_total
-            if base.output_tokens_mean > 0:
-                row["token_reduction_vs_text_mas"] = 1 - r.output_tokens_mean / base.output_tokens_mean
+        base = text.get(_pair_key(r))
+        shared = sorted(run.answers.keys() & base.answers.keys()) if base is not None else []
+        if r.method == "latent_mas" and shared:
+            mine = [run.answers[i] for i in shared]
+            theirs = [base.answers[i] for i in shared]
+            row["paired_n"] = len(shared)
+            seconds = sum(a.seconds for a in mine)
+            if seconds > 0:
+                row["speedup_vs_text_mas"] = sum(a.seconds for a in theirs) / seconds
+            tokens = sum(a.output_tokens for a in theirs)
+            if tokens > 0:
+                row["token_reduction_vs_text_mas"] = 1 - sum(a.output_tokens for a in mine) / tokens
         rows.append(row)
     return rows
 
@@ -72,6 +102,7 @@ def _cell(value) -> str:
 
 
 def plot(runs: list[Summary], out: Path) -> list[Path]:
+    """Accuracy against decoded tokens, and seconds per question, per method and task."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -133,7 +164,8 @@ def write_report(root: Path) -> Path:
     """Write root/report.md and the plots; return the report's path."""
     runs = read_runs(root)
     rows = comparison(runs)
-    images = plot(runs, root)
+    summaries = [run.summary for run in sorted(runs, key=_order)]
+    images = plot(summaries, root)
     columns = [
         "task",
         "method",
@@ -141,13 +173,14 @@ def write_report(root: Path) -> Path:
         "accuracy",
         "output_tokens_mean",
         "seconds",
+        "paired_n",
         "speedup_vs_text_mas",
         "token_reduction_vs_text_mas",
     ]
     lines = [
         "# latentmas evaluation report",
         "",
-        f"- models: {', '.join(sorted({r.model for r in runs}))}",
+        f"- models: {', '.join(sorted({r.model for r in summaries}))}",
         f"- latentmas {__version__}, torch {torch.__version__}, transformers {transformers.__version__}, "
         f"Python {platform.python_version()} on {platform.machine()}",
         "",
@@ -156,14 +189,12 @@ def write_report(root: Path) -> Path:
         *("| " + " | ".join(_cell(row[c]) for c in columns) + " |" for row in rows),
         "",
         "speedup = text_mas seconds / latent_mas seconds; token reduction = 1 - latent_mas / text_mas "
-        "decoded tokens (same task, same questions).",
+        "decoded tokens; both on the paired_n questions the two runs answered (same task, model and "
+        "settings).",
         "",
         "## Settings (sampling, seeds)",
         "",
-        *(
-            f"- {r.task} · {r.method}: `{json.dumps(r.settings, sort_keys=True)}`"
-            for r in sorted(runs, key=_order)
-        ),
+        *(f"- {r.task} · {r.method}: `{json.dumps(r.settings, sort_keys=True)}`" for r in summaries),
         "",
         *(f"![{p.stem}]({p.name})" for p in images),
         "",
