@@ -150,3 +150,17 @@ def test_real_prompts_begin_with_the_shared_prefix(embedded):
         method.solve(questions, "Put the final answer in \\boxed{}.")
         kept = method.engine.prefixes.kept
         assert len(kept) == roles and all(len(prefix) >= 40 for prefix in kept)
+
+
+def test_the_llamacpp_engine_finds_every_built_in_gguf_and_expands_home(monkeypatch, tmp_path):
+    """One GGUF lookup for every engine: built-in names (the Qwen models too) and `~/x.gguf`."""
+    from latentmas.spec import _gguf_file
+
+    assert _gguf_file(None) == models.embedded_gguf_path()
+    monkeypatch.setattr(models, "parted_gguf_path", lambda spec: tmp_path / spec.gguf)
+    assert _gguf_file("qwen2.5-coder-0.5b").name == "Qwen2.5-Coder-0.5B-Instruct-Q4_K_M.gguf"
+    assert _gguf_file("qwen2.5-coder-1.5b").name == "Qwen2.5-Coder-1.5B-Instruct-Q4_K_M.gguf"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert _gguf_file("~/m.gguf") == tmp_path / "m.gguf"
+    with pytest.raises(LatentMASError, match="needs a GGUF model"):
+        _gguf_file("Qwen/Qwen3-4B")

@@ -14,7 +14,7 @@ from pathlib import Path
 from .engine import Sampling
 from .errors import LatentMASError
 from .methods import MEMORY_MODES, METHODS, LatentMAS, Method, SingleAgent, TextMAS, parse_latent_steps
-from .models import DTYPES, EMBEDDED_MODEL, LoadedModel, embedded_gguf_path, load_model
+from .models import DTYPES, LoadedModel, gguf_for, load_model
 from .realign import REALIGN_MODES
 from .roles import TOPOLOGIES, topology_roles
 
@@ -193,11 +193,11 @@ def build_solver(spec: RunSpec, lm: LoadedModel | None = None) -> Method:
 
 
 def _gguf_file(model: str | None) -> Path:
-    if model in (None, "", "embedded", EMBEDDED_MODEL):
-        return embedded_gguf_path()
-    if str(model).endswith(".gguf"):
-        return Path(model)
-    raise LatentMASError("--engine llamacpp needs a GGUF model (or the embedded one)")
+    """The GGUF file behind a model name: the one lookup `models` does for every engine."""
+    path = gguf_for(model)
+    if path is None:
+        raise LatentMASError("--engine llamacpp needs a GGUF model (a .gguf file or a built-in model)")
+    return path
 
 
 def _heterogeneous(spec: RunSpec, lm: LoadedModel) -> Method:
