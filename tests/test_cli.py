@@ -375,3 +375,26 @@ def test_code_grading_refuses_before_loading_a_model_where_code_cannot_be_confin
     )
     assert code == 2 and "needs Landlock" in err and "--unsafe-exec" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in out + err
+
+
+def test_tasks_lists_twelve_benchmarks(monkeypatch, capsys):
+    code, out, _ = cli(monkeypatch, capsys, "tasks")
+    assert code == 0
+    for name in (*PAPER_TASKS, "aqua", "hellaswag", "bbh"):
+        assert name in out
+
+
+def test_bbh_eval_reports_each_subtask_and_their_macro_average(monkeypatch, capsys, model_dir, tmp_path):
+    from pathlib import Path
+
+    fixture = Path(__file__).parent / "fixtures" / "bbh.jsonl"
+    out_dir = tmp_path / "bbh"
+    args = ["eval", "--task", "bbh", "--data", fixture, "--method", "single", "--model", model_dir]
+    code, out, _ = cli(monkeypatch, capsys, *args, "--max-new-tokens", "3", "--out", out_dir)
+    assert code == 0, out
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert len(summary["by_group"]) == 8 and all(g["n"] == 1 for g in summary["by_group"].values())
+    expected = sum(g["accuracy"] for g in summary["by_group"].values()) / 8
+    assert summary["macro_accuracy"] == expected and "macro average over 8 subtasks" in out
+    code, _, _ = cli(monkeypatch, capsys, "report", out_dir)
+    assert code == 0 and "macro average" in (out_dir / "report.md").read_text()

@@ -24,7 +24,9 @@ def _ours_and_generates(lm, questions: list[str]) -> tuple[list[list[int]], list
         return real_prefill(memory, batch_prompts, *args, **kwargs)
 
     method.engine.prefill = recording_prefill
-    method.solve(questions, "Put the final answer in \\boxed{}.", on_token=lambda row, t: tokens[row].append(t))
+    method.solve(
+        questions, "Put the final answer in \\boxed{}.", on_token=lambda row, t: tokens[row].append(t)
+    )
     stops = sorted(method.engine.stop_ids)
     theirs = []
     for prompt in prompts:

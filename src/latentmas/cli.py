@@ -148,6 +148,10 @@ def eval_(
         options = {"trace_path": trace, "trace_vectors": trace_vectors, "data": data}
         summaries.append(run_pair(solver, bench, examples[bench.name], folder, batch_size, **options))
     console.print(summary_table(f"{lm.name} (token and step columns: means per question)", summaries))
+    for sm in (sm for sm in summaries if sm.macro_accuracy is not None):
+        console.print(
+            f"{sm.task} · {sm.method}: macro average over {len(sm.by_group)} subtasks {sm.macro_accuracy:.1%}"
+        )
     where = f"{root}/results.jsonl" if len(pairs) == 1 else f"{root}/<task>/<method>/"
     console.print(f"results in {where}; `latentmas report {root}` draws the table and plots")
 

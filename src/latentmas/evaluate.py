@@ -40,6 +40,7 @@ class QuestionResult:
     seconds: float
     agents: list[AgentStep] = field(default_factory=list)
     settings: dict = field(default_factory=dict)  # method, topology, latent steps, sampling, seed
+    group: str = ""  # the example's subtask (BBH), for per-subtask accuracy
 
     @classmethod
     def from_json(cls, row: dict) -> QuestionResult:
@@ -60,6 +61,8 @@ class Summary:
     seconds_total: float
     batch_size: int
     settings: dict
+    by_group: dict[str, dict] = field(default_factory=dict)  # subtask -> {n, accuracy}
+    macro_accuracy: float | None = None  # the mean of the subtasks' accuracies
 
 
 def read_results(path: Path) -> list[QuestionResult]:
@@ -119,6 +122,11 @@ def summarize(results: list[QuestionResult], method: Method, task: Task, batch_s
     def mean(values: list[float]) -> float:
         return sum(values) / n if n else 0.0
 
+    groups: dict[str, list[bool]] = {}
+    for r in results:
+        if r.group:
+            groups.setdefault(r.group, []).append(r.correct)
+    by_group = {g: {"n": len(v), "accuracy": sum(v) / len(v)} for g, v in sorted(groups.items())}
     return Summary(
         method=method.name,
         model=method.lm.name,
@@ -131,6 +139,8 @@ def summarize(results: list[QuestionResult], method: Method, task: Task, batch_s
         seconds_total=sum(r.seconds for r in results),
         batch_size=batch_size,
         settings={**method.describe(), **asdict(method.sampling)},  # the same as every result's
+        by_group=by_group,
+        macro_accuracy=sum(g["accuracy"] for g in by_group.values()) / len(by_group) if by_group else None,
     )
 
 
@@ -272,6 +282,7 @@ def evaluate(
                     seconds=share,
                     agents=answer.agents,
                     settings=settings,
+                    group=example.group,
                 )
                 sink.write(json.dumps(asdict(result)) + "\n")
                 if trace_sink is not None and answer.trace is not None:

@@ -69,7 +69,22 @@ def extract_choice(text: str, options: list[str]) -> str | None:
     or in parentheses; in prose ('the answer is a city') it is the article. An answer that
     names two different options gets None.
     """
-    letters = [chr(ord("A") + i) for i in range(len(options))]
+    named = extract_letter(text, len(options))
+    if named != "":
+        return named
+    return option_by_text(text, options)
+
+
+def option_by_text(text: str, options: list[str]) -> str | None:
+    """The one option whose text the answer contains; None when none or several."""
+    mentioned = {chr(ord("A") + i) for i, o in enumerate(options) if o and o.lower() in text.lower()}
+    return mentioned.pop() if len(mentioned) == 1 else None
+
+
+def extract_letter(text: str, count: int) -> str | None:
+    """The letter (of the first `count`) an answer names; None when it names several, ""
+    when it names none (so the caller may look for the option's text or value)."""
+    letters = [chr(ord("A") + i) for i in range(count)]
     upper = "".join(letters)
     both = upper + upper.lower()
     letter = rf"(?:\(([{both}])\)|\b([{upper}])\b)"  # (b) or (B) or a bare capital B
@@ -96,5 +111,4 @@ def extract_choice(text: str, options: list[str]) -> str | None:
             return marked_letters.pop()
         if len(marked_letters) > 1:
             return None
-    mentioned = {letters[i] for i, option in enumerate(options) if option and option.lower() in text.lower()}
-    return mentioned.pop() if len(mentioned) == 1 else None
+    return ""

@@ -160,6 +160,23 @@ def plot(runs: list[Summary], out: Path) -> list[Path]:
     return [accuracy_png, time_png]
 
 
+def _per_group(summaries: list[Summary]) -> list[str]:
+    """Accuracy per subtask (BBH) and the subtasks' macro average, where a run has subtasks."""
+    grouped = [r for r in summaries if r.by_group]
+    if not grouped:
+        return []
+    lines = ["## Per subtask", "", "| task | method | subtask | n | accuracy |", "|---|---|---|---|---|"]
+    for r in grouped:
+        lines += [
+            f"| {r.task} | {r.method} | {g} | {v['n']} | {_cell(v['accuracy'])} |"
+            for g, v in r.by_group.items()
+        ]
+        lines.append(
+            f"| {r.task} | {r.method} | **macro average** | {len(r.by_group)} subtasks | {_cell(r.macro_accuracy)} |"
+        )
+    return [*lines, ""]
+
+
 def write_report(root: Path) -> Path:
     """Write root/report.md and the plots; return the report's path."""
     runs = read_runs(root)
@@ -192,6 +209,7 @@ def write_report(root: Path) -> Path:
         "decoded tokens; both on the paired_n questions the two runs answered (same task, model and "
         "settings).",
         "",
+        *_per_group(summaries),
         "## Settings (sampling, seeds)",
         "",
         *(f"- {r.task} · {r.method}: `{json.dumps(r.settings, sort_keys=True)}`" for r in summaries),

