@@ -167,3 +167,48 @@ def test_endings_tell_format_failures_from_wrong_maths():
     e = quality.endings(results, max_new_tokens=64)
     assert (e.boxed, e.correct_when_boxed) == (2, 1)
     assert (e.hit_limit, e.stopped_unanswered, e.repetitive) == (1, 2, 1)
+
+
+def test_holm_adjustment_matches_the_step_down_definition():
+    from latentmas.stats import holm_adjust
+
+    # sorted 0.01, 0.02, 0.04 -> 3 x 0.01, 2 x 0.02, max(0.04, previous); order kept
+    assert holm_adjust([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    assert holm_adjust([0.5, 0.6]) == [1.0, 1.0]
+    assert holm_adjust([]) == []
+
+
+def test_scale_table_pairs_each_model_against_its_own_baselines(tmp_path, capsys):
+    """Two fake 'models' whose latent_mas differs from single on different questions; the
+    table pairs within a model, never across, and adjusts over the configurations."""
+    import importlib.util
+    from dataclasses import asdict
+
+    from latentmas.evaluate import QuestionResult
+
+    def write(folder, config, right):
+        path = folder / "gsm8k" / config.replace("[", "-").replace("]", "").replace("=", "") / "results.jsonl"
+        path.parent.mkdir(parents=True)
+        rows = [QuestionResult(f"gsm8k-{i}", "q", "1", "1", ok, "", 1, 10, 0, 1.0) for i, ok in enumerate(right)]
+        path.write_text("".join(json.dumps(asdict(r)) + "\n" for r in rows))
+
+    small, large = tmp_path / "small", tmp_path / "large"
+    write(small, "single", [True] * 10 + [False] * 10)
+    write(small, "latent_mas", [False] * 10 + [False] * 10)
+    write(small, "latent_mas[m=0]", [True] * 10 + [False] * 10)
+    write(large, "single", [True] * 20)
+    write(large, "latent_mas", [True] * 20)
+    write(large, "latent_mas[m=0]", [True] * 20)
+    spec = importlib.util.spec_from_file_location("scale", Path(__file__).resolve().parents[1] / "benchmarks" / "scale.py")
+    scale = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scale)
+    out = tmp_path / "out"
+    models = f"small={small},large={large}"
+    assert scale.main(["--models", models, "--configs", "single,latent_mas,latent_mas[m=0]", "--out", str(out)]) == 0
+    rows = json.loads((out / "scale.json").read_text())["gsm8k"]
+    small_latent = next(r for r in rows if r["model"] == "small" and r["config"] == "latent_mas")
+    assert small_latent["vs single"]["only_baseline"] == 10 and small_latent["vs single"]["p"] < 0.01
+    assert small_latent["vs single"]["p_holm"] == pytest.approx(min(1.0, 2 * small_latent["vs single"]["p"]))
+    large_latent = next(r for r in rows if r["model"] == "large" and r["config"] == "latent_mas")
+    assert large_latent["vs single"]["p"] == 1.0 and large_latent["accuracy"] == 1.0
+    assert (out / "scale-gsm8k.png").is_file()

@@ -85,3 +85,19 @@ def compare_over_seeds(a: list[dict[str, bool]], b: list[dict[str, bool]]) -> Pa
     acc_a = sum(share(a, i) for i in ids) / n if n else 0.0
     acc_b = sum(share(b, i) for i in ids) / n if n else 0.0
     return PairedComparison(n, acc_a, acc_b, only_a, only_b, mcnemar_exact(only_a, only_b))
+
+
+def holm_adjust(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment of several p-values (same order as given).
+
+    Testing k configurations against one baseline at 0.05 each would call one in k/20 a
+    difference by chance; Holm keeps the chance of any false call at 0.05 without assuming
+    the tests are independent.
+    """
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted = [0.0] * len(p_values)
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted

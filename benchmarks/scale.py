@@ -1,0 +1,223 @@
+"""Side by side: the same quality configurations on two models (scale), or on one model in
+two runs that should agree (float32 against bfloat16). Reads the folders that
+`benchmarks/quality.py` writes; runs nothing.
+
+    # the scale table: accuracy at each size, paired tests against single and against m = 0
+    # on each model (exact McNemar, raw and Holm-adjusted across the configurations), a plot
+    python benchmarks/scale.py --models "0.5B=benchmarks/results/quality,1.5B=benchmarks/results/quality-1.5b"
+
+    # do two runs of the same configurations agree? (e.g. float32 against bfloat16)
+    python benchmarks/scale.py --pairs "float32=benchmarks/results/quality,bfloat16=benchmarks/results/quality-0.5b-bf16" \
+        --configs single,latent_mas
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from quality import folder_name, split_configs  # noqa: E402
+
+from latentmas.evaluate import read_results  # noqa: E402
+from latentmas.stats import compare_paired, holm_adjust, wilson_interval  # noqa: E402
+
+DEFAULT_CONFIGS = "single,text_mas,latent_mas,latent_mas[m=0],latent_mas[m=1],latent_mas[realign=none]"
+BASELINES = ("single", "latent_mas[m=0]")
+
+
+def load(folder: Path, task: str, config: str) -> dict:
+    """A configuration's results by question id, on the first `limit` questions by id order
+    of the task (the quality runs answer the first N of the same file)."""
+    results = read_results(folder / task / folder_name(config, 0, False) / "results.jsonl")
+    return {r.id: r for r in results}
+
+
+def _keep_first(rows: dict, ids: list[str] | None) -> dict:
+    return rows if ids is None else {i: rows[i] for i in ids if i in rows}
+
+
+def scale_table(models: dict[str, Path], task: str, configs: list[str], limit: int) -> tuple[str, list[dict]]:
+    rows = []
+    for model, folder in models.items():
+        answers = {c: load(folder, task, c) for c in configs}
+        order = _first_ids(answers, limit)
+        answers = {c: _keep_first(a, order) for c, a in answers.items()}
+        correct = {c: {i: r.correct for i, r in a.items()} for c, a in answers.items()}
+        versus = {}
+        for base in BASELINES:
+            others = [c for c in configs if c != base and correct.get(c) and correct.get(base)]
+            tests = {c: compare_paired(correct[c], correct[base]) for c in others}
+            adjusted = dict(zip(others, holm_adjust([t.p_value for t in tests.values()])))
+            versus[base] = {c: (tests[c], adjusted[c]) for c in others}
+        for config in configs:
+            a = answers[config]
+            if not a:
+                continue
+            n, k = len(a), sum(r.correct for r in a.values())
+            low, high = wilson_interval(k, n)
+            row = {
+                "model": model,
+                "config": config,
+                "n": n,
+                "accuracy": k / n,
+                "ci": [low, high],
+                "tokens": sum(r.output_tokens for r in a.values()) / n,
+                "seconds": sum(r.seconds for r in a.values()) / n,
+            }
+            for base in BASELINES:
+                test = versus[base].get(config)
+                row[f"vs {base}"] = (
+                    None
+                    if test is None
+                    else {
+                        "n": test[0].n,
+                        "difference": test[0].difference,
+                        "only_config": test[0].only_a,
+                        "only_baseline": test[0].only_b,
+                        "p": test[0].p_value,
+                        "p_holm": test[1],
+                    }
+                )
+            rows.append(row)
+
+    def cell(v) -> str:
+        if v is None:
+            return "—"
+        return f"{100 * v['difference']:+.1f} ({v['only_config']}/{v['only_baseline']}; p {v['p']:.3f}, Holm {v['p_holm']:.3f})"
+
+    lines = [
+        f"### {task}: accuracy at each size (first {limit} questions; vs = points, discordant config/baseline, "
+        "exact McNemar p, Holm-adjusted across the configurations)",
+        "",
+        "| model | config | n | accuracy % [95% CI] | vs single | vs m = 0 | decoded tokens/q | s/q |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['config']} | {r['n']} | {100 * r['accuracy']:.1f} "
+            f"[{100 * r['ci'][0]:.1f}, {100 * r['ci'][1]:.1f}] | {cell(r['vs single'])} | "
+            f"{cell(r['vs latent_mas[m=0]'])} | {r['tokens']:.0f} | {r['seconds']:.1f} |"
+        )
+    return "\n".join(lines), rows
+
+
+def _first_ids(answers: dict[str, dict], limit: int) -> list[str] | None:
+    """The ids of the first `limit` questions: ids end in their row index (gsm8k-12,
+    HumanEval/12), so they sort back into file order."""
+    ids = set().union(*(a.keys() for a in answers.values()))
+
+    def index(i: str) -> tuple:
+        tail = i.rsplit("-", 1)[-1].rsplit("/", 1)[-1]
+        return (int(tail), i) if tail.isdigit() else (10**9, i)
+
+    return sorted(ids, key=index)[:limit]
+
+
+def pairs_table(runs: dict[str, Path], task: str, configs: list[str], limit: int) -> tuple[str, list[dict]]:
+    (name_a, folder_a), (name_b, folder_b) = runs.items()
+    lines = [
+        f"### {task}: {name_a} against {name_b} on the same questions (first {limit})",
+        "",
+        f"| config | n | {name_a} % | {name_b} % | difference (pts) | right only in {name_a} / only in {name_b} "
+        "| exact McNemar p | identical final texts |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    rows = []
+    for config in configs:
+        a, b = load(folder_a, task, config), load(folder_b, task, config)
+        order = _first_ids({"a": a, "b": b}, limit)
+        a, b = _keep_first(a, order), _keep_first(b, order)
+        shared = sorted(a.keys() & b.keys())
+        if not shared:
+            continue
+        test = compare_paired({i: a[i].correct for i in shared}, {i: b[i].correct for i in shared})
+        same = sum(a[i].final_text == b[i].final_text for i in shared)
+        rows.append(
+            {"config": config, "n": test.n, **{k: getattr(test, k) for k in ("only_a", "only_b", "p_value")}}
+        )
+        lines.append(
+            f"| {config} | {test.n} | {100 * test.accuracy_a:.1f} | {100 * test.accuracy_b:.1f} | "
+            f"{100 * test.difference:+.1f} | {test.only_a} / {test.only_b} | {test.p_value:.3f} | "
+            f"{same}/{test.n} |"
+        )
+    return "\n".join(lines), rows
+
+
+def plot(rows: list[dict], path: Path, task: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for config in dict.fromkeys(r["config"] for r in rows):
+        mine = [r for r in rows if r["config"] == config]
+        xs = [models.index(r["model"]) for r in mine]
+        ys = [100 * r["accuracy"] for r in mine]
+        errors = [
+            [y - 100 * r["ci"][0] for y, r in zip(ys, mine)],
+            [100 * r["ci"][1] - y for y, r in zip(ys, mine)],
+        ]
+        ax.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label=config)
+    ax.set_xticks(range(len(models)), models)
+    ax.set(
+        xlabel="model size", ylabel="accuracy % (95% Wilson CI)", title=f"{task}: accuracy against model size"
+    )
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def parse_named(text: str) -> dict[str, Path]:
+    named = {}
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        name, sep, folder = item.partition("=")
+        if not sep:
+            raise SystemExit(f"error: expected NAME=FOLDER, not {item!r}")
+        named[name] = Path(folder)
+    return named
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--models", help="NAME=FOLDER,NAME=FOLDER: quality folders of two (or more) models")
+    group.add_argument("--pairs", help="NAME=FOLDER,NAME=FOLDER: two runs that should agree")
+    parser.add_argument("--tasks", default="gsm8k")
+    parser.add_argument("--configs", default=DEFAULT_CONFIGS)
+    parser.add_argument("--limit", type=int, default=200)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scale"))
+    args = parser.parse_args(argv)
+    configs = split_configs(args.configs)
+    texts, payload = [], {}
+    for task in filter(None, (t.strip() for t in args.tasks.split(","))):
+        if args.models:
+            text, rows = scale_table(parse_named(args.models), task, configs, args.limit)
+            if rows:
+                args.out.mkdir(parents=True, exist_ok=True)
+                plot(rows, args.out / f"scale-{task}.png", task)
+        else:
+            named = parse_named(args.pairs)
+            if len(named) != 2:
+                raise SystemExit("error: --pairs takes exactly two runs")
+            text, rows = pairs_table(named, task, configs, args.limit)
+        texts.append(text)
+        payload[task] = rows
+    print("\n\n".join(texts))
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "scale" if args.models else "pairs"
+    (args.out / f"{stem}.md").write_text("\n\n".join(texts) + "\n")
+    (args.out / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"\nwrote {args.out}/{stem}.md and {stem}.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
