@@ -251,3 +251,14 @@ def test_a_run_recorded_before_dtypes_were_recorded_resumes_in_float32_only(tmp_
     (tmp_path / "run.json").write_text(json.dumps(legacy))
     with pytest.raises(LatentMASError, match="dtype"):
         evaluate(SingleAgent(_bf16(tiny_loaded("llama")), method.sampling), task, examples, tmp_path)
+
+
+def test_bf16_support_is_read_from_the_cpu_flags(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 amx_tile\n")
+    assert models.cpu_computes_bfloat16(info)
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n")
+    assert not models.cpu_computes_bfloat16(info)
+    info.write_text("processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n")  # Arm
+    assert models.cpu_computes_bfloat16(info)
+    assert not models.cpu_computes_bfloat16(tmp_path / "missing")

@@ -189,7 +189,9 @@ def test_scale_table_pairs_each_model_against_its_own_baselines(tmp_path, capsys
     def write(folder, config, right):
         path = folder / "gsm8k" / config.replace("[", "-").replace("]", "").replace("=", "") / "results.jsonl"
         path.parent.mkdir(parents=True)
-        rows = [QuestionResult(f"gsm8k-{i}", "q", "1", "1", ok, "", 1, 10, 0, 1.0) for i, ok in enumerate(right)]
+        rows = [
+            QuestionResult(f"gsm8k-{i}", "q", "1", "1", ok, "", 1, 10, 0, 1.0) for i, ok in enumerate(right)
+        ]
         path.write_text("".join(json.dumps(asdict(r)) + "\n" for r in rows))
 
     small, large = tmp_path / "small", tmp_path / "large"
@@ -199,12 +201,17 @@ def test_scale_table_pairs_each_model_against_its_own_baselines(tmp_path, capsys
     write(large, "single", [True] * 20)
     write(large, "latent_mas", [True] * 20)
     write(large, "latent_mas[m=0]", [True] * 20)
-    spec = importlib.util.spec_from_file_location("scale", Path(__file__).resolve().parents[1] / "benchmarks" / "scale.py")
+    spec = importlib.util.spec_from_file_location(
+        "scale", Path(__file__).resolve().parents[1] / "benchmarks" / "scale.py"
+    )
     scale = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(scale)
     out = tmp_path / "out"
     models = f"small={small},large={large}"
-    assert scale.main(["--models", models, "--configs", "single,latent_mas,latent_mas[m=0]", "--out", str(out)]) == 0
+    assert (
+        scale.main(["--models", models, "--configs", "single,latent_mas,latent_mas[m=0]", "--out", str(out)])
+        == 0
+    )
     rows = json.loads((out / "scale.json").read_text())["gsm8k"]
     small_latent = next(r for r in rows if r["model"] == "small" and r["config"] == "latent_mas")
     assert small_latent["vs single"]["only_baseline"] == 10 and small_latent["vs single"]["p"] < 0.01

@@ -242,3 +242,89 @@ def test_request_schema_fuzz_never_gets_a_server_error():
 
     fuzz()
     assert 200 in statuses and any(400 <= code < 500 for code in statuses)  # both kinds were exercised
+
+
+# --- Slots, cancellation, seeds, system messages, streaming text, bounds --------------------
+
+
+def test_a_streaming_request_whose_generator_never_starts_frees_its_slot(server, lm):
+    """The scheduler, not the HTTP generator, owns the slot: a stream nobody reads (its
+    client left before the response began) still gives its slot back."""
+    import asyncio
+
+    from latentmas.scheduler import Job
+
+    batcher = server.app.state.batcher
+    loop = asyncio.new_event_loop()
+    try:
+        spec = RunSpec(method="single", max_new_tokens=2)
+        job = Job("hi", spec, loop, loop.create_future(), asyncio.Queue())
+        batcher.submit(job)
+        loop.run_until_complete(asyncio.wait_for(job.done, 60))
+        deadline = time.monotonic() + 10
+        while batcher.in_flight != 0:
+            assert time.monotonic() < deadline, "the slot leaked"
+            time.sleep(0.02)
+    finally:
+        loop.close()
+
+
+def test_a_batch_whose_rows_are_all_cancelled_stops_at_the_next_agent(lm, monkeypatch):
+    from latentmas.methods import SolveCancelled
+
+    method = build_solver(RunSpec(method="latent_mas", latent_steps="2", max_new_tokens=4), lm)
+    prefills = []
+    real = method.engine.prefill
+    monkeypatch.setattr(method.engine, "prefill", lambda *a, **k: (prefills.append(1), real(*a, **k))[1])
+    with pytest.raises(SolveCancelled):
+        method.solve(["q1", "q2"], keep_going=lambda row: len(prefills) < 1)  # cancelled after the planner
+    assert len(prefills) == 1  # the critic never started
+    assert method.solve(["q1"], keep_going=lambda row: True)[0].output_tokens > 0
+
+
+def test_requests_without_a_seed_get_different_seeds(server, monkeypatch):
+    batcher = server.app.state.batcher
+    seen = []
+    submit = batcher.submit
+    monkeypatch.setattr(batcher, "submit", lambda job: (seen.append(job.spec.seed), submit(job))[1])
+    body = {"messages": [{"role": "user", "content": "hi"}], "temperature": 1.0, "max_tokens": 2}
+    for _ in range(3):
+        assert httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60).status_code == 200
+    assert len(set(seen)) == 3
+    httpx.post(f"{server.url}/v1/chat/completions", json={**body, "seed": 7}, timeout=60)
+    assert seen[-1] == 7
+
+
+def test_system_messages_reach_the_agents():
+    from latentmas.server import Message, question_from_messages
+
+    question = question_from_messages(
+        [Message(role="system", content="Answer in French."), Message(role="user", content="What is 2+2?")]
+    )
+    assert "Answer in French." in question and question.endswith("What is 2+2?")
+
+
+def test_streamed_text_is_decoded_a_window_at_a_time_and_equals_the_whole(monkeypatch):
+    from latentmas.models import load_model
+    from latentmas.server import IncrementalText
+
+    tokenizer = load_model(None, device="cpu", dtype="float32").tokenizer
+    text = "Héllo wörld, 你好 🙂 — a longer line\n  with  spaces and émojis 🎉 at the end."
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    lengths = []
+    decode = tokenizer.decode
+    monkeypatch.setattr(tokenizer, "decode", lambda t, **k: (lengths.append(len(t)), decode(t, **k))[1])
+    stream = IncrementalText(tokenizer)
+    assert "".join(stream.add(t) for t in ids) == decode(ids, skip_special_tokens=True)
+    assert len(ids) > 20 and max(lengths) <= IncrementalText.WINDOW + 4  # never the whole text
+
+
+def test_request_bounds_are_runspecs_bounds(server):
+    url = f"{server.url}/v1/chat/completions"
+    hi = [{"role": "user", "content": "hi"}]
+    assert (
+        httpx.post(url, json={"messages": hi, "temperature": 3.0, "max_tokens": 2}, timeout=60).status_code
+        == 200
+    )
+    assert httpx.post(url, json={"messages": hi, "temperature": 10.5}).status_code == 400
+    assert httpx.post(url, json={"messages": hi, "max_tokens": 40000}).status_code == 400

@@ -37,6 +37,11 @@ from .roles import (
     topology_roles,
 )
 
+
+class SolveCancelled(Exception):
+    """Every row of a batch was cancelled (`keep_going`), so it stopped between agents."""
+
+
 if TYPE_CHECKING:
     from .trace import Trace
 
@@ -180,12 +185,18 @@ class Method:
         return {"method": self.name}
 
     def solve(
-        self, questions: list[str], answer_format: str = "", on_token: TokenCallback | None = None
+        self,
+        questions: list[str],
+        answer_format: str = "",
+        on_token: TokenCallback | None = None,
+        keep_going: Callable[[int], bool] | None = None,
     ) -> list[Answer]:
         """Answer a batch of questions; results do not depend on the batch's make-up.
 
         `on_token(row, token_id)` receives the final agent's tokens as they are decoded.
-        Engines that hold fewer rows than the batch get it in slices.
+        `keep_going(row)` is asked before each agent: when no row wants to go on, the batch
+        stops there with `SolveCancelled` (a server's clients all went away). Engines that
+        hold fewer rows than the batch get it in slices.
         """
         if not questions:
             return []
@@ -196,10 +207,17 @@ class Method:
             for start in range(0, len(questions), size):
                 rows = questions[start : start + size]
                 shifted = None if on_token is None else partial(_shift_row, on_token, start)
-                answers += self._run(rows, answer_format, shifted)
+                wanted = None if keep_going is None else partial(_shifted_keep_going, keep_going, start)
+                answers += self._run(rows, answer_format, shifted, wanted)
         return answers
 
-    def _run(self, questions: list[str], answer_format: str, on_token: TokenCallback | None) -> list[Answer]:
+    def _run(
+        self,
+        questions: list[str],
+        answer_format: str,
+        on_token: TokenCallback | None,
+        keep_going: Callable[[int], bool] | None = None,
+    ) -> list[Answer]:
         """The loop: per agent, (new memory,) prompt, think, maybe decode; observers watch."""
         batch, last = len(questions), len(self.roles) - 1
         answers = [Answer(final_text="") for _ in questions]
@@ -214,6 +232,8 @@ class Method:
         conversations: list[list[list[int]]] = []
         first = 0  # index of the first role of the current engine's shared conversation
         for index, role in enumerate(self.roles):
+            if keep_going is not None and not any(keep_going(row) for row in range(batch)):
+                raise SolveCancelled(f"every row was cancelled before the {role.name}")
             engine, final = self.engines[role.name], index == last
             start = time.perf_counter()
             prefix: list[int] = []
@@ -369,6 +389,10 @@ def common_prefix(prompts: list[list[int]]) -> list[int]:
     while all(len(p) > length and p[length] == first[length] for p in prompts):
         length += 1
     return first[:length]
+
+
+def _shifted_keep_going(keep_going: Callable[[int], bool], offset: int, row: int) -> bool:
+    return keep_going(row + offset)
 
 
 def _shift_row(callback: TokenCallback, offset: int, row: int, token: int) -> bool | None:

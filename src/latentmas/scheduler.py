@@ -15,9 +15,13 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from .methods import Answer, Method
+from .methods import Answer, Method, SolveCancelled
 from .models import LoadedModel
 from .spec import RunSpec, build_solver
+
+
+class Cancelled(Exception):
+    """The request's client went away before its answer was ready."""
 
 
 @dataclass
@@ -72,14 +76,23 @@ class Batcher:
         return self.in_flight >= self.queue_size
 
     def submit(self, job: Job) -> None:
+        """Take a job; its slot is held until the scheduler has finished with it (answered,
+        failed, or dropped because its client went away), whatever its HTTP side does."""
         with self._wake:
             self.in_flight += 1
             self.pending.append(job)
             self._wake.notify()
 
-    def release(self) -> None:
+    def _release(self, count: int) -> None:
         with self._wake:
-            self.in_flight -= 1
+            self.in_flight -= count
+            self._wake.notify_all()
+
+    def cancel(self, job: Job) -> None:
+        """The client went away: a waiting job is dropped, a running one stops at the next
+        agent, or at its next token while the final agent decodes."""
+        job.cancelled.set()
+        with self._wake:
             self._wake.notify_all()
 
     def drain(self, timeout: float) -> None:
@@ -116,9 +129,25 @@ class Batcher:
             self.pending = [j for j in self.pending if j not in batch]
             return batch
 
+    def _answer_cancelled(self, jobs: list[Job]) -> list[Job]:
+        """Answer the cancelled jobs among `jobs` as cancelled and free their slots; return the rest."""
+        gone = [j for j in jobs if j.cancelled.is_set()]
+        for job in gone:
+            notify(job.loop, resolve, job.done, Cancelled())
+        if gone:
+            self._release(len(gone))
+        return [j for j in jobs if not j.cancelled.is_set()]
+
     def _run(self) -> None:
         while True:
-            self._run_batch(self._take_batch())
+            with self._wake:  # jobs cancelled while they waited leave the queue
+                self.pending = self._answer_cancelled(self.pending)
+            batch = self._answer_cancelled(self._take_batch())
+            if batch:
+                try:
+                    self._run_batch(batch)
+                finally:
+                    self._release(len(batch))
 
     def _run_batch(self, batch: list[Job]) -> None:
         self.metrics.batch.observe(len(batch))
@@ -129,11 +158,16 @@ class Batcher:
                 notify(job.loop, job.tokens.put_nowait, token)
             return not job.cancelled.is_set()
 
+        def keep_going(row: int) -> bool:
+            return not batch[row].cancelled.is_set()
+
         try:
             method = self.solver(batch[0].spec)
             outcomes: list[Answer | Exception] = list(
-                method.solve([j.question for j in batch], on_token=on_token)
+                method.solve([j.question for j in batch], on_token=on_token, keep_going=keep_going)
             )
+        except SolveCancelled:
+            outcomes = [Cancelled()] * len(batch)
         except Exception as exc:  # a failed batch fails its requests, never the server
             outcomes = [exc] * len(batch)
         for job, outcome in zip(batch, outcomes):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -30,10 +31,14 @@ from .errors import LatentMASError
 from .methods import MAX_LATENT_STEPS, Answer
 from .models import LoadedModel
 from .roles import chat_messages, encode_chat, shared_conversation, single_role, topology_roles
-from .scheduler import Batcher, Job, Metrics
-from .spec import RunSpec
+from .scheduler import Batcher, Cancelled, Job, Metrics
+from .spec import RunSpec, bounds
 
-MAX_TOKENS_LIMIT = 8192
+# Every bound comes from RunSpec, the one place that validates a run.
+TEMPERATURE = bounds("temperature")
+TOP_P = bounds("top_p")
+MAX_TOKENS = bounds("max_new_tokens")
+SEED = bounds("seed")
 
 
 class Message(BaseModel):
@@ -48,13 +53,13 @@ class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: str | None = None
     messages: Annotated[list[Message], Field(min_length=1)]
-    max_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS_LIMIT)] | None = None
-    temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 0.0
-    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
-    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] | None = None
+    max_tokens: Annotated[int, Field(ge=MAX_TOKENS[0], le=MAX_TOKENS[1])] | None = None
+    temperature: Annotated[float, Field(ge=TEMPERATURE[0], le=TEMPERATURE[1])] = 0.0
+    top_p: Annotated[float, Field(ge=TOP_P[0], le=TOP_P[1])] = 1.0
+    seed: Annotated[int, Field(ge=SEED[0], le=SEED[1])] | None = None  # none: a fresh one per request
     stream: bool = False
     method: Literal["single", "text_mas", "latent_mas"] = "latent_mas"
-    latent_steps: Annotated[int, Field(ge=0, le=MAX_LATENT_STEPS)] = 10
+    latent_steps: Annotated[int, Field(ge=0, le=MAX_LATENT_STEPS)] = 10  # RunSpec's own check
     topology: Literal["sequential", "hierarchical"] = "sequential"
 
 
@@ -63,15 +68,20 @@ def error_body(message: str, kind: str = "invalid_request_error", param: str | N
 
 
 def question_from_messages(messages: list[Message]) -> str:
-    """The agents get one question: the last user turn, with earlier turns as context."""
-    turns = [m for m in messages if m.role != "system"]
+    """The agents get one question: the last user turn, with the caller's system
+    instructions and the earlier turns as context (the agents' own system prompts stay)."""
+    system = [m.content for m in messages if m.role in ("system", "developer")]
+    turns = [m for m in messages if m.role not in ("system", "developer")]
     users = [m for m in turns if m.role == "user"]
     if not users:
         raise LatentMASError("messages must contain at least one user message")
-    if len(turns) == 1:
-        return turns[0].content
-    history = "\n".join(f"{m.role}: {m.content}" for m in turns[:-1])
-    return f"Conversation so far:\n{history}\n\n{turns[-1].content}"
+    question = turns[-1].content
+    if len(turns) > 1:
+        history = "\n".join(f"{m.role}: {m.content}" for m in turns[:-1])
+        question = f"Conversation so far:\n{history}\n\n{question}"
+    if system:
+        question = "Instructions: " + "\n".join(system) + "\n\n" + question
+    return question
 
 
 @dataclass
@@ -194,7 +204,7 @@ async def chat(body: ChatRequest, request: Request):
         max_new_tokens=body.max_tokens or state.default_max_tokens,
         temperature=body.temperature,
         top_p=body.top_p,
-        seed=body.seed if body.seed is not None else 0,
+        seed=_seed(body),
     )
     if state.context_limit and context_needed(state.lm, spec, question) > state.context_limit:
         message = f"prompt and max_tokens exceed the model's context of {state.context_limit} tokens"
@@ -214,12 +224,12 @@ async def chat(body: ChatRequest, request: Request):
     try:
         answer: Answer = await job.done
     except asyncio.CancelledError:
-        job.cancelled.set()  # the client went away: stop decoding its row
+        state.batcher.cancel(job)  # the client went away: its row stops at the next agent or token
         raise
+    except Cancelled:
+        return fail(state, 499, "the request was cancelled", kind="server_error")
     except Exception as exc:
         return fail(state, 500, f"generation failed: {exc}", kind="server_error")
-    finally:
-        state.batcher.release()
     _record(state.metrics, answer, started)
     message = {"role": "assistant", "content": answer.final_text}
     return {
@@ -232,6 +242,15 @@ async def chat(body: ChatRequest, request: Request):
         ],
         "usage": _usage(answer),
     }
+
+
+def _seed(body: ChatRequest) -> int:
+    """The request's seed; without one a sampled request draws a fresh seed (so replies vary,
+    as they do elsewhere), and a greedy one, which no seed changes, keeps 0 and so still
+    shares batches with other greedy requests."""
+    if body.seed is not None:
+        return body.seed
+    return secrets.randbelow(SEED[1] + 1) if body.temperature > 0 else 0
 
 
 def _finish_reason(answer: Answer, max_tokens: int) -> str:
@@ -273,8 +292,7 @@ async def _stream(
             body["usage"] = usage
         return f"data: {json.dumps(body)}\n\n"
 
-    ids: list[int] = []
-    sent = ""
+    text = IncrementalText(state.lm.tokenizer)
     try:
         yield chunk({"role": "assistant", "content": ""})
         while True:
@@ -282,15 +300,9 @@ async def _stream(
             if token is None:
                 break
             if await request.is_disconnected():
-                job.cancelled.set()  # the engine drops this row at its next token
-                return
-            ids.append(token)
-            text = state.lm.tokenizer.decode(ids, skip_special_tokens=True)
-            if text.endswith("\ufffd"):
-                continue  # an incomplete multi-byte character; wait for the rest
-            if len(text) > len(sent):
-                yield chunk({"content": text[len(sent) :]})
-                sent = text
+                return  # `finally` cancels: the engine drops this row at its next token
+            if new := text.add(token):
+                yield chunk({"content": new})
         try:
             answer: Answer = await job.done
         except Exception as exc:
@@ -300,5 +312,28 @@ async def _stream(
         yield chunk({}, _finish_reason(answer, job.spec.max_new_tokens), _usage(answer))
         yield "data: [DONE]\n\n"
     finally:
-        job.cancelled.set()
-        state.batcher.release()
+        state.batcher.cancel(job)  # a no-op for a finished job; the scheduler owns the slot
+
+
+class IncrementalText:
+    """Detokenize a stream a few tokens at a time instead of the whole text at every token.
+
+    A token's text can depend on its neighbours (a leading space, a multi-byte character
+    split over tokens), so each step decodes a short window ending at the new token and
+    emits what it added beyond the window's previous text.
+    """
+
+    WINDOW = 6
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer, self.ids, self.start, self.done = tokenizer, [], 0, 0
+
+    def add(self, token: int) -> str:
+        self.ids.append(token)
+        before = self.tokenizer.decode(self.ids[self.start : self.done], skip_special_tokens=True)
+        after = self.tokenizer.decode(self.ids[self.start :], skip_special_tokens=True)
+        if after.endswith("\ufffd") or len(after) <= len(before):
+            return ""  # an incomplete character, or nothing visible yet: wait for more
+        self.done = len(self.ids)
+        self.start = max(0, self.done - self.WINDOW)
+        return after[len(before) :]

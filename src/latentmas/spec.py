@@ -72,7 +72,7 @@ class RunSpec:
     )
     temperature: float = field(default=0.0, metadata=_option("0 = greedy.", low=0.0, high=10.0))
     top_p: float = field(default=1.0, metadata=_option("Nucleus sampling mass.", low=0.0, high=1.0))
-    seed: int = field(default=0, metadata=_option("Sampling seed.", low=0))
+    seed: int = field(default=0, metadata=_option("Sampling seed.", low=0, high=2**32 - 1))
     device: str = field(default="auto", metadata=_option("Where the model runs.", DEVICES))
     dtype: str = field(
         default="auto",
@@ -137,6 +137,12 @@ class RunSpec:
     @property
     def sampling(self) -> Sampling:
         return Sampling(self.max_new_tokens, self.temperature, self.top_p, self.seed)
+
+
+def bounds(name: str) -> tuple[float | None, float | None]:
+    """A RunSpec field's (min, max): the server's request schema takes its bounds from here."""
+    meta = next(f for f in fields(RunSpec) if f.name == name).metadata
+    return meta.get("min"), meta.get("max")
 
 
 def parse_method_list(text: str) -> list[str]:
