@@ -182,3 +182,37 @@ def test_bbh_subtask_file_without_task_field(tmp_path):
     (example,) = get_task("bbh:navigate").load(str(path))
     assert example.group == "navigate" and example.id == "bbh:navigate-0"
     assert "Yes or No" in example.question
+
+
+def test_bbh_reads_big_bench_task_files_offline_in_bbh_formats():
+    """BIG-bench's examples (not BBH's selection) rewritten into BBH's inputs and targets."""
+    task = get_task("bbh")
+    examples = task.load(str(FIXTURES / "bigbench"))
+    by_group = {}
+    for e in examples:
+        by_group.setdefault(e.group, []).append(e)
+    assert set(by_group) == {
+        "date_understanding",
+        "navigate",
+        "object_counting",
+        "word_sorting",
+        "sports_understanding",
+    }
+    date = by_group["date_understanding"][0]
+    assert "Options:\n(A) 05/01/2021\n(B) 02/23/2021" in date.question and date.gold == "(A)"
+    assert [e.gold for e in by_group["navigate"]] == ["Yes", "No"] or [
+        e.gold for e in by_group["navigate"]
+    ] == ["No", "Yes"]
+    assert "starting point?\nTake" in by_group["navigate"][0].question
+    assert by_group["object_counting"][0].gold == "3"
+    assert by_group["word_sorting"][0].gold == "gelatine stick"
+    sports = by_group["sports_understanding"][0]
+    assert (
+        sports.question.startswith('Is the following sentence plausible? "Jamal Murray')
+        and sports.gold == "yes"
+    )
+    assert task.grade("\\boxed{(A)}", date).correct and task.grade("\\boxed{yes}", sports).correct
+    # Interleaved: the first five examples are one of each subtask.
+    assert len({e.group for e in examples[:5]}) == 5
+    with pytest.raises(LatentMASError, match="not BIG-bench's benchmark_tasks folder"):
+        task.load(str(FIXTURES))
