@@ -303,6 +303,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--topologies", default="sequential,hierarchical")
     p.add_argument("--micro-context", type=int, default=256)
     p.add_argument(
+        "--no-micro",
+        action="store_true",
+        help="skip the step and shared-prefix micro-benchmarks (they rerun LatentMAS 12 times)",
+    )
+    p.add_argument(
         "--engine",
         default="transformers",
         choices=["transformers", "llamacpp"],
@@ -392,8 +397,8 @@ def grid(lm, args, plan, questions, task, sampling, steps_grid, batch_sizes, top
     headline_steps = 10 if 10 in steps_grid else steps_grid[0]
     head_latent = find("latent_mas", topologies[0], batch_sizes[0], headline_steps)
     head_text = find("text_mas", topologies[0], batch_sizes[0])
-    micro = [step_costs(lm, b, args.micro_context) for b in batch_sizes]
-    prefix = [prefix_costs(lm, questions, task, b) for b in batch_sizes]
+    micro = [] if args.no_micro else [step_costs(lm, b, args.micro_context) for b in batch_sizes]
+    prefix = [] if args.no_micro else [prefix_costs(lm, questions, task, b) for b in batch_sizes]
     return {
         "speedup_vs_text_mas": head_text.seconds / head_latent.seconds,
         "token_reduction_vs_text_mas": 1 - head_latent.output_tokens_mean / head_text.output_tokens_mean,
@@ -460,10 +465,12 @@ def print_run(run: dict, args, n: int, dtype: str) -> None:
         f"max_new_tokens={args.max_new_tokens}\n"
     )
     print(markdown(table, cols))
-    print("\n## One latent step vs one decode step\n")
-    print(markdown(micro, list(micro[0])))
-    print("\n## LatentMAS prefill: shared prompt prefix read once vs every prompt read whole\n")
-    print(markdown(prefix, list(prefix[0])))
+    if micro:
+        print("\n## One latent step vs one decode step\n")
+        print(markdown(micro, list(micro[0])))
+    if prefix:
+        print("\n## LatentMAS prefill: shared prompt prefix read once vs every prompt read whole\n")
+        print(markdown(prefix, list(prefix[0])))
     head = run["headline"]
     print(
         f"\nspeedup_vs_text_mas = {run['speedup_vs_text_mas']:.2f}x, "
