@@ -165,3 +165,15 @@ def test_a_results_line_that_is_json_but_not_an_object_is_skipped_with_a_warning
     with caplog.at_level("WARNING"):
         assert len(read_results(path)) == 2
     assert "line 3 is not a result" in caplog.text and "line 4" in caplog.text
+
+
+def test_a_data_folder_is_recorded_by_the_digest_of_its_files(tmp_path):
+    from latentmas.evaluate import data_source
+
+    folder = tmp_path / "benchmark_tasks"
+    (folder / "navigate").mkdir(parents=True)
+    (folder / "navigate" / "task.json").write_text('{"examples": []}')
+    first = data_source(str(folder))
+    assert first.startswith("benchmark_tasks sha256:")
+    (folder / "navigate" / "task.json").write_text('{"examples": [1]}')
+    assert data_source(str(folder)) != first

@@ -163,9 +163,12 @@ def data_source(data: str | None) -> str:
         return data or "default"
     path = Path(data).expanduser().resolve()
     digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:  # a folder (BIG-bench's tasks): every file's name and content
+        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        with file.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
     return f"{path.name} sha256:{digest.hexdigest()[:16]}"
 
 
