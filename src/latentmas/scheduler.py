@@ -131,12 +131,14 @@ class Batcher:
 
     def _answer_cancelled(self, jobs: list[Job]) -> list[Job]:
         """Answer the cancelled jobs among `jobs` as cancelled and free their slots; return the rest."""
-        gone = [j for j in jobs if j.cancelled.is_set()]
+        gone, kept = [], []
+        for job in jobs:  # one read of each flag: a job cancelled meanwhile is in exactly one list
+            (gone if job.cancelled.is_set() else kept).append(job)
         for job in gone:
             notify(job.loop, resolve, job.done, Cancelled())
         if gone:
             self._release(len(gone))
-        return [j for j in jobs if not j.cancelled.is_set()]
+        return kept
 
     def _run(self) -> None:
         while True:
