@@ -43,6 +43,12 @@ LATENT_DEFAULT = {
     "memory": "full",
     "realign": "ridge",
     "question_once": "false",
+    # The handoffs of issue 22 (memory views and the entropy guard); "none": not set.
+    "thought_weight": "1",
+    "thoughts_from": "0",
+    "thoughts_enter": "false",
+    "max_thought_entropy": "none",
+    "max_entropy_jump": "none",
 }
 VARIATIONS = {
     "latent_steps": ["0", "5", "20", "auto"],
@@ -57,6 +63,11 @@ SHORT = {
     "memory": "memory",
     "topology": "topology",
     "question_once": "once",
+    "thought_weight": "beta",
+    "thoughts_from": "from",
+    "thoughts_enter": "enter",
+    "max_thought_entropy": "H",
+    "max_entropy_jump": "dH",
 }
 
 
@@ -146,10 +157,22 @@ def folder_name(config: str, seed: int, sampled: bool) -> str:
     return f"{safe}-seed{seed}" if sampled else safe
 
 
+def spec_value(key: str, text: str):
+    """A config's option text as RunSpec's field takes it."""
+    if key in ("question_once", "thoughts_enter"):
+        return text == "true"
+    if key in ("thought_weight", "thoughts_from", "max_thought_entropy", "max_entropy_jump"):
+        try:
+            return None if text == "none" else float(text)
+        except ValueError:
+            raise LatentMASError(f"{key} takes a number, not {text!r}") from None
+    return text
+
+
 def run_config(
     lm, task, examples, config: dict, sampling: Sampling, folder: Path, batch_size: int, data: str | None
 ) -> None:
-    options = {k: v == "true" if k == "question_once" else v for k, v in config["options"].items()}
+    options = {key: spec_value(key, value) for key, value in config["options"].items()}
     spec = RunSpec(model=lm.name, dtype=lm.dtype, method=config["method"], **options, **asdict(sampling))
     method = build_solver(spec, lm)
     done = {r.id for r in read_results(folder / "results.jsonl")}

@@ -145,6 +145,13 @@ BAD_BODIES = [
     ({"messages": [{"role": "system", "content": "only a system prompt"}]}, 400, "user message"),
     ({"messages": [{"role": "user", "content": LONG}]}, 400, "context"),
     ({"messages": [{"role": "user", "content": "hi"}], "latent_steps": 600}, 400, "context"),
+    ({"messages": [{"role": "user", "content": "hi"}], "thought_weight": 0}, 400, "thought_weight"),
+    ({"messages": [{"role": "user", "content": "hi"}], "thoughts_enter": True}, 400, "thoughts_from"),
+    (
+        {"messages": [{"role": "user", "content": "hi"}], "method": "single", "max_thought_entropy": 4},
+        400,
+        "method latent_mas",
+    ),
 ]
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -26,6 +27,7 @@ from .errors import LatentMASError
 from .models import LoadedModel
 from .realign import Realigner
 from .roles import stop_token_ids
+from .views import ENTRY_KEYWORD, VIEW_KEYWORD, Entry, MemoryView, install_view_hooks
 
 
 @dataclass
@@ -128,7 +130,7 @@ def new_cache(model: PreTrainedModel) -> DynamicCache:
     """A DynamicCache whose layers grow in place and keep every column.
 
     Sliding-window layers keep every column too: their window is applied by our own mask
-    over real positions (see `window_masks`), since the stock sliding layer counts padding
+    over real positions (see `additive_masks`), since the stock sliding layer counts padding
     columns as part of the window and evicts columns our bookkeeping still indexes.
     """
     cache = DynamicCache(config=model.config)
@@ -144,8 +146,10 @@ class SharedMemory:
     positions:      [batch, length], each column's position id (meaningless on padding).
     next_position:  [batch], the position id of each row's next real position.
     is_latent:      [length], True where the column holds a latent thought.
-    The mask, positions and latent flags live in buffers with spare room, so a step writes
-    one column instead of reallocating them.
+    owner:          [length], the index of the agent that wrote the column.
+    The mask, positions and column flags live in buffers with spare room, so a step writes
+    one column instead of reallocating them. `view` (None: see everything) decides what
+    each layer sees of the thoughts (see `views`).
     """
 
     cache: DynamicCache
@@ -153,15 +157,22 @@ class SharedMemory:
     _mask: torch.Tensor  # [batch, capacity]
     _positions: torch.Tensor  # [batch, capacity]
     _latent: torch.Tensor  # [capacity]
+    _owner: torch.Tensor  # [capacity]
     _length: int = 0
+    agent: int = -1  # the agent now writing (`begin_agent` counts them)
+    view: MemoryView | None = None
+    entry_norm: torch.Tensor | None = None  # [batch] stream norm where thoughts re-enter (views)
     window: int | None = None  # the model's sliding window, read once (None: no sliding layers)
     sliding: tuple[bool, ...] = ()  # which layers slide
 
     @classmethod
-    def empty(cls, model: PreTrainedModel, batch_size: int, capacity: int = 256) -> SharedMemory:
+    def empty(
+        cls, model: PreTrainedModel, batch_size: int, capacity: int = 256, view: MemoryView | None = None
+    ) -> SharedMemory:
         device = model.device
         window, sliding = sliding_window(model)
         return cls(
+            view=None if view is None or view.identity else view,
             window=window,
             sliding=tuple(sliding),
             cache=new_cache(model),
@@ -169,6 +180,8 @@ class SharedMemory:
             _mask=torch.zeros(batch_size, capacity, dtype=torch.long, device=device),
             _positions=torch.zeros(batch_size, capacity, dtype=torch.long, device=device),
             _latent=torch.zeros(capacity, dtype=torch.bool, device=device),
+            _owner=torch.zeros(capacity, dtype=torch.long, device=device),
+            entry_norm=torch.zeros(batch_size, dtype=torch.float32, device=device),
         )
 
     @property
@@ -182,6 +195,14 @@ class SharedMemory:
     @property
     def is_latent(self) -> torch.Tensor:
         return self._latent[: self._length]
+
+    @property
+    def owner(self) -> torch.Tensor:
+        return self._owner[: self._length]
+
+    def begin_agent(self) -> None:
+        """The next columns are a new agent's."""
+        self.agent += 1
 
     @property
     def batch_size(self) -> int:
@@ -207,10 +228,13 @@ class SharedMemory:
             where[:, : self._length] = self.positions
             flags = self._latent.new_zeros(capacity)
             flags[: self._length] = self.is_latent
-            self._mask, self._positions, self._latent = mask, where, flags
+            owners = self._owner.new_zeros(capacity)
+            owners[: self._length] = self.owner
+            self._mask, self._positions, self._latent, self._owner = mask, where, flags, owners
         self._mask[:, self._length : needed] = segment_mask
         self._positions[:, self._length : needed] = positions
         self._latent[self._length : needed] = latent
+        self._owner[self._length : needed] = max(self.agent, 0)
         self._length = needed
         self.next_position = self.next_position + segment_mask.sum(dim=1)
 
@@ -224,6 +248,7 @@ class SharedMemory:
         self._mask = self.attention_mask.index_select(1, columns)
         self._positions = self.positions.index_select(1, columns)
         self._latent = self.is_latent.index_select(0, columns)
+        self._owner = self.owner.index_select(0, columns)
         self._length = len(columns)
 
     def keep_rows(self, rows: torch.Tensor) -> None:
@@ -232,6 +257,8 @@ class SharedMemory:
         self._mask = self._mask.index_select(0, rows)
         self._positions = self._positions.index_select(0, rows)
         self.next_position = self.next_position.index_select(0, rows)
+        if self.entry_norm is not None:
+            self.entry_norm = self.entry_norm.index_select(0, rows)
 
 
 def left_pad(
@@ -270,24 +297,37 @@ def append(
     else:
         positions = (memory.next_position[:, None] + segment_mask.cumsum(dim=1) - 1).clamp_min(0)
     memory.extend(segment_mask, positions.expand_as(segment_mask), latent)
-    if memory.window is None:
+    body = decoder(model)
+    extra: dict[str, Any] = {cache_keyword(type(body)): memory.cache}
+    if memory.window is None and memory.view is None:
         mask = memory.attention_mask
     else:
-        mask = window_masks(memory, segment_mask.shape[1], memory.window, list(memory.sliding), model.dtype)
-    body = decoder(model)
+        mask = additive_masks(memory, segment_mask.shape[1], model.dtype)
+    if memory.view is not None:
+        install_view_hooks(model, body)
+        layers = model.config.get_text_config().num_hidden_layers
+        extra[VIEW_KEYWORD] = memory.view.layer_biases(
+            memory.is_latent, memory.owner, memory.agent, layers, model.dtype
+        )
+        if memory.view.thoughts_enter:  # the thought goes in at the entry layer, nothing below it
+            thought = inputs_embeds[:, -1] if latent else None
+            if latent:
+                inputs_embeds = torch.zeros_like(inputs_embeds)
+            real = segment_mask[:, -1].bool()
+            extra[ENTRY_KEYWORD] = Entry(memory.view.first_layer(layers), thought, memory.entry_norm, real)
     out = body(
         input_ids=input_ids,
         inputs_embeds=inputs_embeds,
         attention_mask=mask,
         position_ids=positions,
         use_cache=True,
-        **{cache_keyword(type(body)): memory.cache},
+        **extra,
     )
     return out.last_hidden_state[:, -1]
 
 
-def window_masks(
-    memory: SharedMemory, width: int, window: int, sliding: list[bool], dtype: torch.dtype
+def additive_masks(
+    memory: SharedMemory, width: int, dtype: torch.dtype
 ) -> torch.Tensor | dict[str, torch.Tensor]:
     """Additive 4-D masks [batch, 1, width, length] for the newest `width` columns, by real position.
 
@@ -295,7 +335,9 @@ def window_masks(
     than `window` real positions back, so padding never takes room in a row's window and a
     row sees what it would see alone. Padding queries see themselves (never an empty row,
     which would turn into NaN). Models with both kinds of layer take a dict by layer kind.
+    Used for sliding windows and memory views; other models get the 2-D mask.
     """
+    window, sliding = memory.window, list(memory.sliding)
     real = memory.attention_mask.bool()  # [batch, length]
     keys = memory.positions  # [batch, length]
     queries = keys[:, -width:]  # [batch, width]
@@ -303,13 +345,15 @@ def window_masks(
     visible = real[:, None, :] & (keys[:, None, :] <= queries[:, :, None])  # [batch, width, length]
     itself = torch.zeros(width, length, dtype=torch.bool, device=keys.device)
     itself[torch.arange(width), torch.arange(length - width, length)] = True
-    in_window = visible & (queries[:, :, None] - keys[:, None, :] < window) | itself
-    visible = visible | itself
     low = torch.finfo(dtype).min
 
     def additive(allowed: torch.Tensor) -> torch.Tensor:
         return torch.zeros(allowed.shape, dtype=dtype, device=keys.device).masked_fill(~allowed, low)[:, None]
 
+    if window is None:
+        return additive(visible | itself)
+    in_window = visible & (queries[:, :, None] - keys[:, None, :] < window) | itself
+    visible = visible | itself
     if all(sliding):
         return additive(in_window)
     return {"full_attention": additive(visible), "sliding_attention": additive(in_window)}
@@ -433,6 +477,28 @@ class DriftGuard:
         return converged | (cos(current, start.float(), dim=-1) < self.drift_cos)
 
 
+@dataclass
+class EntropyGuard:
+    """Ends a row's chain *before* a thought the model cannot read (`--max-thought-entropy`).
+
+    A thought is the realigned last hidden state; the logit lens (the LM head on that state)
+    says what the model would make of it as a token. A near-uniform reading (entropy above
+    `max_entropy` nats), or a sudden rise over the previous thought's (`max_jump`), marks a
+    state off the model's distribution: on the 1.5B model one such thought was followed by a
+    fixed point that every later agent inherited. SwiReasoning switches on rising entropy too.
+    The stopped row appends no more thoughts (its columns are padding, as if it ran alone).
+    """
+
+    lens: Callable[[torch.Tensor], torch.Tensor]  # hidden [batch, hidden] -> logits [batch, vocab]
+    max_entropy: float = math.inf
+    max_jump: float = math.inf
+
+    def entropy(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[batch] the lens distribution's entropy in nats, in float32."""
+        logp = torch.log_softmax(self.lens(hidden).float(), dim=-1)
+        return -(logp.exp() * logp).sum(dim=-1)
+
+
 def latent_steps(
     model: PreTrainedModel,
     memory: SharedMemory,
@@ -468,10 +534,11 @@ def rollout(
     realign: Realigner,
     on_step: LatentCallback | None = None,
     guard: DriftGuard | None = None,
+    entropy_guard: EntropyGuard | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Think up to `steps` times without sampling a token: realign the last hidden state and
     feed it back as the next input embedding, through `step(embedding, active) -> hidden`
-    (any engine: this is the one latent loop, with its drift guard and observers).
+    (any engine: this is the one latent loop, with its guards and observers).
 
     -> (last hidden state [batch, hidden], latent steps taken per row [batch]).
     `on_step(step, hidden, embedding, active)` sees each thought (used by tracing).
@@ -480,7 +547,17 @@ def rollout(
     active = torch.ones(batch, dtype=torch.bool, device=hidden.device)
     taken = torch.zeros(batch, dtype=torch.long, device=hidden.device)
     start, previous = hidden, hidden
+    last_entropy = None
     for index in range(steps):
+        if entropy_guard is not None:
+            entropy = entropy_guard.entropy(hidden).to(active.device)
+            last_entropy = entropy if last_entropy is None else last_entropy
+            active &= (entropy <= entropy_guard.max_entropy) & (
+                entropy - last_entropy <= entropy_guard.max_jump
+            )
+            last_entropy = torch.where(active, entropy, last_entropy)
+            if not bool(active.any()):
+                break
         embedding = realign(hidden)
         if on_step is not None:
             on_step(index, hidden, embedding, active)
@@ -641,19 +718,26 @@ class TransformersEngine:
     name = "transformers"
     max_batch = None
 
-    def __init__(self, lm: LoadedModel, realigner: Realigner, share_prefixes: bool = True) -> None:
-        self.lm, self.realigner = lm, realigner
+    def __init__(
+        self,
+        lm: LoadedModel,
+        realigner: Realigner,
+        share_prefixes: bool = True,
+        view: MemoryView | None = None,
+    ) -> None:
+        self.lm, self.realigner, self.view = lm, realigner, view
         self.model = lm.model
         self.pad_id = lm.tokenizer.pad_token_id
         self.stop_ids = stop_token_ids(lm.tokenizer, lm.model.generation_config.eos_token_id)
         self.prefixes = PrefixStore(self.model, self.pad_id) if share_prefixes else None
 
     def new_memory(self, batch_size: int) -> SharedMemory:
-        return SharedMemory.empty(self.model, batch_size)
+        return SharedMemory.empty(self.model, batch_size, view=self.view)
 
     def prefill(
         self, memory: SharedMemory, prompts: list[list[int]], shared_prefix: Sequence[int] = ()
     ) -> torch.Tensor:
+        memory.begin_agent()
         if self.prefixes is not None and memory.length == 0:
             prompts = self.prefixes.start(memory, prompts, shared_prefix)
         return prefill(self.model, memory, prompts, self.pad_id)

@@ -23,7 +23,17 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
 
-from .engine import DriftGuard, Engine, Sampling, TokenCallback, TransformersEngine, rollout, row_seed
+from .engine import (
+    DriftGuard,
+    Engine,
+    EntropyGuard,
+    Sampling,
+    TokenCallback,
+    TransformersEngine,
+    lm_logits,
+    rollout,
+    row_seed,
+)
 from .errors import LatentMASError
 from .models import LoadedModel
 from .realign import realigner_for
@@ -36,6 +46,7 @@ from .roles import (
     text_context,
     topology_roles,
 )
+from .views import MemoryView
 
 
 class SolveCancelled(Exception):
@@ -141,10 +152,15 @@ class PhaseClock:
         self.seconds[name] += time.perf_counter() - start
 
 
-def as_engine(lm: LoadedModel | Engine, realign: str = "none") -> Engine:
-    """A loaded model runs on the transformers engine; an engine is used as it is."""
+def as_engine(lm: LoadedModel | Engine, realign: str = "none", view: MemoryView | None = None) -> Engine:
+    """A loaded model runs on the transformers engine; an engine is used as it is (and must
+    then be able to show the memory as `view` asks)."""
     if isinstance(lm, LoadedModel):
-        return TransformersEngine(lm, realigner_for(lm.model, realign))
+        return TransformersEngine(lm, realigner_for(lm.model, realign), view=view)
+    if view is not None and not view.identity and getattr(lm, "view", None) != view:
+        raise LatentMASError(
+            f"the {lm.name} engine cannot show the memory through a view (thought weight, thoughts from)"
+        )
     return lm
 
 
@@ -171,6 +187,7 @@ class Method:
             raise LatentMASError("max_new_tokens must be >= 1")
         self.latent_steps = 0
         self.guard: DriftGuard | None = None
+        self.entropy_limits: tuple[float, float] | None = None  # (max entropy, max jump), nats
         self.memory = "full"
         self.question_once = False
         self.observers: list[ObserverFactory] = []
@@ -344,7 +361,12 @@ class Method:
             hidden = engine.prefill(memory, prompts, prefix)
         with clock.phase("latent"):
             step = partial(engine.latent_step, memory)
-            hidden, taken = rollout(step, hidden, latent_steps, engine.realigner, on_step, self.guard)
+            entropy_guard = None
+            if self.entropy_limits is not None:
+                entropy_guard = EntropyGuard(partial(lm_logits, engine.lm.model), *self.entropy_limits)
+            hidden, taken = rollout(
+                step, hidden, latent_steps, engine.realigner, on_step, self.guard, entropy_guard
+            )
         texts: list[str | None] = [None] * batch
         counts = [0] * batch
         if decode:
@@ -450,20 +472,35 @@ class LatentMAS(Method):
         observers: Sequence[ObserverFactory] = (),
         decoder: FinalDecoder | None = None,
         question_once: bool = False,
+        view: MemoryView | None = None,
+        max_thought_entropy: float | None = None,
+        max_entropy_jump: float | None = None,
     ) -> None:
         """`lm`: a loaded model (transformers engine, realigned with `realign`), an engine
         (already realigned), or one engine per role. `observers`: see `Observer`.
         `decoder`: decode the final agent elsewhere (vLLM, GPU only). `question_once`:
-        later agents read the question from the shared memory instead of a restatement."""
+        later agents read the question from the shared memory instead of a restatement.
+        `view`: what later agents see of the thoughts (`views.MemoryView`).
+        `max_thought_entropy` / `max_entropy_jump`: end an agent's chain before a thought
+        the logit lens reads as noise (`engine.EntropyGuard`)."""
         if memory not in MEMORY_MODES:
             raise LatentMASError(f"unknown memory mode {memory!r}; choose one of {', '.join(MEMORY_MODES)}")
         if decoder is not None and memory != "full":
             raise LatentMASError(
                 "the vLLM decoder rebuilds the shared cache from embeddings: use --memory full"
             )
-        engines = lm if isinstance(lm, Mapping) else as_engine(lm, realign)
+        view = view or MemoryView()
+        engines = lm if isinstance(lm, Mapping) else as_engine(lm, realign, view)
         super().__init__(engines, topology_roles(topology), sampling, topology)
         self.latent_steps, self.guard = parse_latent_steps(latent_steps)
+        self.view = view
+        self.entropy_options = (max_thought_entropy, max_entropy_jump)
+        if max_thought_entropy is not None or max_entropy_jump is not None:
+            inf = float("inf")
+            self.entropy_limits = (
+                inf if max_thought_entropy is None else max_thought_entropy,
+                inf if max_entropy_jump is None else max_entropy_jump,
+            )
         self.memory = memory
         self.realign_mode = realign
         self.observers = list(observers)
@@ -478,8 +515,18 @@ class LatentMAS(Method):
             "memory": self.memory,
             "realign": self.realign_mode,
         }
-        if self.question_once:  # only when set, so results of earlier runs still resume
+        # Options appear only when set, so results of earlier runs still resume.
+        if self.question_once:
             described["question_once"] = True
+        if self.view.thought_weight != 1.0:
+            described["thought_weight"] = self.view.thought_weight
+        if self.view.thoughts_from != 0.0:
+            described["thoughts_from"] = self.view.thoughts_from
+        if self.view.thoughts_enter:
+            described["thoughts_enter"] = True
+        for name, value in zip(("max_thought_entropy", "max_entropy_jump"), self.entropy_options):
+            if value is not None:
+                described[name] = value
         return described
 
 

@@ -39,6 +39,7 @@ TEMPERATURE = bounds("temperature")
 TOP_P = bounds("top_p")
 MAX_TOKENS = bounds("max_new_tokens")
 SEED = bounds("seed")
+THOUGHTS_FROM = bounds("thoughts_from")
 
 
 class Message(BaseModel):
@@ -61,6 +62,11 @@ class ChatRequest(BaseModel):
     method: Literal["single", "text_mas", "latent_mas"] = "latent_mas"
     latent_steps: Annotated[int, Field(ge=0, le=MAX_LATENT_STEPS)] = 10  # RunSpec's own check
     topology: Literal["sequential", "hierarchical"] = "sequential"
+    thought_weight: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    thoughts_from: Annotated[float, Field(ge=THOUGHTS_FROM[0], le=THOUGHTS_FROM[1])] = 0.0
+    thoughts_enter: bool = False
+    max_thought_entropy: Annotated[float, Field(ge=0.0)] | None = None
+    max_entropy_jump: Annotated[float, Field(ge=0.0)] | None = None
 
 
 def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None) -> dict:
@@ -195,17 +201,25 @@ async def chat(body: ChatRequest, request: Request):
         question = question_from_messages(body.messages)
     except LatentMASError as exc:
         return fail(state, 400, str(exc), "messages")
-    spec = RunSpec(
-        model=state.lm.name,
-        dtype=state.lm.dtype,
-        method=body.method,
-        topology=body.topology,
-        latent_steps=str(body.latent_steps),
-        max_new_tokens=body.max_tokens or state.default_max_tokens,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        seed=_seed(body),
-    )
+    try:
+        spec = RunSpec(
+            model=state.lm.name,
+            dtype=state.lm.dtype,
+            method=body.method,
+            topology=body.topology,
+            latent_steps=str(body.latent_steps),
+            max_new_tokens=body.max_tokens or state.default_max_tokens,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            seed=_seed(body),
+            thought_weight=body.thought_weight,
+            thoughts_from=body.thoughts_from,
+            thoughts_enter=body.thoughts_enter,
+            max_thought_entropy=body.max_thought_entropy,
+            max_entropy_jump=body.max_entropy_jump,
+        )
+    except LatentMASError as exc:
+        return fail(state, 400, str(exc))
     if state.context_limit and context_needed(state.lm, spec, question) > state.context_limit:
         message = f"prompt and max_tokens exceed the model's context of {state.context_limit} tokens"
         return fail(state, 400, message, "messages")

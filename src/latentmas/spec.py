@@ -17,6 +17,7 @@ from .methods import MEMORY_MODES, METHODS, LatentMAS, Method, SingleAgent, Text
 from .models import DTYPES, LoadedModel, gguf_for, load_model
 from .realign import REALIGN_MODES
 from .roles import TOPOLOGIES, topology_roles
+from .views import MemoryView
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,44 @@ class RunSpec:
             "latent_mas: state the question only to the first agent; the rest read it from memory."
         ),
     )
+    thought_weight: float = field(
+        default=1.0,
+        metadata=_option(
+            "latent_mas: later agents attend to earlier thoughts with weight beta in (0, 1] "
+            "(an additive log beta; 1 = the paper's handoff).",
+            low=0.0,
+            high=1.0,
+        ),
+    )
+    thoughts_from: float = field(
+        default=0.0,
+        metadata=_option(
+            "latent_mas: hide thoughts from the layers below this fraction of depth (0 = every layer sees them).",
+            low=0.0,
+            high=0.99,
+        ),
+    )
+    thoughts_enter: bool = field(
+        default=False,
+        metadata=_option(
+            "latent_mas: with --thoughts-from, a thought re-enters at that layer (rescaled to its stream) "
+            "instead of as an input embedding."
+        ),
+    )
+    max_thought_entropy: float | None = field(
+        default=None,
+        metadata=_option(
+            "latent_mas: end an agent's thoughts before one whose logit-lens entropy exceeds this (nats).",
+            low=0.0,
+        ),
+    )
+    max_entropy_jump: float | None = field(
+        default=None,
+        metadata=_option(
+            "latent_mas: end an agent's thoughts before one whose logit-lens entropy rises by more than this (nats).",
+            low=0.0,
+        ),
+    )
     trace: bool = field(default=False, metadata={"cli": False})  # the CLI takes a path instead
 
     def __post_init__(self) -> None:
@@ -114,11 +153,27 @@ class RunSpec:
                 raise LatentMASError(
                     f"unknown {f.name} {value!r}; choose one of {', '.join(meta['choices'])}"
                 )
+            if value is None:
+                continue
             if meta.get("min") is not None and value < meta["min"]:
                 raise LatentMASError(f"{f.name} must be >= {meta['min']}, not {value}")
             if meta.get("max") is not None and value > meta["max"]:
                 raise LatentMASError(f"{f.name} must be <= {meta['max']}, not {value}")
         parse_latent_steps(self.latent_steps)
+        view = self.view  # validates the weight's open bound
+        changes_latent = (
+            not view.identity or self.max_thought_entropy is not None or self.max_entropy_jump is not None
+        )
+        if changes_latent and self.method != "latent_mas":
+            raise LatentMASError(
+                "--thought-weight, --thoughts-from and the entropy guard shape latent thoughts; use them with --method latent_mas"
+            )
+        if changes_latent and self.agent_models:
+            raise LatentMASError("--agent-models does not combine with memory views or the entropy guard")
+        if not view.identity and (self.engine != "transformers" or self.agent_models):
+            raise LatentMASError(
+                "memory views (--thought-weight, --thoughts-from, --thoughts-enter) run on one model on --engine transformers"
+            )
         if self.trace and self.method != "latent_mas":
             raise LatentMASError("--trace records latent thoughts; use it with --method latent_mas")
         if self.question_once and self.method != "latent_mas":
@@ -133,6 +188,10 @@ class RunSpec:
             raise LatentMASError(
                 "--trace records one model's thoughts; it does not combine with --agent-models"
             )
+
+    @property
+    def view(self) -> MemoryView:
+        return MemoryView(self.thought_weight, self.thoughts_from, self.thoughts_enter)
 
     @property
     def sampling(self) -> Sampling:
@@ -195,6 +254,9 @@ def build_solver(spec: RunSpec, lm: LoadedModel | None = None) -> Method:
         spec.realign,
         observers,
         question_once=spec.question_once,
+        view=spec.view,
+        max_thought_entropy=spec.max_thought_entropy,
+        max_entropy_jump=spec.max_entropy_jump,
     )
 
 

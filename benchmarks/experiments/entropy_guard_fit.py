@@ -1,0 +1,120 @@
+"""Fit the entropy guard's thresholds on the tuning split, from what the thoughts read as.
+
+Runs default latent_mas (m thoughts per non-final agent, no guard) on the tuning questions
+(GSM8K 1000-1049) and records the logit-lens entropy of every state that becomes a thought:
+step 0 is the state at the end of the agent's prompt, which the model produced from text,
+so its entropies are what "readable" looks like on this model. The fit:
+
+- max_thought_entropy = the 95th percentile of the step-0 entropies (a thought must read
+  no more uncertain than 95% of the text states do);
+- max_entropy_jump = that percentile minus the median (a rise larger than the spread text
+  states show between a typical and an uncertain one).
+
+Prints the entropy per agent and step (median over questions), how many thoughts each
+threshold would cut, and writes JSON. No decoding (one token), so it is quick:
+
+    python benchmarks/experiments/entropy_guard_fit.py --model qwen2.5-coder-0.5b --dtype bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from latentmas import LatentMAS, Sampling, get_task, load_model
+from latentmas.engine import EntropyGuard, lm_logits
+
+GSM8K = Path(__file__).resolve().parents[3] / "shared" / "data" / "gsm8k" / "test.jsonl"
+
+
+class EntropyLog:
+    """An observer of the agent loop: the lens entropy of each state fed back, per agent."""
+
+    def __init__(self, guard: EntropyGuard, rows: list) -> None:
+        self.guard, self.rows, self.agent = guard, rows, -1
+
+    def __call__(self, questions: list[str], method: dict) -> EntropyLog:
+        self.batch = [[] for _ in questions]
+        return self
+
+    def begin_agent(self, role: str, prompts) -> None:
+        for row in self.batch:
+            row.append([])
+
+    def on_step(self, step: int, hidden: torch.Tensor, embedding: torch.Tensor, active: torch.Tensor) -> None:
+        for row, value in zip(self.batch, self.guard.entropy(hidden).tolist()):
+            row[-1].append(value)
+
+    def finish(self, answers) -> None:
+        self.rows += [[agent for agent in row if agent] for row in self.batch]
+
+
+def quantile(values: list[float], q: float) -> float:
+    return float(torch.tensor(values).quantile(q))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="qwen2.5-coder-0.5b")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--offset", type=int, default=1000)
+    parser.add_argument("--limit", type=int, default=50)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    lm = load_model(args.model, device="cpu", dtype=args.dtype)
+    task = get_task("gsm8k")
+    examples = task.load(str(GSM8K))[args.offset : args.offset + args.limit]
+    rows: list[list[list[float]]] = []
+    log = EntropyLog(EntropyGuard(lambda h: lm_logits(lm.model, h)), rows)
+    method = LatentMAS(lm, Sampling(max_new_tokens=1), latent_steps=args.steps, observers=[log])
+    for start in range(0, len(examples), args.batch_size):
+        method.solve([e.question for e in examples[start : start + args.batch_size]], task.answer_format)
+        print(f"  {len(rows)}/{len(examples)}", flush=True)
+
+    agents = len(rows[0])
+    starts = [row[a][0] for row in rows for a in range(agents)]
+    max_entropy = quantile(starts, 0.95)
+    max_jump = max_entropy - quantile(starts, 0.5)
+    print(f"\n{lm.name} ({args.dtype}), GSM8K {args.offset}-{args.offset + args.limit - 1}, m = {args.steps}")
+    print("median lens entropy (nats) per agent and step; step 0 = the prompt's last state")
+    print("agent | " + " ".join(f"{s:>5}" for s in range(args.steps)))
+    medians = []
+    for a in range(agents):
+        per_step = [quantile([row[a][s] for row in rows], 0.5) for s in range(args.steps)]
+        medians.append(per_step)
+        print(f"{a:>5} | " + " ".join(f"{v:5.2f}" for v in per_step))
+    thoughts = [row[a][s] for row in rows for a in range(agents) for s in range(1, args.steps)]
+    rises = [row[a][s] - row[a][s - 1] for row in rows for a in range(agents) for s in range(1, args.steps)]
+    above = sum(v > max_entropy for v in thoughts) / len(thoughts)
+    jumps = sum(r > max_jump for r in rises) / len(rises)
+    print(
+        f"\nfit: max_thought_entropy = {max_entropy:.2f} (P95 of step 0), max_entropy_jump = {max_jump:.2f}"
+    )
+    print(
+        f"thoughts (steps >= 1) above the entropy limit: {above:.1%}; rises above the jump limit: {jumps:.1%}"
+    )
+    result = {
+        "model": lm.name,
+        "dtype": args.dtype,
+        "questions": [args.offset, args.offset + args.limit],
+        "steps": args.steps,
+        "max_thought_entropy": round(max_entropy, 2),
+        "max_entropy_jump": round(max_jump, 2),
+        "share_of_thoughts_above": above,
+        "share_of_rises_above": jumps,
+        "median_entropy_per_agent_step": medians,
+        "entropies": rows,
+    }
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,242 @@
+"""Memory views (what later agents see of the thoughts) and the entropy guard."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from latentmas import LatentMAS, Sampling
+from latentmas.engine import EntropyGuard, SharedMemory, TransformersEngine, lm_logits, rollout
+from latentmas.errors import LatentMASError
+from latentmas.realign import realigner_for
+from latentmas.roles import encode_chat
+from latentmas.spec import RunSpec
+from latentmas.tiny import tiny_loaded
+from latentmas.views import MemoryView
+
+from .conftest import QUESTIONS
+
+SAMPLING = Sampling(max_new_tokens=12)
+
+
+def answers(lm, questions, **options):
+    return [a.final_text for a in LatentMAS(lm, SAMPLING, **options).solve(questions)]
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+def test_the_view_machinery_with_a_negligible_bias_changes_no_answer(arch):
+    """The 4-D mask and the per-layer hooks, with a bias of about -1e-12, answer exactly as the
+    plain path does, at batch 1 and 8 (so any change a view makes is the view's own)."""
+    lm = tiny_loaded(arch)
+    plain = answers(lm, QUESTIONS, latent_steps=3)
+    view = MemoryView(thought_weight=1 - 1e-12)
+    assert answers(lm, QUESTIONS, latent_steps=3, view=view) == plain
+    assert [answers(lm, [q], latent_steps=3, view=view)[0] for q in QUESTIONS] == plain
+
+
+def test_the_identity_view_installs_nothing(tiny):
+    memory = TransformersEngine(tiny, realigner_for(tiny.model, "none"), view=MemoryView()).new_memory(2)
+    assert memory.view is None
+
+
+def test_a_vanishing_thought_weight_is_the_team_without_thoughts(tiny, monkeypatch):
+    """beta -> 0 hides every earlier thought from later agents: the answers equal m = 0's once
+    m = 0 leaves the same gaps in the position ids (RoPE sees the thoughts' positions)."""
+    steps = 4
+    hidden = answers(tiny, QUESTIONS, latent_steps=steps, view=MemoryView(thought_weight=1e-30))
+    begin = SharedMemory.begin_agent
+
+    def leave_a_gap(memory):
+        if memory.agent >= 0:
+            memory.next_position = memory.next_position + steps
+        begin(memory)
+
+    monkeypatch.setattr(SharedMemory, "begin_agent", leave_a_gap)
+    assert answers(tiny, QUESTIONS, latent_steps=0) == hidden
+    monkeypatch.undo()
+    assert answers(tiny, QUESTIONS, latent_steps=steps) != hidden  # the thoughts do matter
+
+
+def layer_weights(lm, view: MemoryView | None, steps: int = 3) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Each layer's attention weights [heads, query, key] for the second agent's prompt, after
+    the first agent's prompt and `steps` thoughts; -> (weights, which columns are thoughts)."""
+    engine = TransformersEngine(lm, realigner_for(lm.model, "none"), share_prefixes=False, view=view)
+    first, second = (
+        encode_chat(lm.tokenizer, [{"role": "user", "content": t}], False) for t in ("plan 12", "check")
+    )
+    memory = engine.new_memory(1)
+    hidden = engine.prefill(memory, [first])
+    rollout(lambda e, a: engine.latent_step(memory, e, a), hidden, steps, engine.realigner)
+    seen: list[torch.Tensor] = []
+    hooks = [
+        layer.self_attn.register_forward_hook(lambda m, i, out: seen.append(out[1][0].detach().clone()))
+        for layer in lm.model.model.layers
+    ]
+    try:
+        engine.prefill(memory, [second])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen, memory.is_latent.clone()
+
+
+@pytest.fixture(scope="module")
+def eager():
+    lm = tiny_loaded("llama")
+    lm.model.set_attn_implementation("eager")  # returns its attention weights
+    return lm
+
+
+def test_thoughts_from_hides_thoughts_from_the_lower_layers_only(eager):
+    weights, thoughts = layer_weights(eager, MemoryView(thoughts_from=0.5))
+    low, high = weights  # two layers: layer 0 is below half the depth
+    assert thoughts.sum() == 3
+    assert low[..., thoughts].abs().max() == 0
+    assert high[..., thoughts].min() > 0
+
+
+def test_a_thought_weight_scales_attention_to_earlier_thoughts_by_beta(eager):
+    """In layer 0 the keys and queries come from the same embeddings either way, so the odds of
+    a thought column against a prompt column shrink by exactly beta."""
+    beta = 0.25
+    full, thoughts = layer_weights(eager, None)
+    weighted, _ = layer_weights(eager, MemoryView(thought_weight=beta))
+    prompt = 0  # a prompt column of the first agent
+
+    def odds(weights):
+        return weights[0][..., thoughts] / weights[0][..., prompt : prompt + 1]
+
+    assert torch.allclose(odds(weighted), beta * odds(full), rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (dict(thought_weight=0.0), "thought_weight must be in"),
+        (dict(thoughts_from=1.0), "thoughts_from must be <="),
+        (dict(method="single", thought_weight=0.5), "use them with --method latent_mas"),
+        (dict(engine="llamacpp", thoughts_from=0.5), "--engine transformers"),
+        (dict(max_thought_entropy=-1.0), "max_thought_entropy must be >="),
+    ],
+)
+def test_bad_view_options_are_clear_errors(options, message):
+    with pytest.raises(LatentMASError, match=message):
+        RunSpec(**options)
+
+
+def test_the_entropy_guard_stops_a_row_before_a_noisy_thought(tiny):
+    """Rows whose lens entropy is above the limit take no thought; the others take them all,
+    and a guard that cannot fire changes nothing."""
+    model = tiny.model
+    hidden = torch.randn(4, model.config.hidden_size)
+    guard = EntropyGuard(lambda h: lm_logits(model, h))
+    entropy = guard.entropy(hidden).detach()
+    limit = float(entropy.median())
+    calls = []
+
+    def step(embedding, active):
+        calls.append(active.clone())
+        return embedding  # realign "none": a fixed point, so entropies stay put
+
+    ident = realigner_for(model, "none")
+    _, taken = rollout(step, hidden, 3, ident, entropy_guard=EntropyGuard(guard.lens, max_entropy=limit))
+    assert taken.tolist() == [3 if e <= limit else 0 for e in entropy.tolist()]
+    _, taken = rollout(step, hidden, 3, ident, entropy_guard=EntropyGuard(guard.lens))
+    assert taken.tolist() == [3] * 4
+
+
+@torch.inference_mode()
+def test_the_entropy_guard_stops_at_a_jump(tiny):
+    model = tiny.model
+    lens = lambda h: lm_logits(model, h)  # noqa: E731
+    calm, noisy = torch.randn(2, model.config.hidden_size).unbind()
+    guard = EntropyGuard(lens)
+    rise = float(guard.entropy(noisy[None]) - guard.entropy(calm[None]))
+    if rise < 0:
+        calm, noisy, rise = noisy, calm, -rise
+    states = iter([noisy[None], noisy[None]])
+    _, taken = rollout(
+        lambda e, a: next(states),
+        calm[None],
+        3,
+        realigner_for(model, "none"),
+        entropy_guard=EntropyGuard(lens, max_jump=rise / 2),
+    )
+    assert taken.tolist() == [1]  # the first thought (calm) goes in; the noisy one does not
+    assert math.isfinite(rise)
+
+
+def test_the_entropy_guard_is_batch_invariant_and_described(tiny):
+    options = dict(latent_steps=6, max_thought_entropy=5.0, max_entropy_jump=0.5)
+    method = LatentMAS(tiny, SAMPLING, **options)
+    batched = method.solve(QUESTIONS)
+    alone = [method.solve([q])[0] for q in QUESTIONS]
+    assert [a.final_text for a in batched] == [a.final_text for a in alone]
+    assert [a.latent_steps for a in batched] == [a.latent_steps for a in alone]
+    assert method.describe()["max_thought_entropy"] == 5.0
+    assert "thought_weight" not in method.describe()  # defaults stay out: old results resume
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+@pytest.mark.parametrize(
+    "view",
+    [
+        MemoryView(thought_weight=0.3),
+        MemoryView(thoughts_from=0.5),
+        MemoryView(thoughts_from=0.5, thoughts_enter=True),
+    ],
+)
+def test_views_are_batch_invariant(arch, view):
+    lm = tiny_loaded(arch)
+    batched = answers(lm, QUESTIONS, latent_steps=3, view=view, realign="none")
+    assert [answers(lm, [q], latent_steps=3, view=view, realign="none")[0] for q in QUESTIONS] == batched
+
+
+def test_a_thought_that_enters_above_the_embedding_is_the_stream_there(tiny):
+    """At the entry layer the thought replaces the stream, rescaled to the norm the stream had
+    at the previous position; what the layers below compute for it changes nothing."""
+    view = MemoryView(thoughts_from=0.5, thoughts_enter=True)
+    expected = answers(tiny, QUESTIONS[:3], latent_steps=3, view=view, realign="none")
+    layers = tiny.model.model.layers
+    entering: list[torch.Tensor] = []
+    zero_input = []
+
+    def watch_entry(layer, args, kwargs):
+        stream = args[0] if args else kwargs["hidden_states"]
+        entering.append(stream[:, -1].clone())
+
+    def note_thought(layer, args, kwargs):
+        stream = args[0] if args else kwargs["hidden_states"]
+        zero_input.append(bool((stream[:, -1] == 0).all()))
+
+    def scramble(layer, args, kwargs, out):
+        if not zero_input[-1]:
+            return None
+        hidden = out[0] if isinstance(out, tuple) else out
+        hidden = hidden.clone()
+        hidden[:, -1] = torch.randn_like(hidden[:, -1]) * 100
+        return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
+
+    hooks = [
+        layers[1].register_forward_pre_hook(watch_entry, with_kwargs=True),
+        layers[0].register_forward_pre_hook(note_thought, with_kwargs=True),
+        layers[0].register_forward_hook(scramble, with_kwargs=True),
+    ]
+    try:
+        assert answers(tiny, QUESTIONS[:3], latent_steps=3, view=view, realign="none") == expected
+    finally:
+        for hook in hooks:
+            hook.remove()
+    thoughts = [i for i, zero in enumerate(zero_input) if zero]
+    assert len(thoughts) == 3 * 3  # three thoughts for each of the three thinking agents
+    for i in thoughts:  # same norm as the stream one position earlier (a prompt or a thought)
+        torch.testing.assert_close(
+            entering[i].norm(dim=-1), entering[i - 1].norm(dim=-1), rtol=1e-4, atol=1e-4
+        )
+
+
+def test_thoughts_enter_needs_a_layer():
+    with pytest.raises(LatentMASError, match="set it above 0"):
+        RunSpec(thoughts_enter=True)
