@@ -49,6 +49,8 @@ LATENT_DEFAULT = {
     "thoughts_enter": "false",
     "max_thought_entropy": "none",
     "max_entropy_jump": "none",
+    "handoff": "latent",
+    "message_tokens": "none",
 }
 VARIATIONS = {
     "latent_steps": ["0", "5", "20", "auto"],
@@ -68,6 +70,8 @@ SHORT = {
     "thoughts_enter": "enter",
     "max_thought_entropy": "H",
     "max_entropy_jump": "dH",
+    "handoff": "handoff",
+    "message_tokens": "msg",
 }
 
 
@@ -87,7 +91,7 @@ def parse_config(name: str) -> dict:
     method, _, changes = name.partition("[")
     if method not in ("single", "text_mas", "latent_mas") or (changes and not changes.endswith("]")):
         raise LatentMASError(f"config {name!r}: expected single, text_mas or latent_mas[key=value,...]")
-    options = {} if method == "single" else {"topology": "sequential"}
+    options = {} if method == "single" else {"topology": "sequential", "message_tokens": "none"}
     if method == "latent_mas":
         options = dict(LATENT_DEFAULT)
     long_names = {short: factor for factor, short in SHORT.items()}
@@ -161,9 +165,11 @@ def spec_value(key: str, text: str):
     """A config's option text as RunSpec's field takes it."""
     if key in ("question_once", "thoughts_enter"):
         return text == "true"
-    if key in ("thought_weight", "thoughts_from", "max_thought_entropy", "max_entropy_jump"):
+    numbers = {"thought_weight": float, "thoughts_from": float, "max_thought_entropy": float}
+    numbers |= {"max_entropy_jump": float, "message_tokens": int}
+    if key in numbers:
         try:
-            return None if text == "none" else float(text)
+            return None if text == "none" else numbers[key](text)
         except ValueError:
             raise LatentMASError(f"{key} takes a number, not {text!r}") from None
     return text

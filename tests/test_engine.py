@@ -64,9 +64,9 @@ def _record_memory(monkeypatch):
         events.append(("before_prefill", memory.real_lengths().tolist(), memory.is_latent.clone()))
         return prefill(self, memory, prompts, shared_prefix)
 
-    def recording_decode(model, memory, hidden, sampling, stop_ids, on_token=None, row_seeds=None):
+    def recording_decode(model, memory, hidden, sampling, stop_ids, *rest):
         events.append(("decode", memory.real_lengths().tolist(), memory.is_latent.clone()))
-        return decode(model, memory, hidden, sampling, stop_ids, on_token, row_seeds)
+        return decode(model, memory, hidden, sampling, stop_ids, *rest)
 
     monkeypatch.setattr(TransformersEngine, "prefill", recording_prefill)
     monkeypatch.setattr(engine, "decode", recording_decode)

@@ -619,6 +619,7 @@ def next_tokens(
 
 
 TokenCallback = Callable[[int, int], "bool | None"]
+StateCallback = Callable[[list[int], torch.Tensor], None]
 
 
 def decode(
@@ -629,6 +630,7 @@ def decode(
     stop_ids: set[int],
     on_token: TokenCallback | None = None,
     row_seeds: list[int] | None = None,
+    on_state: StateCallback | None = None,
 ) -> list[list[int]]:
     """Generate text for every row from its last hidden state [batch, hidden].
 
@@ -637,6 +639,8 @@ def decode(
     excluded. `on_token(row, token)` streams tokens as they are chosen; returning False
     ends that row (a streaming client went away). When sampling, row i draws from a
     generator seeded with `row_seeds[i]` (default: `sampling.seed` for every row).
+    `on_state(rows, hidden)` sees, at each step, the state [len(rows), hidden] each row still
+    decoding chooses its next token from (the text-anchored handoff keeps them).
     """
     generators = None
     if not is_greedy(sampling):
@@ -652,6 +656,8 @@ def decode(
     )
     ones = torch.ones(memory.batch_size, 1, dtype=torch.long, device=hidden.device)
     for step in range(sampling.max_new_tokens):
+        if on_state is not None:
+            on_state(active, hidden)
         tokens = next_tokens(lm_logits(model, hidden), sampling, generators)
         finished = torch.isin(tokens, stop)
         for index, (row, token) in enumerate(zip(active, tokens.tolist())):
@@ -754,8 +760,22 @@ class TransformersEngine:
         sampling: Sampling,
         on_token: TokenCallback | None,
         row_seeds: list[int] | None,
+        on_state: StateCallback | None = None,
     ) -> list[list[int]]:
-        return decode(self.model, memory, hidden, sampling, self.stop_ids, on_token, row_seeds)
+        return decode(self.model, memory, hidden, sampling, self.stop_ids, on_token, row_seeds, on_state)
+
+    def append_vectors(self, memory: SharedMemory, vectors: list[torch.Tensor]) -> torch.Tensor:
+        """Append each row's input-space vectors [n_row, hidden] (left-padded to the longest;
+        a row may have none); -> last hidden state [batch, hidden]."""
+        width = max(v.shape[0] for v in vectors)
+        hidden = self.model.config.get_text_config().hidden_size
+        embeds = torch.zeros(len(vectors), width, hidden, dtype=self.model.dtype, device=self.model.device)
+        mask = torch.zeros(len(vectors), width, dtype=torch.long, device=self.model.device)
+        for row, block in enumerate(vectors):
+            if block.shape[0]:
+                embeds[row, width - block.shape[0] :] = block.to(embeds)
+                mask[row, width - block.shape[0] :] = 1
+        return append(self.model, memory, mask, inputs_embeds=embeds, latent=True)
 
     def keep_latent_only(self, memory: SharedMemory) -> None:
         memory.keep_columns(memory.is_latent.nonzero().squeeze(-1))

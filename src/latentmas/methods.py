@@ -17,12 +17,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
 
+from .bridge import Vocabulary, anchored_states
 from .engine import (
     DriftGuard,
     Engine,
@@ -60,7 +61,10 @@ METHODS: tuple[str, ...] = ("single", "text_mas", "latent_mas")
 MEMORY_MODES: tuple[str, ...] = ("full", "latent_only")
 MAX_LATENT_STEPS = 1024
 DEFAULT_AUTO_MAX = 40
-Handoff = Literal["text", "latent"]
+Handoff = Literal["text", "latent", "states"]
+HANDOFFS: tuple[str, ...] = ("latent", "states")  # latent_mas's two (text is text_mas's)
+STATE_MESSAGE_TOKENS = 64  # the states handoff's default message cap (StateBridge's)
+STATE_MARKER = "<<latentmas:message>>"  # where an earlier message's vectors go in a prompt
 
 
 @dataclass
@@ -192,6 +196,8 @@ class Method:
         self.question_once = False
         self.observers: list[ObserverFactory] = []
         self.decoder: FinalDecoder | None = None
+        self.message_tokens: int | None = None  # cap on non-final agents' messages (None: none)
+        self.vocabulary: Vocabulary | None = None  # the states handoff's, loaded on first use
 
     @property
     def engine(self) -> Engine:
@@ -239,6 +245,7 @@ class Method:
         batch, last = len(questions), len(self.roles) - 1
         answers = [Answer(final_text="") for _ in questions]
         said: list[list[tuple[str, str]]] = [[] for _ in questions]  # text handoff: who said what
+        bridged: list[list[torch.Tensor]] = [[] for _ in questions]  # states handoff: their vectors
         watchers = [make(questions, self.describe()) for make in self.observers]
         final_decoder = self.decoder(questions, self.describe()) if self.decoder is not None else None
         if final_decoder is not None:
@@ -254,8 +261,15 @@ class Method:
             engine, final = self.engines[role.name], index == last
             start = time.perf_counter()
             prefix: list[int] = []
-            if self.handoff == "text":
-                prompts = self._text_prompts(engine, role, final, questions, said, answer_format)
+            pieces: list[list[list[int]]] | None = None
+            if self.handoff != "latent":
+                # A fresh memory per agent; the states handoff splits its prompt where each
+                # earlier message goes, to put the message's vectors there.
+                marker = STATE_MARKER if self.handoff == "states" else None
+                prompts = self._text_prompts(engine, role, final, questions, said, answer_format, marker)
+                if marker is not None:
+                    pieces = [self._pieces(engine, p) for p in prompts]
+                    prompts = [[t for piece in p for t in piece] for p in pieces]
                 probes = self._text_prompts(engine, role, final, PROBES, [[]] * len(PROBES), answer_format)
                 prefix = common_prefix(probes)
                 memory, steps, decode = engine.new_memory(batch), 0, True
@@ -287,6 +301,8 @@ class Method:
                     on_token if final else None,
                     questions,
                     prefix,
+                    final,
+                    None if pieces is None else (pieces, bridged),
                 )
                 if self.memory == "latent_only" and not final:
                     engine.keep_latent_only(memory)
@@ -307,17 +323,30 @@ class Method:
         questions: list[str],
         said: list[list[tuple[str, str]]],
         answer_format: str,
-    ) -> list[list[int]]:
-        """A standalone chat per agent; hierarchical experts work without seeing each other."""
+        marker: str | None = None,
+    ) -> list:
+        """A standalone chat per agent; hierarchical experts work without seeing each other.
+        With `marker`, each earlier message is replaced by it and the chat stays text."""
         sees_others = final or self.topology == "sequential"
-        return [
-            encode_chat(
-                engine.lm.tokenizer,
-                chat_messages(role, q, answer_format, text_context(s) if sees_others else ""),
-                False,
+        chats = []
+        for question, history in zip(questions, said):
+            if marker is not None:
+                history = [(name, marker) for name, _ in history]
+            chats.append(
+                chat_messages(role, question, answer_format, text_context(history) if sees_others else "")
             )
-            for q, s in zip(questions, said)
-        ]
+        if marker is not None:
+            return [
+                engine.lm.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+                for c in chats
+            ]
+        return [encode_chat(engine.lm.tokenizer, c, False) for c in chats]
+
+    @staticmethod
+    def _pieces(engine: Engine, chat: str) -> list[list[int]]:
+        """A rendered chat -> the token ids between its markers (one more piece than markers)."""
+        tokenize = engine.lm.tokenizer
+        return [tokenize(text, add_special_tokens=False).input_ids for text in chat.split(STATE_MARKER)]
 
     def _conversations(
         self, engine: Engine, index: int, questions: list[str], answer_format: str
@@ -349,16 +378,23 @@ class Method:
         on_token: TokenCallback | None,
         questions: list[str],
         prefix: list[int],
+        final: bool = True,
+        states: tuple[list[list[list[int]]], list[list[torch.Tensor]]] | None = None,
     ) -> tuple[list[str | None], list[AgentStep]]:
         """One agent on a batch: read its prompt into `memory`, think latently, maybe decode.
 
         Each row samples from a stream seeded by (seed, role, question), so a sampled answer
-        does not depend on the batch it ran in.
+        does not depend on the batch it ran in. `states`: the states handoff's prompt pieces
+        per row and the earlier messages' vectors that go between them; a non-final agent
+        adds its own message's vectors.
         """
         batch = len(prompts)
         clock = PhaseClock(engine.lm.model.device)
         with clock.phase("prefill"):
-            hidden = engine.prefill(memory, prompts, prefix)
+            if states is None:
+                hidden = engine.prefill(memory, prompts, prefix)
+            else:
+                hidden = self._read_pieces(engine, memory, *states, prefix)
         with clock.phase("latent"):
             step = partial(engine.latent_step, memory)
             entropy_guard = None
@@ -371,8 +407,21 @@ class Method:
         counts = [0] * batch
         if decode:
             seeds = [row_seed(self.sampling.seed, role.name, q) for q in questions]
+            sampling = self.sampling
+            if not final and self.message_tokens is not None:
+                sampling = replace(sampling, max_new_tokens=self.message_tokens)
+            kept: list[list[torch.Tensor]] = [[] for _ in range(batch)]
+
+            def keep(rows: list[int], states_now: torch.Tensor) -> None:
+                for row, state in zip(rows, states_now):
+                    kept[row].append(state)
+
             with clock.phase("decode"):
-                tokens = engine.decode(memory, hidden, self.sampling, on_token, seeds)
+                if states is not None and not final:
+                    tokens = engine.decode(memory, hidden, sampling, on_token, seeds, on_state=keep)
+                    self._keep_message_vectors(engine, kept, tokens, states[1])
+                else:
+                    tokens = engine.decode(memory, hidden, sampling, on_token, seeds)
             texts = [t.strip() for t in engine.lm.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
             counts = [len(t) for t in tokens]
         share = {name: seconds / batch for name, seconds in clock.seconds.items()}
@@ -382,6 +431,41 @@ class Method:
             for p, n, m, text in zip(prompts, counts, taken.tolist(), texts)
         ]
         return texts, steps
+
+    @staticmethod
+    def _read_pieces(
+        engine: Engine,
+        memory: Any,
+        pieces: list[list[list[int]]],
+        vectors: list[list[torch.Tensor]],
+        prefix: list[int],
+    ) -> torch.Tensor:
+        """Read each row's prompt pieces with the earlier messages' vectors between them."""
+        hidden = engine.prefill(memory, [p[0] for p in pieces], prefix)
+        for index in range(1, len(pieces[0])):
+            engine.append_vectors(memory, [row[index - 1] for row in vectors])
+            hidden = engine.prefill(memory, [p[index] for p in pieces])
+        return hidden
+
+    def _keep_message_vectors(
+        self,
+        engine: Engine,
+        states: list[list[torch.Tensor]],
+        tokens: list[list[int]],
+        vectors: list[list[torch.Tensor]],
+    ) -> None:
+        """Turn each row's message (its tokens and the states that chose them) into vectors."""
+        if self.vocabulary is None:
+            self.vocabulary = Vocabulary.of(engine.lm.model)
+        hidden = engine.lm.model.config.get_text_config().hidden_size
+        for row, (row_states, row_tokens) in enumerate(zip(states, tokens)):
+            count = min(len(row_tokens), STATE_MESSAGE_TOKENS)  # the last 64 at most
+            if count == 0:
+                vectors[row].append(torch.zeros(0, hidden))
+                continue
+            chosen = torch.stack(row_states[: len(row_tokens)][-count:])
+            ids = torch.tensor(row_tokens[-count:], dtype=torch.long)
+            vectors[row].append(anchored_states(chosen, ids, self.vocabulary))
 
     def _decode_elsewhere(
         self, decoder: FinalObserver, role: Role, prompts: list[list[int]]
@@ -449,12 +533,18 @@ class TextMAS(Method):
         lm: LoadedModel | Engine | Mapping[str, Engine],
         sampling: Sampling | None = None,
         topology: str = "sequential",
+        message_tokens: int | None = None,
     ) -> None:
+        """`message_tokens`: cap the non-final agents' messages (None: `sampling`'s budget)."""
         engines = lm if isinstance(lm, Mapping) else as_engine(lm)
         super().__init__(engines, topology_roles(topology), sampling, topology)
+        self.message_tokens = message_tokens
 
     def describe(self) -> dict:
-        return {"method": self.name, "topology": self.topology}
+        described = {"method": self.name, "topology": self.topology}
+        if self.message_tokens is not None:  # only when set, so earlier results still resume
+            described["message_tokens"] = self.message_tokens
+        return described
 
 
 class LatentMAS(Method):
@@ -475,6 +565,8 @@ class LatentMAS(Method):
         view: MemoryView | None = None,
         max_thought_entropy: float | None = None,
         max_entropy_jump: float | None = None,
+        handoff: str = "latent",
+        message_tokens: int | None = None,
     ) -> None:
         """`lm`: a loaded model (transformers engine, realigned with `realign`), an engine
         (already realigned), or one engine per role. `observers`: see `Observer`.
@@ -482,7 +574,11 @@ class LatentMAS(Method):
         later agents read the question from the shared memory instead of a restatement.
         `view`: what later agents see of the thoughts (`views.MemoryView`).
         `max_thought_entropy` / `max_entropy_jump`: end an agent's chain before a thought
-        the logit lens reads as noise (`engine.EntropyGuard`)."""
+        the logit lens reads as noise (`engine.EntropyGuard`). `handoff="states"`: agents
+        decode short messages (`message_tokens`, default 64) and hand over their
+        text-anchored states instead of sharing one memory (`bridge`)."""
+        if handoff not in HANDOFFS:
+            raise LatentMASError(f"unknown handoff {handoff!r}; choose one of {', '.join(HANDOFFS)}")
         if memory not in MEMORY_MODES:
             raise LatentMASError(f"unknown memory mode {memory!r}; choose one of {', '.join(MEMORY_MODES)}")
         if decoder is not None and memory != "full":
@@ -494,6 +590,11 @@ class LatentMAS(Method):
         super().__init__(engines, topology_roles(topology), sampling, topology)
         self.latent_steps, self.guard = parse_latent_steps(latent_steps)
         self.view = view
+        self.handoff = handoff
+        if handoff == "states":
+            self.message_tokens = STATE_MESSAGE_TOKENS if message_tokens is None else message_tokens
+            if not all(isinstance(e, TransformersEngine) for e in self.engines.values()):
+                raise LatentMASError("the states handoff runs on the transformers engine")
         self.entropy_options = (max_thought_entropy, max_entropy_jump)
         if max_thought_entropy is not None or max_entropy_jump is not None:
             inf = float("inf")
@@ -508,6 +609,13 @@ class LatentMAS(Method):
         self.question_once = question_once
 
     def describe(self) -> dict:
+        if self.handoff == "states":
+            return {
+                "method": self.name,
+                "topology": self.topology,
+                "handoff": "states",
+                "message_tokens": self.message_tokens,
+            }
         described = {
             "method": self.name,
             "topology": self.topology,

@@ -13,7 +13,16 @@ from pathlib import Path
 
 from .engine import Sampling
 from .errors import LatentMASError
-from .methods import MEMORY_MODES, METHODS, LatentMAS, Method, SingleAgent, TextMAS, parse_latent_steps
+from .methods import (
+    HANDOFFS,
+    MEMORY_MODES,
+    METHODS,
+    LatentMAS,
+    Method,
+    SingleAgent,
+    TextMAS,
+    parse_latent_steps,
+)
 from .models import DTYPES, LoadedModel, gguf_for, load_model
 from .realign import REALIGN_MODES
 from .roles import TOPOLOGIES, topology_roles
@@ -144,6 +153,22 @@ class RunSpec:
             low=0.0,
         ),
     )
+    handoff: str = field(
+        default="latent",
+        metadata=_option(
+            "latent_mas: share one memory with latent thoughts (the paper), or hand over each "
+            "agent's short decoded message as text-anchored states (StateBridge-style).",
+            HANDOFFS,
+        ),
+    )
+    message_tokens: int | None = field(
+        default=None,
+        metadata=_option(
+            "Cap on the non-final agents' messages (text_mas, and --handoff states: default 64).",
+            low=1,
+            high=MAX_NEW_TOKENS,
+        ),
+    )
     trace: bool = field(default=False, metadata={"cli": False})  # the CLI takes a path instead
 
     def __post_init__(self) -> None:
@@ -168,6 +193,19 @@ class RunSpec:
             raise LatentMASError(
                 "--thought-weight, --thoughts-from and the entropy guard shape latent thoughts; use them with --method latent_mas"
             )
+        if self.handoff == "states":
+            if self.method != "latent_mas" or self.engine != "transformers" or self.agent_models:
+                raise LatentMASError(
+                    "--handoff states is a latent_mas handoff on one model on --engine transformers"
+                )
+            if changes_latent or self.trace or self.memory != "full" or self.question_once:
+                raise LatentMASError(
+                    "--handoff states passes messages, not thoughts: it takes no thought, memory or trace options"
+                )
+        if self.message_tokens is not None and not (self.method == "text_mas" or self.handoff == "states"):
+            raise LatentMASError("--message-tokens caps messages: use it with text_mas or --handoff states")
+        if self.message_tokens is not None and self.agent_models:
+            raise LatentMASError("--message-tokens does not combine with --agent-models")
         if changes_latent and self.agent_models:
             raise LatentMASError("--agent-models does not combine with memory views or the entropy guard")
         if not view.identity and (self.engine != "transformers" or self.agent_models):
@@ -234,7 +272,7 @@ def build_solver(spec: RunSpec, lm: LoadedModel | None = None) -> Method:
     if spec.method == "single":
         return SingleAgent(lm, sampling)
     if spec.method == "text_mas":
-        return TextMAS(lm, sampling, spec.topology)
+        return TextMAS(lm, sampling, spec.topology, message_tokens=spec.message_tokens)
     engine = lm
     if spec.engine == "llamacpp":
         from .llamacpp_engine import LlamaCppEngine
@@ -257,6 +295,8 @@ def build_solver(spec: RunSpec, lm: LoadedModel | None = None) -> Method:
         view=spec.view,
         max_thought_entropy=spec.max_thought_entropy,
         max_entropy_jump=spec.max_entropy_jump,
+        handoff=spec.handoff,
+        message_tokens=spec.message_tokens,
     )
 
 
