@@ -586,6 +586,10 @@ class LatentMAS(Method):
                 "the vLLM decoder rebuilds the shared cache from embeddings: use --memory full"
             )
         view = view or MemoryView()
+        if decoder is not None and (not view.identity or handoff != "latent"):
+            raise LatentMASError(
+                "the vLLM decoder reads the plain shared cache: no memory view, no states handoff"
+            )
         engines = lm if isinstance(lm, Mapping) else as_engine(lm, realign, view)
         super().__init__(engines, topology_roles(topology), sampling, topology)
         self.latent_steps, self.guard = parse_latent_steps(latent_steps)
