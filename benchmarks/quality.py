@@ -75,6 +75,9 @@ SHORT = {
 }
 
 
+M0 = "latent_mas[m=0]"  # the team in one shared cache without thoughts: what thoughts must beat
+
+
 def all_configs() -> list[str]:
     """The default grid: baselines, latent_mas's default, and one change at a time around it."""
     names = ["single", "text_mas", "latent_mas"]
@@ -153,6 +156,8 @@ class Row:
     p_vs_single: float | None
     vs_text_mas: float | None
     p_vs_text_mas: float | None
+    vs_m0: float | None  # against the team without thoughts, latent_mas[m=0]
+    p_vs_m0: float | None
     endings: Endings
 
 
@@ -235,6 +240,8 @@ def summarize(
         p_vs_single=paired["single"][1],
         vs_text_mas=paired["text_mas"][0],
         p_vs_text_mas=paired["text_mas"][1],
+        vs_m0=paired[M0][0],
+        p_vs_m0=paired[M0][1],
         endings=endings(results, max_new_tokens),
     )
 
@@ -253,7 +260,14 @@ def table(title: str, header: list[str], cells: list[list[str]]) -> str:
 
 
 def markdown(rows: list[Row], title: str) -> str:
-    header = ["config", "n", "accuracy % [95% CI]", "vs single (pts, p)", "vs text_mas (pts, p)"]
+    header = [
+        "config",
+        "n",
+        "accuracy % [95% CI]",
+        "vs single (pts, p)",
+        "vs text_mas (pts, p)",
+        "vs m = 0 (pts, p)",
+    ]
     header += ["decoded tokens/q", "latent steps/q", "s/q"]
     cells = [
         [
@@ -262,6 +276,7 @@ def markdown(rows: list[Row], title: str) -> str:
             f"{100 * r.accuracy:.1f} [{100 * r.ci_low:.1f}, {100 * r.ci_high:.1f}]",
             f"{_signed(r.vs_single)}, {_p(r.p_vs_single)}",
             f"{_signed(r.vs_text_mas)}, {_p(r.p_vs_text_mas)}",
+            f"{_signed(r.vs_m0)}, {_p(r.p_vs_m0)}",
             f"{r.output_tokens_mean:.0f}",
             f"{r.latent_steps_mean:.0f}",
             f"{r.seconds_mean:.1f}",
@@ -455,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed in seeds:
             baselines = {
                 b: correctness(args.out / name / folder_name(b, seed, sampled), ids)
-                for b in ("single", "text_mas")
+                for b in ("single", "text_mas", M0)
             }
             for config in chosen:
                 folder = args.out / name / folder_name(config, seed, sampled)
