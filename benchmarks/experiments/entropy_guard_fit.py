@@ -38,7 +38,7 @@ class EntropyLog:
     """An observer of the agent loop: the lens entropy of each state fed back, per agent."""
 
     def __init__(self, guard: EntropyGuard, rows: list) -> None:
-        self.guard, self.rows, self.agent = guard, rows, -1
+        self.guard, self.rows = guard, rows
 
     def __call__(self, questions: list[str], method: dict) -> EntropyLog:
         self.batch = [[] for _ in questions]

@@ -181,7 +181,9 @@ class SharedMemory:
             _positions=torch.zeros(batch_size, capacity, dtype=torch.long, device=device),
             _latent=torch.zeros(capacity, dtype=torch.bool, device=device),
             _owner=torch.zeros(capacity, dtype=torch.long, device=device),
-            entry_norm=torch.zeros(batch_size, dtype=torch.float32, device=device),
+            entry_norm=torch.zeros(batch_size, dtype=torch.float32, device=device)
+            if view is not None and view.thoughts_enter
+            else None,
         )
 
     @property

@@ -14,6 +14,7 @@ loop and never drive it. All methods share roles, prompts and sampling, so costs
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -191,7 +192,8 @@ class Method:
             raise LatentMASError("max_new_tokens must be >= 1")
         self.latent_steps = 0
         self.guard: DriftGuard | None = None
-        self.entropy_limits: tuple[float, float] | None = None  # (max entropy, max jump), nats
+        # (max entropy, max jump) in nats for the entropy guard; None: that rule is off.
+        self.entropy_options: tuple[float | None, float | None] = (None, None)
         self.memory = "full"
         self.question_once = False
         self.observers: list[ObserverFactory] = []
@@ -398,8 +400,9 @@ class Method:
         with clock.phase("latent"):
             step = partial(engine.latent_step, memory)
             entropy_guard = None
-            if self.entropy_limits is not None:
-                entropy_guard = EntropyGuard(partial(lm_logits, engine.lm.model), *self.entropy_limits)
+            if self.entropy_options != (None, None):
+                limits = [math.inf if value is None else value for value in self.entropy_options]
+                entropy_guard = EntropyGuard(partial(lm_logits, engine.lm.model), *limits)
             hidden, taken = rollout(
                 step, hidden, latent_steps, engine.realigner, on_step, self.guard, entropy_guard
             )
@@ -443,7 +446,9 @@ class Method:
         """Read each row's prompt pieces with the earlier messages' vectors between them."""
         hidden = engine.prefill(memory, [p[0] for p in pieces], prefix)
         for index in range(1, len(pieces[0])):
-            engine.append_vectors(memory, [row[index - 1] for row in vectors])
+            message = [row[index - 1] for row in vectors]
+            if any(block.shape[0] for block in message):  # every row's message may be empty
+                engine.append_vectors(memory, message)
             hidden = engine.prefill(memory, [p[index] for p in pieces])
         return hidden
 
@@ -600,12 +605,6 @@ class LatentMAS(Method):
             if not all(isinstance(e, TransformersEngine) for e in self.engines.values()):
                 raise LatentMASError("the states handoff runs on the transformers engine")
         self.entropy_options = (max_thought_entropy, max_entropy_jump)
-        if max_thought_entropy is not None or max_entropy_jump is not None:
-            inf = float("inf")
-            self.entropy_limits = (
-                inf if max_thought_entropy is None else max_thought_entropy,
-                inf if max_entropy_jump is None else max_entropy_jump,
-            )
         self.memory = memory
         self.realign_mode = realign
         self.observers = list(observers)
