@@ -358,6 +358,30 @@ def test_model_text_is_printed_verbatim_and_the_trace_is_saved(monkeypatch, caps
     assert trace.is_file()
 
 
+def test_a_saved_trace_is_inspected_in_the_console_and_as_html(monkeypatch, capsys, model_dir, tmp_path):
+    trace = tmp_path / "t.json"
+    code, _, err = cli(
+        monkeypatch,
+        capsys,
+        "run",
+        "q",
+        "--model",
+        model_dir,
+        "--max-new-tokens",
+        "2",
+        "--latent-steps",
+        "2",
+        "--trace",
+        trace,
+    )
+    assert code == 0, err
+    code, out, err = cli(monkeypatch, capsys, "inspect", trace, "--html", tmp_path / "t.html")
+    assert code == 0, err
+    assert "method: latent_mas" in out and "topology=sequential" in out
+    page = (tmp_path / "t.html").read_text()
+    assert "latent_mas topology=sequential" in page and "<img" in page
+
+
 def test_run_says_which_dtype_ran(monkeypatch, capsys, model_dir):
     code, out, _ = cli(
         monkeypatch, capsys, "run", "q", "--model", model_dir, "--max-new-tokens", "2", "--dtype", "bfloat16"

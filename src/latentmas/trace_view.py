@@ -17,10 +17,18 @@ def _tokens(pairs: list[tuple[str, float]], n: int = 3) -> str:
     return escape("  ".join(f"{tok!r} {score:.2f}" for tok, score in pairs[:n]))
 
 
+def method_label(method: dict) -> str:
+    """A run's description as one line, e.g. `latent_mas topology=sequential latent_steps=10`."""
+    rest = " ".join(f"{k}={v}" for k, v in method.items() if k != "method")
+    return f"{method.get('method', '?')} {rest}".strip()
+
+
 def print_trace(trace: Trace, console: Console) -> None:
     """Every string from the model or the user is escaped: it is shown, never read as markup."""
     console.print(f"[bold]question[/bold]: {escape(trace.question)}", highlight=False)
-    console.print(f"[bold]model[/bold]: {escape(trace.model)}   [bold]method[/bold]: {escape(trace.method)}")
+    console.print(
+        f"[bold]model[/bold]: {escape(trace.model)}   [bold]method[/bold]: {escape(method_label(trace.method))}"
+    )
     for agent in trace.agents:
         if not agent.steps:
             console.print(f"[bold]{escape(agent.role)}[/bold]: no latent steps (decodes the answer)")
@@ -130,7 +138,7 @@ img {{ max-width: 100%; }}
 </style></head><body>
 <h1>What the agents thought</h1>
 <p><b>Question:</b> {esc(trace.question)}</p>
-<p><b>Model:</b> {esc(trace.model)} &nbsp; <b>Method:</b> {esc(str(trace.method))}</p>
+<p><b>Model:</b> {esc(trace.model)} &nbsp; <b>Method:</b> {esc(method_label(trace.method))}</p>
 <h2>Norm and drift</h2><img alt="norm and drift" src="data:image/png;base64,{images["norm_drift"]}">
 <h2>Latent trajectories</h2><img alt="PCA map" src="data:image/png;base64,{images["pca"]}">
 <h2>Logit lens</h2>{"".join(sections)}
