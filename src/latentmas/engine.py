@@ -689,7 +689,8 @@ class Engine(Protocol):
     """What the agent loop needs from a backend: a memory per batch, and the three moves.
 
     `TransformersEngine` (below) runs any transformers causal LM on batches;
-    `llamacpp_engine.LlamaCppEngine` runs a GGUF file in llama.cpp, one sequence per row.
+    `llamacpp_engine.LlamaCppEngine` runs a GGUF file in llama.cpp, one sequence per row;
+    `vllm_engine.VLLMEngine` thinks in transformers and decodes in vLLM.
     """
 
     name: str  # as `--engine` spells it
@@ -701,10 +702,12 @@ class Engine(Protocol):
     def new_memory(self, batch_size: int) -> Any: ...
 
     def prefill(
-        self, memory: Any, prompts: list[list[int]], shared_prefix: Sequence[int] = ()
-    ) -> torch.Tensor:
-        """Read one prompt per row. `shared_prefix`: tokens the method's prompts begin with
-        whatever the question (a hint; an engine may reuse their KV across rows and batches)."""
+        self, memory: Any, prompts: list[list[int]], shared_prefix: Sequence[int] = (), think: bool = True
+    ) -> torch.Tensor | None:
+        """Read one prompt per row; -> each row's last hidden state. `shared_prefix`: tokens
+        the method's prompts begin with whatever the question (a hint; an engine may reuse
+        their KV across rows and batches). `think=False`: the agent will not think from the
+        state, so an engine that decodes elsewhere (vLLM) may skip computing it (None)."""
 
     def latent_step(self, memory: Any, embedding: torch.Tensor, active: torch.Tensor) -> torch.Tensor: ...
 
@@ -743,7 +746,11 @@ class TransformersEngine:
         return SharedMemory.empty(self.model, batch_size, view=self.view)
 
     def prefill(
-        self, memory: SharedMemory, prompts: list[list[int]], shared_prefix: Sequence[int] = ()
+        self,
+        memory: SharedMemory,
+        prompts: list[list[int]],
+        shared_prefix: Sequence[int] = (),
+        think: bool = True,
     ) -> torch.Tensor:
         memory.begin_agent()
         if self.prefixes is not None and memory.length == 0:

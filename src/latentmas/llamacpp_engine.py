@@ -164,7 +164,7 @@ class LlamaCppEngine:
         return Rows([0] * batch_size, np.zeros((batch_size, self.n_vocab), dtype=np.float32))
 
     def prefill(
-        self, memory: Rows, prompts: list[list[int]], shared_prefix: Sequence[int] = ()
+        self, memory: Rows, prompts: list[list[int]], shared_prefix: Sequence[int] = (), think: bool = True
     ) -> torch.Tensor:
         """Read one prompt per row; -> each row's last hidden state [batch, hidden].
 

@@ -129,16 +129,6 @@ class Observer(Protocol):
 ObserverFactory = Callable[[list[str], dict], Observer]
 
 
-class FinalDecoder(Protocol):
-    """Decodes the final agent outside the engine (vLLM), from what its observer saw."""
-
-    def __call__(self, questions: list[str], method: dict) -> FinalObserver: ...
-
-
-class FinalObserver(Observer, Protocol):
-    def decode_final(self, prompts: list[list[int]], sampling: Sampling) -> list[tuple[str, int]]: ...
-
-
 class PhaseClock:
     """Wall time per phase; waits for the GPU at phase boundaries so times are real."""
 
@@ -197,7 +187,6 @@ class Method:
         self.memory = "full"
         self.question_once = False
         self.observers: list[ObserverFactory] = []
-        self.decoder: FinalDecoder | None = None
         self.message_tokens: int | None = None  # cap on non-final agents' messages (None: none)
         self.vocabulary: Vocabulary | None = None  # the states handoff's, loaded on first use
 
@@ -249,9 +238,6 @@ class Method:
         said: list[list[tuple[str, str]]] = [[] for _ in questions]  # text handoff: who said what
         bridged: list[list[torch.Tensor]] = [[] for _ in questions]  # states handoff: their vectors
         watchers = [make(questions, self.describe()) for make in self.observers]
-        final_decoder = self.decoder(questions, self.describe()) if self.decoder is not None else None
-        if final_decoder is not None:
-            watchers.append(final_decoder)
         on_step = _fan_out(watchers)
         memory: Any = None
         current: Engine | None = None
@@ -288,26 +274,22 @@ class Method:
             entered = time.perf_counter() - start
             for watcher in watchers:
                 watcher.begin_agent(role.name, prompts)
-            if final and final_decoder is not None:
-                records = self._decode_elsewhere(final_decoder, role, prompts)
-                texts = [r.text for r in records]
-            else:
-                texts, records = self._agent(
-                    engine,
-                    role,
-                    memory,
-                    prompts,
-                    steps,
-                    decode,
-                    on_step,
-                    on_token if final else None,
-                    questions,
-                    prefix,
-                    final,
-                    None if pieces is None else (pieces, bridged),
-                )
-                if self.memory == "latent_only" and not final:
-                    engine.keep_latent_only(memory)
+            texts, records = self._agent(
+                engine,
+                role,
+                memory,
+                prompts,
+                steps,
+                decode,
+                on_step,
+                on_token if final else None,
+                questions,
+                prefix,
+                final,
+                None if pieces is None else (pieces, bridged),
+            )
+            if self.memory == "latent_only" and not final:
+                engine.keep_latent_only(memory)
             for answer, history, text, record in zip(answers, said, texts, records):
                 record.prefill_seconds += entered / batch
                 answer.agents.append(record)
@@ -394,7 +376,7 @@ class Method:
         clock = PhaseClock(engine.lm.model.device)
         with clock.phase("prefill"):
             if states is None:
-                hidden = engine.prefill(memory, prompts, prefix)
+                hidden = engine.prefill(memory, prompts, prefix, think=latent_steps > 0)
             else:
                 hidden = self._read_pieces(engine, memory, *states, prefix)
         with clock.phase("latent"):
@@ -403,9 +385,11 @@ class Method:
             if self.entropy_options != (None, None):
                 limits = [math.inf if value is None else value for value in self.entropy_options]
                 entropy_guard = EntropyGuard(partial(lm_logits, engine.lm.model), *limits)
-            hidden, taken = rollout(
-                step, hidden, latent_steps, engine.realigner, on_step, self.guard, entropy_guard
-            )
+            taken = torch.zeros(batch, dtype=torch.long)
+            if latent_steps > 0:
+                hidden, taken = rollout(
+                    step, hidden, latent_steps, engine.realigner, on_step, self.guard, entropy_guard
+                )
         texts: list[str | None] = [None] * batch
         counts = [0] * batch
         if decode:
@@ -471,18 +455,6 @@ class Method:
             chosen = torch.stack(row_states[: len(row_tokens)][-count:])
             ids = torch.tensor(row_tokens[-count:], dtype=torch.long)
             vectors[row].append(anchored_states(chosen, ids, self.vocabulary))
-
-    def _decode_elsewhere(
-        self, decoder: FinalObserver, role: Role, prompts: list[list[int]]
-    ) -> list[AgentStep]:
-        """The final agent decoded by `decoder` (vLLM) instead of the engine."""
-        start = time.perf_counter()
-        outputs = decoder.decode_final(prompts, self.sampling)
-        share = (time.perf_counter() - start) / len(prompts)
-        return [
-            AgentStep(role.name, "text", len(prompt), count, 0, 0.0, 0.0, share, text)
-            for prompt, (text, count) in zip(prompts, outputs)
-        ]
 
 
 # Questions that differ from their first character, and start as questions do (a word, a
@@ -565,7 +537,6 @@ class LatentMAS(Method):
         memory: str = "full",
         realign: str = "ridge",
         observers: Sequence[ObserverFactory] = (),
-        decoder: FinalDecoder | None = None,
         question_once: bool = False,
         view: MemoryView | None = None,
         max_thought_entropy: float | None = None,
@@ -575,7 +546,7 @@ class LatentMAS(Method):
     ) -> None:
         """`lm`: a loaded model (transformers engine, realigned with `realign`), an engine
         (already realigned), or one engine per role. `observers`: see `Observer`.
-        `decoder`: decode the final agent elsewhere (vLLM, GPU only). `question_once`:
+        `question_once`:
         later agents read the question from the shared memory instead of a restatement.
         `view`: what later agents see of the thoughts (`views.MemoryView`).
         `max_thought_entropy` / `max_entropy_jump`: end an agent's chain before a thought
@@ -586,15 +557,7 @@ class LatentMAS(Method):
             raise LatentMASError(f"unknown handoff {handoff!r}; choose one of {', '.join(HANDOFFS)}")
         if memory not in MEMORY_MODES:
             raise LatentMASError(f"unknown memory mode {memory!r}; choose one of {', '.join(MEMORY_MODES)}")
-        if decoder is not None and memory != "full":
-            raise LatentMASError(
-                "the vLLM decoder rebuilds the shared cache from embeddings: use --memory full"
-            )
         view = view or MemoryView()
-        if decoder is not None and (not view.identity or handoff != "latent"):
-            raise LatentMASError(
-                "the vLLM decoder reads the plain shared cache: no memory view, no states handoff"
-            )
         engines = lm if isinstance(lm, Mapping) else as_engine(lm, realign, view)
         super().__init__(engines, topology_roles(topology), sampling, topology)
         self.latent_steps, self.guard = parse_latent_steps(latent_steps)
@@ -608,7 +571,6 @@ class LatentMAS(Method):
         self.memory = memory
         self.realign_mode = realign
         self.observers = list(observers)
-        self.decoder = decoder
         self.question_once = question_once
 
     def describe(self) -> dict:

@@ -33,6 +33,7 @@ from .models import LoadedModel
 from .roles import chat_messages, encode_chat, shared_conversation, single_role, topology_roles
 from .scheduler import Batcher, Cancelled, Job, Metrics
 from .spec import RunSpec, bounds
+from .vllm_engine import VLLMSettings, start_vllm
 
 # Every bound comes from RunSpec, the one place that validates a run.
 TEMPERATURE = bounds("temperature")
@@ -101,6 +102,8 @@ class Served:
     metrics: Metrics
     default_max_tokens: int
     context_limit: int | None
+    engine: str = "transformers"
+    vllm: VLLMSettings = VLLMSettings()
 
 
 router = APIRouter()
@@ -113,8 +116,14 @@ def create_app(
     max_wait_ms: float = 10.0,
     queue_size: int = 64,
     default_max_tokens: int = 256,
+    engine: str = "transformers",
+    vllm: VLLMSettings | None = None,
 ) -> FastAPI:
-    """The FastAPI app serving `lm`. `max_batch=1` turns dynamic batching off."""
+    """The FastAPI app serving `lm` on `engine` (transformers, or vllm: every decode in
+    vLLM). `max_batch=1` turns dynamic batching off."""
+    vllm = vllm or VLLMSettings()
+    if engine == "vllm":
+        start_vllm(lm, vllm)  # now, so a missing vLLM is an error at start, not at a request
     metrics = Metrics()
     batcher = Batcher(lm, max_batch, max_wait_ms, queue_size, metrics)
     context_limit = getattr(lm.model.config.get_text_config(), "max_position_embeddings", None)
@@ -127,7 +136,7 @@ def create_app(
 
     app = FastAPI(title="latentmas", version="0.1.0", lifespan=lifespan)
     app.state.batcher = batcher
-    app.state.served = Served(lm, batcher, metrics, default_max_tokens, context_limit)
+    app.state.served = Served(lm, batcher, metrics, default_max_tokens, context_limit, engine, vllm)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.include_router(router)
@@ -207,6 +216,9 @@ async def chat(body: ChatRequest, request: Request):
         spec = RunSpec(
             model=state.lm.name,
             dtype=state.lm.dtype,
+            engine=state.engine,
+            vllm_gpu_share=state.vllm.gpu_share,
+            vllm_cpu_kv_gib=state.vllm.cpu_kv_gib,
             method=body.method,
             topology=body.topology,
             latent_steps=str(body.latent_steps),

