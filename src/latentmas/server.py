@@ -219,6 +219,7 @@ async def chat(body: ChatRequest, request: Request):
             engine=state.engine,
             vllm_gpu_share=state.vllm.gpu_share,
             vllm_cpu_kv_gib=state.vllm.cpu_kv_gib,
+            vllm_tensor_parallel=state.vllm.tensor_parallel,
             method=body.method,
             topology=body.topology,
             latent_steps=str(body.latent_steps),

@@ -120,9 +120,17 @@ class RunSpec:
             high=0.95,
         ),
     )
-    vllm_cpu_kv_gib: float = field(
+    vllm_cpu_kv_gib: int = field(
         default=VLLMSettings.cpu_kv_gib,
-        metadata=_option("--engine vllm on a CPU: GiB of memory for vLLM's KV cache.", low=0.25, high=1024.0),
+        metadata=_option("--engine vllm on a CPU: GiB of memory for vLLM's KV cache.", low=1, high=1024),
+    )
+    vllm_tensor_parallel: int = field(
+        default=VLLMSettings.tensor_parallel,
+        metadata=_option(
+            "--engine vllm: split the model over this many ranks (GPUs; on a CPU, groups of cores).",
+            low=1,
+            high=64,
+        ),
     )
     question_once: bool = field(
         default=False,
@@ -295,7 +303,7 @@ def build_solver(spec: RunSpec, lm: LoadedModel | None = None) -> Method:
         from .vllm_engine import VLLMEngine
 
         realign = spec.realign if spec.method == "latent_mas" else "none"
-        settings = VLLMSettings(spec.vllm_gpu_share, spec.vllm_cpu_kv_gib)
+        settings = VLLMSettings(spec.vllm_gpu_share, spec.vllm_cpu_kv_gib, spec.vllm_tensor_parallel)
         engine = VLLMEngine(lm, realigner_for(lm.model, realign), settings)
     if spec.method == "single":
         return SingleAgent(engine, sampling)

@@ -35,10 +35,11 @@ Segment = list[int] | torch.Tensor
 @dataclass(frozen=True)
 class VLLMSettings:
     """How much memory vLLM takes: a share of the GPU (it sits next to the transformers
-    copy), or GiB of KV cache on a CPU."""
+    copy), or GiB of KV cache on a CPU; and over how many ranks it splits the model."""
 
     gpu_share: float = 0.45
-    cpu_kv_gib: float = 2.0
+    cpu_kv_gib: int = 2  # vLLM reads whole GiB
+    tensor_parallel: int = 1  # ranks the model is split over (GPUs; on a CPU, groups of cores)
 
 
 @dataclass
@@ -79,6 +80,18 @@ def check_embedding_scale(lm: LoadedModel) -> None:
         )
 
 
+def cpu_groups(ranks: int) -> str:
+    """`VLLM_CPU_OMP_THREADS_BIND` for `ranks` CPU ranks: this process's cores in equal
+    groups ("0|1" for two ranks on two cores). vLLM binds one rank per NUMA node by
+    itself and refuses more ranks than nodes; a one-node machine needs the groups given."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < ranks:
+        raise LatentMASError(f"{ranks} vLLM ranks need {ranks} CPU cores; this process has {len(cores)}")
+    size = len(cores) // ranks
+    groups = [cores[i * size : (i + 1) * size] for i in range(ranks)]
+    return "|".join(",".join(map(str, group)) for group in groups)
+
+
 _RUNNING: dict[tuple, object] = {}
 
 
@@ -99,20 +112,44 @@ def start_vllm(lm: LoadedModel, settings: VLLMSettings) -> object:
     if key not in _RUNNING:
         on_cpu = lm.device.type == "cpu"
         if on_cpu:
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = f"{settings.cpu_kv_gib:g}"
-        # The engine core in this process: no spawned worker re-importing the caller's script.
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(settings.cpu_kv_gib)
+        # One rank: the engine core in this process, no spawned worker re-importing the
+        # caller's script. Several ranks are processes of their own (`mp` executor).
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        limit = getattr(lm.model.config.get_text_config(), "max_position_embeddings", None)
-        _RUNNING[key] = LLM(
-            model=lm.source,
-            dtype=dtype,
-            enable_prompt_embeds=True,
-            enforce_eager=on_cpu,
-            max_model_len=min(limit or MAX_MODEL_LEN, MAX_MODEL_LEN),
-            gpu_memory_utilization=settings.gpu_share,
-            seed=0,
-        )
+        # An engine core in this process freezes vLLM's environment settings once started;
+        # a second start (another model or setting) must read them afresh.
+        import vllm.envs
+
+        getattr(vllm.envs, "disable_envs_cache", lambda: None)()
+        bind = "VLLM_CPU_OMP_THREADS_BIND"
+        given = os.environ.get(bind)
+        if on_cpu and settings.tensor_parallel > 1 and given is None:
+            os.environ[bind] = cpu_groups(settings.tensor_parallel)  # for this start only
+        try:
+            _RUNNING[key] = _llm(LLM, lm, settings, dtype, on_cpu)
+        except ValueError as exc:  # vLLM's config checks (heads not divisible by ranks, ...)
+            lines = str(exc).strip().splitlines()
+            reason = next((line.strip() for line in lines if "Value error" in line), lines[0])
+            raise LatentMASError(f"vLLM cannot run {lm.name}: {reason}") from exc
+        finally:
+            if given is None:
+                os.environ.pop(bind, None)
     return _RUNNING[key]
+
+
+def _llm(LLM, lm: LoadedModel, settings: VLLMSettings, dtype: str, on_cpu: bool) -> object:
+    limit = getattr(lm.model.config.get_text_config(), "max_position_embeddings", None)
+    return LLM(
+        model=lm.source,
+        dtype=dtype,
+        enable_prompt_embeds=True,
+        enforce_eager=on_cpu,
+        max_model_len=min(limit or MAX_MODEL_LEN, MAX_MODEL_LEN),
+        gpu_memory_utilization=settings.gpu_share,
+        tensor_parallel_size=settings.tensor_parallel,
+        distributed_executor_backend="mp" if settings.tensor_parallel > 1 else None,
+        seed=0,
+    )
 
 
 class VLLMEngine:
