@@ -89,7 +89,9 @@ def main(argv: list[str] | None = None) -> None:
         "settings": vars(args) | {"out": str(args.out)},
         "rows": rows,
     }
-    (args.out / f"agreement-{lm.dtype}-{'-'.join(args.methods.split(','))}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (args.out / f"agreement-{lm.dtype}-{'-'.join(args.methods.split(','))}.json").write_text(
+        json.dumps(result, indent=1) + "\n"
+    )
     print(
         f"\n## transformers vs {args.engine}: {lm.name}, {lm.dtype}, {len(questions)} GSM8K questions, greedy\n"
     )
