@@ -448,16 +448,20 @@ def grid(lm, args, engine, plan, questions, task, sampling, steps_grid, batch_si
     }
 
 
+PLAN_KEY = ("method", "topology", "latent_steps", "batch_size")  # what identifies a run of the plan
+
+
+def rows_by_plan(run: dict) -> dict[tuple, dict]:
+    return {tuple(r[k] for k in PLAN_KEY): r for r in run["rows"]}
+
+
 def compare_dtypes(runs: dict[str, dict]) -> list[dict]:
     """Per run of the plan: seconds in each dtype, and float32's seconds over each other's."""
-    keyed = {
-        dtype: {(r["method"], r["topology"], r["latent_steps"], r["batch_size"]): r for r in run["rows"]}
-        for dtype, run in runs.items()
-    }
+    keyed = {dtype: rows_by_plan(run) for dtype, run in runs.items()}
     baseline = keyed.get("float32")
     table = []
     for key in next(iter(keyed.values())):
-        row = dict(zip(("method", "topology", "latent_steps", "batch_size"), key))
+        row = dict(zip(PLAN_KEY, key))
         for dtype, rows in keyed.items():
             row[f"seconds_{dtype}"] = rows[key]["seconds"]
             row[f"accuracy_{dtype}"] = rows[key]["accuracy"]
@@ -472,15 +476,12 @@ def compare_engines(on_engines: dict[str, dict]) -> list[dict]:
     """Per run of the plan in one dtype: seconds per question on each engine, and the first
     engine's seconds over each other's (> 1: that engine is faster)."""
     names = list(on_engines)
-    keyed = {
-        name: {(r["method"], r["topology"], r["latent_steps"], r["batch_size"]): r for r in run["rows"]}
-        for name, run in on_engines.items()
-    }
+    keyed = {name: rows_by_plan(run) for name, run in on_engines.items()}
     first = keyed[names[0]]
     table = []
     for key, base in first.items():
         row = {
-            **dict(zip(("method", "topology", "latent_steps", "batch_size"), key)),
+            **dict(zip(PLAN_KEY, key)),
             "dtype": on_engines[names[0]]["dtype"],
         }
         for name in names:

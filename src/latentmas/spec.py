@@ -261,6 +261,10 @@ class RunSpec:
         return MemoryView(self.thought_weight, self.thoughts_from, self.thoughts_enter)
 
     @property
+    def vllm(self) -> VLLMSettings:
+        return VLLMSettings(self.vllm_gpu_share, self.vllm_cpu_kv_gib, self.vllm_tensor_parallel)
+
+    @property
     def sampling(self) -> Sampling:
         return Sampling(self.max_new_tokens, self.temperature, self.top_p, self.seed)
 
@@ -303,8 +307,7 @@ def build_solver(spec: RunSpec, lm: LoadedModel | None = None) -> Method:
         from .vllm_engine import VLLMEngine
 
         realign = spec.realign if spec.method == "latent_mas" else "none"
-        settings = VLLMSettings(spec.vllm_gpu_share, spec.vllm_cpu_kv_gib, spec.vllm_tensor_parallel)
-        engine = VLLMEngine(lm, realigner_for(lm.model, realign), settings)
+        engine = VLLMEngine(lm, realigner_for(lm.model, realign), spec.vllm)
     if spec.method == "single":
         return SingleAgent(engine, sampling)
     if spec.method == "text_mas":
