@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -32,7 +33,6 @@ from transformers import DynamicCache
 from latentmas import LatentMAS, RunSpec, Sampling, build_solver, engine, get_task, load_model
 from latentmas.engine import SharedMemory, TransformersEngine
 from latentmas.models import DTYPES, LoadedModel, pick_dtype
-from latentmas.realign import realigner_for
 from latentmas.spec import ENGINES
 from latentmas.tiny import model_from_config_file, tiny_tokenizer
 
@@ -173,7 +173,7 @@ def step_costs(lm: LoadedModel, batch_size: int, context: int, steps: int = 16) 
             hidden = out.hidden_states[-1][:, -1]
 
     runs = {
-        "latent": (False, lambda m, h: engine.latent_steps(model, m, h, steps, method.engine.realigner)),
+        "latent": (False, lambda m, h: engine.rollout(partial(method.engine.latent_step, m), h, steps)),
         "decode": (False, lambda m, h: engine.decode(model, m, h, Sampling(max_new_tokens=steps + 1), set())),
         "decode_stock": (
             True,
@@ -213,9 +213,8 @@ def prefix_costs(lm: LoadedModel, questions, task, batch_size: int) -> dict:
     """LatentMAS's prefill seconds on the same questions with the prompts' shared prefix read
     once and copied (the default), against every prompt read whole: alternated twice after a
     warm-up, best of each, so the ratio comes from one process and one machine state."""
-    realign = realigner_for(lm.model, "ridge")
     methods = {
-        name: LatentMAS(TransformersEngine(lm, realign, share_prefixes=shared), Sampling(max_new_tokens=1))
+        name: LatentMAS(TransformersEngine(lm, "ridge", share_prefixes=shared), Sampling(max_new_tokens=1))
         for name, shared in (("whole", False), ("shared", True))
     }
     order = sorted(questions, key=lambda q: len(q.question))

@@ -15,15 +15,15 @@ import argparse
 import ctypes
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from latentmas import Sampling, engine, load_model
-from latentmas.engine import SharedMemory
+from latentmas.engine import SharedMemory, TransformersEngine
 from latentmas.models import embedded_gguf_path
-from latentmas.realign import build_realigner
 
 
 def llamacpp_steps(
@@ -81,7 +81,8 @@ def llamacpp_steps(
 
 def transformers_steps(prompt: list[int], steps: int):
     lm = load_model(None, device="cpu")
-    realign = build_realigner(lm.model, "ridge")
+    thinker = TransformersEngine(lm, "ridge")
+    realign = thinker.realigner
     results = {}
     with torch.inference_mode():
         for name in ("latent", "decode") * 2:
@@ -89,7 +90,7 @@ def transformers_steps(prompt: list[int], steps: int):
             hidden = engine.prefill(lm.model, memory, [prompt], lm.tokenizer.pad_token_id)
             start = time.perf_counter()
             if name == "latent":
-                engine.latent_steps(lm.model, memory, hidden, steps, realign)
+                engine.rollout(partial(thinker.latent_step, memory), hidden, steps)
             else:
                 engine.decode(lm.model, memory, hidden, Sampling(max_new_tokens=steps + 1), set())
             results[name] = (time.perf_counter() - start) / steps

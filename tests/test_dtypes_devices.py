@@ -12,8 +12,19 @@ import os
 import httpx
 import pytest
 import torch
+import torch.utils._pytree as pytree
 
-from latentmas import LatentMAS, RunSpec, Sampling, SingleAgent, TextMAS, build_solver, engine, models
+from latentmas import (
+    LatentMAS,
+    LatentSteps,
+    RunSpec,
+    Sampling,
+    SingleAgent,
+    TextMAS,
+    build_solver,
+    engine,
+    models,
+)
 from latentmas.errors import LatentMASError
 from latentmas.hetero import HeteroMAS
 from latentmas.models import LoadedModel
@@ -82,7 +93,7 @@ def test_bf16_drift_guard_compares_in_float32(bf16):
     assert (in_bf16 >= 0.995).any()  # the hazard is real for these vectors
     guard = engine.DriftGuard()
     assert not guard.stops(hidden, previous, previous).any()
-    method = LatentMAS(bf16, SAMPLING, latent_steps="auto:8")
+    method = LatentMAS(bf16, SAMPLING, latent_steps=LatentSteps(8, auto=True))
     answer = method.solve([QUESTIONS[2]])[0]
     assert answer.output_tokens > 0
     assert all(0 < step.latent_steps <= 8 for step in answer.agents[:-1])
@@ -135,20 +146,121 @@ def test_lm_logits_moves_the_hidden_state_to_the_head():
     assert logits.dtype == torch.float32 and logits.shape == (2, 64)
 
 
-def test_decode_stop_ids_live_with_the_lm_head(monkeypatch):
-    """Tokens come out on the head's device; the stop-id test must run there too."""
+FAR = torch.device("cuda", 7)
+
+
+class Elsewhere(torch.Tensor):
+    """A tensor on "the second GPU", where `device_map="auto"` puts a model's last layers
+    and head. As on CUDA, one operation on it and on a tensor of the engine's device raises;
+    `.to("cpu")` / `.cpu()` is the way back. It reports a GPU no machine here has, so making
+    a tensor "on its device" fails too."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__self__", None) is torch.Tensor.device:  # reading `.device`
+            return FAR
+        if func is torch.Tensor.cpu or (func is torch.Tensor.to and _moves_home(args[1:], kwargs)):
+            with torch._C.DisableTorchFunctionSubclass():
+                return func(*args, **kwargs).as_subclass(torch.Tensor)
+        tensors = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        if any(isinstance(t, Elsewhere) for t in tensors) and any(
+            not isinstance(t, Elsewhere) and t.dim() > 0 for t in tensors
+        ):
+            raise RuntimeError(f"{func.__name__}: tensors on two devices, the engine's and the second GPU")
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+def _moves_home(args, kwargs) -> bool:
+    """Does this `.to(...)` move a tensor to the engine's device (the CPU)?"""
+    for target in (*args, kwargs.get("device")):
+        if isinstance(target, torch.Tensor):
+            return not isinstance(target, Elsewhere)
+        if isinstance(target, (str, torch.device)):
+            return torch.device(target).type == "cpu"
+    return False
+
+
+def _home(value):
+    return value.as_subclass(torch.Tensor) if isinstance(value, Elsewhere) else value
+
+
+def split_over_two_devices(model) -> None:
+    """Place the decoder's last layers and the LM head on "the second GPU": their outputs
+    come out `Elsewhere`; inputs are moved to each module, as accelerate's hooks do."""
+
+    def arrive(module, args, kwargs):
+        return pytree.tree_map(_home, args), pytree.tree_map(_home, kwargs)
+
+    def body_leaves(module, args, kwargs, out):
+        out.last_hidden_state = out.last_hidden_state.as_subclass(Elsewhere)
+        return out
+
+    for module, leave in (
+        (engine.decoder(model), body_leaves),
+        (model.get_output_embeddings(), lambda m, a, k, out: out.as_subclass(Elsewhere)),
+    ):
+        module.register_forward_pre_hook(arrive, with_kwargs=True)
+        module.register_forward_hook(leave, with_kwargs=True)
+
+
+def test_the_simulated_second_device_catches_mixed_devices():
+    far, near = torch.ones(2, 3).as_subclass(Elsewhere), torch.ones(2, 3)
+    with pytest.raises(RuntimeError, match="two devices"):
+        torch.cat([far, near])
+    with pytest.raises((RuntimeError, AssertionError)):  # no such GPU
+        near[:, :1] = torch.ones(2, 1, device=far.device)
+    assert type(far.to("cpu") + near) is torch.Tensor and type(far * 2) is Elsewhere
+
+
+def _split_runs(lm):
+    stop_first_row = lambda row, token: row != 0  # noqa: E731  (a row leaves the batch mid-decode)
+    sampled = Sampling(max_new_tokens=6, temperature=1.0, seed=3)
+    return {
+        "single": (SingleAgent(lm, SAMPLING), None),
+        "text_mas": (TextMAS(lm, SAMPLING), None),
+        "latent_mas": (LatentMAS(lm, SAMPLING, latent_steps=3), None),
+        "latent_mas row leaves": (LatentMAS(lm, SAMPLING, latent_steps=3), stop_first_row),
+        "latent_mas sampled": (LatentMAS(lm, sampled, latent_steps=2), None),
+        "latent_mas auto": (LatentMAS(lm, SAMPLING, latent_steps=LatentSteps(4, auto=True)), None),
+        "latent_only": (LatentMAS(lm, SAMPLING, latent_steps=2, memory="latent_only"), None),
+        "views": (
+            build_solver(
+                RunSpec(
+                    method="latent_mas",
+                    latent_steps=2,
+                    thought_weight=0.5,
+                    thoughts_from=0.5,
+                    thoughts_enter=True,
+                    max_new_tokens=6,
+                ),
+                lm,
+            ),
+            None,
+        ),
+        "states": (
+            build_solver(
+                RunSpec(method="latent_mas", handoff="states", message_tokens=4, max_new_tokens=6), lm
+            ),
+            None,
+        ),
+        "traced": (LatentMAS(lm, SAMPLING, latent_steps=2, observers=[Tracing(lm)]), None),
+    }
+
+
+def test_a_model_spread_over_two_devices_answers_as_on_one():
+    """With the last layers and the head on a second device, every method runs and answers
+    as the model on one device does: the engine moves what the model hands back to the
+    input embeddings' device and keeps its bookkeeping there (`device_map="auto"`)."""
+    questions = ["2+2?", "What is the capital of France, and why?", "Name three primes."]
+    expected = {
+        name: [a.final_text for a in method.solve(questions, on_token=on_token)]
+        for name, (method, on_token) in _split_runs(tiny_loaded("llama")).items()
+    }
     lm = tiny_loaded("llama")
-    seen = []
-    isin = torch.isin
-
-    def checking_isin(elements, test_elements, *args, **kwargs):
-        seen.append((elements.device, test_elements.device))
-        return isin(elements, test_elements, *args, **kwargs)
-
-    monkeypatch.setattr(torch, "isin", checking_isin)
-    LatentMAS(lm, SAMPLING, latent_steps=1).solve(["2+2"])
-    head = lm.model.get_output_embeddings().weight.device
-    assert seen and all(a == b == head for a, b in seen)
+    split_over_two_devices(lm.model)
+    for name, (method, on_token) in _split_runs(lm).items():
+        assert [a.final_text for a in method.solve(questions, on_token=on_token)] == expected[name], name
 
 
 def test_server_is_reachable_over_http_in_bf16(bf16):

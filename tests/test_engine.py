@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 
 from latentmas import LatentMAS, Sampling, SingleAgent, TextMAS, engine
-from latentmas.engine import SharedMemory, TransformersEngine
-from latentmas.realign import realigner_for
+from latentmas.engine import SharedMemory, TransformersEngine, rollout
 from latentmas.roles import shared_conversation, topology_roles
 from latentmas.tiny import tiny_loaded
 
@@ -42,14 +43,14 @@ def test_padding_changes_nothing_inside_the_engine(tiny):
     """Direct engine check: hidden states of a padded row equal those of the row alone."""
     model, tok = tiny.model, tiny.tokenizer
     short, long = tok("2+2").input_ids, tok("A much longer prompt with many tokens in it").input_ids
-    realign = LatentMAS(tiny, SAMPLING, latent_steps=0).engine.realigner
+    think = TransformersEngine(tiny, "ridge").latent_step
     with torch.inference_mode():
         both = SharedMemory.empty(model, 2)
         h2 = engine.prefill(model, both, [short, long], tok.pad_token_id)
-        h2, _ = engine.latent_steps(model, both, h2, 4, realign)
+        h2, _ = rollout(partial(think, both), h2, 4)
         alone = SharedMemory.empty(model, 1)
         h1 = engine.prefill(model, alone, [short], tok.pad_token_id)
-        h1, _ = engine.latent_steps(model, alone, h1, 4, realign)
+        h1, _ = rollout(partial(think, alone), h1, 4)
     # Equal up to float summation order (a different batch shape picks other kernels).
     torch.testing.assert_close(h2[0], h1[0], atol=1e-4, rtol=1e-3)
     assert both.next_position.tolist() == [len(short) + 4, len(long) + 4]
@@ -219,9 +220,7 @@ def test_growing_cache_matches_transformers_dynamic_cache(tiny):
             if stock:
                 memory.cache = DynamicCache(config=model.config)
             hidden = engine.prefill(model, memory, prompts, tok.pad_token_id)
-            hidden, _ = engine.latent_steps(
-                model, memory, hidden, 70, method.engine.realigner
-            )  # crosses a regrowth
+            hidden, _ = rollout(partial(method.engine.latent_step, memory), hidden, 70)  # crosses a regrowth
             memory.keep_columns(torch.arange(memory.length - 50, memory.length))
             hidden = engine.prefill(model, memory, prompts, tok.pad_token_id)
             outputs.append(
@@ -354,7 +353,7 @@ def test_each_row_samples_from_its_own_seed(tiny):
     assert both == [decode([11])[0], decode([12])[0]]
     # The engine interface passes the row seeds through.
     with torch.inference_mode():
-        chosen = TransformersEngine(tiny, realigner_for(tiny.model))
+        chosen = TransformersEngine(tiny)
         memory = chosen.new_memory(2)
         hidden = chosen.prefill(memory, [prompt, prompt])
         assert chosen.decode(memory, hidden, sampling, None, [11, 12]) == both
@@ -373,8 +372,7 @@ def test_shared_prefix_changes_no_answer_and_is_really_shared(tiny_any, monkeypa
     """The prompts' common head is prefilled once and copied: the same answers as reading
     every prompt whole, at batch 1 and 8, for every method; and the first agent's own
     prefill really reads only what follows the prefix."""
-    realign = realigner_for(tiny_any.model, "ridge")
-    whole = TransformersEngine(tiny_any, realign, share_prefixes=False)
+    whole = TransformersEngine(tiny_any, "ridge", share_prefixes=False)
     widths = []
     prefill = engine.prefill
 
@@ -387,7 +385,7 @@ def test_shared_prefix_changes_no_answer_and_is_really_shared(tiny_any, monkeypa
         expected = make(whole).solve(QUESTIONS)
         read_whole = widths[0]
         widths.clear()
-        shared = TransformersEngine(tiny_any, realign)
+        shared = TransformersEngine(tiny_any, "ridge")
         batched, alone = _solo_and_batched(make(shared), QUESTIONS)
         for answers in (batched, alone):
             assert [a.final_text for a in answers] == [a.final_text for a in expected]
@@ -402,8 +400,7 @@ def test_a_row_that_lacks_the_prefix_reads_its_whole_prompt(tiny):
     tok = tiny.tokenizer
     prefix = tok("You are one member of a team of problem-solving agents.").input_ids
     prompts = [prefix + tok(" What is 7 * 8?").input_ids, tok("Something else entirely, 2+2").input_ids]
-    realign = realigner_for(tiny.model, "ridge")
-    shared, whole = TransformersEngine(tiny, realign), TransformersEngine(tiny, realign, share_prefixes=False)
+    shared, whole = TransformersEngine(tiny, "ridge"), TransformersEngine(tiny, "ridge", share_prefixes=False)
     with torch.inference_mode():
         memory = shared.new_memory(2)
         hidden = shared.prefill(memory, prompts, prefix)
@@ -441,3 +438,44 @@ def test_dropping_rows_moves_them_inside_the_buffer():
     grown.batch_select_indices(torch.tensor([2, 0]))
     stock.batch_select_indices(torch.tensor([2, 0]))
     assert torch.equal(grown.keys, stock.keys) and torch.equal(grown.values, stock.values)
+
+
+def test_latent_steps_are_parsed_once_where_text_enters():
+    """Text becomes a typed `LatentSteps` at the edge (RunSpec, the CLI); the method takes
+    only typed values, so nothing downstream parses again."""
+    from latentmas import LatentSteps, RunSpec
+    from latentmas.errors import LatentMASError
+
+    assert RunSpec(latent_steps="auto:40").latent_steps == LatentSteps(40, auto=True)
+    assert RunSpec(latent_steps="auto").latent_steps == LatentSteps(40, auto=True)
+    assert RunSpec(latent_steps=5).latent_steps == LatentSteps(5)
+    assert str(LatentSteps(12, auto=True)) == "auto:12" and str(LatentSteps(3)) == "3"
+    for bad in ("-1", "lots", "auto:x", 10**6):
+        with pytest.raises(LatentMASError, match="latent steps"):
+            RunSpec(latent_steps=bad)
+    with pytest.raises(LatentMASError, match="whole number"):
+        LatentSteps("3")  # text goes through parse, at the edge
+
+
+def test_the_engine_owns_its_realignment_and_the_run_reports_it(tiny):
+    """An engine built with one realignment is described with it, whatever the method's
+    default; the thought it feeds back is the one it reports to observers."""
+    method = LatentMAS(TransformersEngine(tiny, "norm"), SAMPLING, latent_steps=2)
+    assert method.describe()["realign"] == "norm"
+    assert LatentMAS(tiny, SAMPLING, realign="none").describe()["realign"] == "none"
+    seen, fed = [], []
+    eng = method.engine
+    append = engine.append_thought
+
+    def recording(model, memory, embedding, active):
+        fed.append(embedding.clone())
+        return append(model, memory, embedding, active)
+
+    with torch.inference_mode(), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(engine, "append_thought", recording)
+        memory = eng.new_memory(2)
+        hidden = eng.prefill(memory, [[1, 2, 3], [4, 5]])
+        rollout(partial(eng.latent_step, memory), hidden, 2, lambda i, h, e, a: seen.append(e.clone()))
+    assert len(seen) == len(fed) == 2 and all(torch.equal(s, f) for s, f in zip(seen, fed))
+    norms = seen[0].norm(dim=-1)
+    torch.testing.assert_close(norms, torch.full_like(norms, float(norms[0])))  # norm-matched

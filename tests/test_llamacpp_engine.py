@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 import torch
 
-from latentmas import Sampling
+from latentmas import LatentSteps, Sampling
 from latentmas.models import embedded_gguf_path
 
 pytestmark = pytest.mark.skipif(
@@ -51,7 +51,7 @@ def test_llamacpp_batch_runs_in_one_context_and_matches_single_rows(engine_metho
     from latentmas import LatentMAS
 
     engine = engine_method.engine
-    method = LatentMAS(engine, sampling, latent_steps="auto:6")
+    method = LatentMAS(engine, sampling, latent_steps=LatentSteps(6, auto=True))
     together = method.solve(QUESTIONS)
     assert engine.rows_held >= len(QUESTIONS)  # really one batch, not sliced into single rows
     alone = [method.solve([q])[0] for q in QUESTIONS]
@@ -84,7 +84,10 @@ def test_llamacpp_gets_the_drift_guard_and_tracing_from_the_agent_loop(embedded,
     from latentmas.trace import Tracing
 
     method = LatentMAS(
-        engine_method.engine, Sampling(max_new_tokens=4), latent_steps="auto:6", observers=[Tracing(embedded)]
+        engine_method.engine,
+        Sampling(max_new_tokens=4),
+        latent_steps=LatentSteps(6, auto=True),
+        observers=[Tracing(embedded)],
     )
     (answer,) = method.solve(["What is 2+2?"])
     assert answer.trace is not None and [a.role for a in answer.trace.agents][-1] == "solver"
@@ -106,7 +109,7 @@ def test_llamacpp_thoughts_are_bit_identical_alone_and_in_a_batch(embedded, engi
     def think(rows):
         memory = engine.new_memory(len(rows))
         hidden = engine.prefill(memory, rows)
-        return rollout(partial(engine.latent_step, memory), hidden, 4, engine.realigner)[0]
+        return rollout(partial(engine.latent_step, memory), hidden, 4)[0]
 
     together = think(prompts)
     alone = torch.cat([think([p]) for p in prompts])

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from latentmas import LatentMAS, Sampling
+from latentmas import LatentMAS, LatentSteps, Sampling
 from latentmas.errors import LatentMASError
 from latentmas.evaluate import vectors_dir
 from latentmas.trace import Tracing, read_traces
@@ -76,7 +76,7 @@ def test_html_page_is_self_contained(traced):
 
 
 def test_auto_latent_steps_stop_early_and_stay_batch_invariant(tiny):
-    method = LatentMAS(tiny, SAMPLING, latent_steps="auto:30")
+    method = LatentMAS(tiny, SAMPLING, latent_steps=LatentSteps(30, auto=True))
     batched = method.solve(QUESTIONS)
     alone = [method.solve([q])[0] for q in QUESTIONS]
     assert [a.final_text for a in batched] == [a.final_text for a in alone]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -10,7 +11,6 @@ import torch
 from latentmas import LatentMAS, Sampling
 from latentmas.engine import EntropyGuard, SharedMemory, TransformersEngine, lm_logits, rollout
 from latentmas.errors import LatentMASError
-from latentmas.realign import realigner_for
 from latentmas.roles import encode_chat
 from latentmas.spec import RunSpec
 from latentmas.tiny import tiny_loaded
@@ -37,7 +37,7 @@ def test_the_view_machinery_with_a_negligible_bias_changes_no_answer(arch):
 
 
 def test_the_identity_view_installs_nothing(tiny):
-    memory = TransformersEngine(tiny, realigner_for(tiny.model, "none"), view=MemoryView()).new_memory(2)
+    memory = TransformersEngine(tiny, view=MemoryView()).new_memory(2)
     assert memory.view is None
 
 
@@ -62,13 +62,13 @@ def test_a_vanishing_thought_weight_is_the_team_without_thoughts(tiny, monkeypat
 def layer_weights(lm, view: MemoryView | None, steps: int = 3) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Each layer's attention weights [heads, query, key] for the second agent's prompt, after
     the first agent's prompt and `steps` thoughts; -> (weights, which columns are thoughts)."""
-    engine = TransformersEngine(lm, realigner_for(lm.model, "none"), share_prefixes=False, view=view)
+    engine = TransformersEngine(lm, share_prefixes=False, view=view)
     first, second = (
         encode_chat(lm.tokenizer, [{"role": "user", "content": t}], False) for t in ("plan 12", "check")
     )
     memory = engine.new_memory(1)
     hidden = engine.prefill(memory, [first])
-    rollout(lambda e, a: engine.latent_step(memory, e, a), hidden, steps, engine.realigner)
+    rollout(partial(engine.latent_step, memory), hidden, steps)
     seen: list[torch.Tensor] = []
     hooks = [
         layer.self_attn.register_forward_hook(lambda m, i, out: seen.append(out[1][0].detach().clone()))
@@ -136,14 +136,13 @@ def test_the_entropy_guard_stops_a_row_before_a_noisy_thought(tiny):
     limit = float(entropy.median())
     calls = []
 
-    def step(embedding, active):
+    def step(hidden, active):
         calls.append(active.clone())
-        return embedding  # realign "none": a fixed point, so entropies stay put
+        return hidden, hidden  # a fixed point, so entropies stay put
 
-    ident = realigner_for(model, "none")
-    _, taken = rollout(step, hidden, 3, ident, entropy_guard=EntropyGuard(guard.lens, max_entropy=limit))
+    _, taken = rollout(step, hidden, 3, entropy_guard=EntropyGuard(guard.lens, max_entropy=limit))
     assert taken.tolist() == [3 if e <= limit else 0 for e in entropy.tolist()]
-    _, taken = rollout(step, hidden, 3, ident, entropy_guard=EntropyGuard(guard.lens))
+    _, taken = rollout(step, hidden, 3, entropy_guard=EntropyGuard(guard.lens))
     assert taken.tolist() == [3] * 4
 
 
@@ -158,11 +157,7 @@ def test_the_entropy_guard_stops_at_a_jump(tiny):
         calm, noisy, rise = noisy, calm, -rise
     states = iter([noisy[None], noisy[None]])
     _, taken = rollout(
-        lambda e, a: next(states),
-        calm[None],
-        3,
-        realigner_for(model, "none"),
-        entropy_guard=EntropyGuard(lens, max_jump=rise / 2),
+        lambda h, a: (h, next(states)), calm[None], 3, entropy_guard=EntropyGuard(lens, max_jump=rise / 2)
     )
     assert taken.tolist() == [1]  # the first thought (calm) goes in; the noisy one does not
     assert math.isfinite(rise)

@@ -15,7 +15,6 @@ import torch
 from latentmas import LatentMAS, Sampling, SingleAgent, TextMAS, engine
 from latentmas.engine import SharedMemory, TransformersEngine
 from latentmas.errors import LatentMASError
-from latentmas.realign import realigner_for
 from latentmas.spec import RunSpec, build_solver
 from latentmas.vllm_engine import VLLMEngine, vllm_input
 
@@ -85,9 +84,9 @@ def test_every_method_answers_as_on_the_transformers_engine(tiny, fake_vllm, bat
     """What the engine hands vLLM rebuilds the cache the transformers engine decodes from:
     same greedy answers for all methods, with and without thoughts."""
     sampling = Sampling(max_new_tokens=8)
-    reference = methods(TransformersEngine(tiny, realigner_for(tiny.model, "ridge")), sampling)
+    reference = methods(TransformersEngine(tiny, "ridge"), sampling)
     echo = EchoLLM(tiny)
-    on_vllm = methods(VLLMEngine(tiny, realigner_for(tiny.model, "ridge"), llm=echo), sampling)
+    on_vllm = methods(VLLMEngine(tiny, "ridge", llm=echo), sampling)
     questions = QUESTIONS[:batch]
     for name, method in on_vllm.items():
         got = [a.final_text for a in method.solve(questions)]
@@ -100,9 +99,7 @@ def test_every_method_answers_as_on_the_transformers_engine(tiny, fake_vllm, bat
 
 def test_sampled_answers_do_not_depend_on_the_batch(tiny, fake_vllm):
     sampling = Sampling(max_new_tokens=8, temperature=1.0, seed=7)
-    method = LatentMAS(
-        VLLMEngine(tiny, realigner_for(tiny.model, "ridge"), llm=EchoLLM(tiny)), sampling, latent_steps=2
-    )
+    method = LatentMAS(VLLMEngine(tiny, "ridge", llm=EchoLLM(tiny)), sampling, latent_steps=2)
     alone = [method.solve([q])[0].final_text for q in QUESTIONS[:4]]
     assert [a.final_text for a in method.solve(QUESTIONS[:4])] == alone
 
@@ -116,7 +113,7 @@ def test_agents_that_only_decode_never_run_the_transformers_copy(tiny, fake_vllm
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(TransformersEngine, "prefill", counted)
-    vllm = VLLMEngine(tiny, realigner_for(tiny.model, "ridge"), llm=EchoLLM(tiny))
+    vllm = VLLMEngine(tiny, "ridge", llm=EchoLLM(tiny))
     for name, method in methods(vllm, Sampling(max_new_tokens=4)).items():
         calls.clear()
         method.solve(QUESTIONS[:2])
@@ -125,7 +122,7 @@ def test_agents_that_only_decode_never_run_the_transformers_copy(tiny, fake_vllm
 
 
 def test_a_stopped_row_keeps_no_thought_it_did_not_think(tiny, fake_vllm):
-    vllm = VLLMEngine(tiny, realigner_for(tiny.model, "ridge"), llm=EchoLLM(tiny))
+    vllm = VLLMEngine(tiny, "ridge", llm=EchoLLM(tiny))
     memory = vllm.new_memory(2)
     vllm.prefill(memory, [[1, 2, 3], [4, 5]])
     hidden = tiny.model.config.hidden_size
@@ -168,7 +165,7 @@ needs_vllm = pytest.mark.skipif(not HAS_VLLM, reason="needs vllm (CPU build: req
 @pytest.fixture(scope="module")
 def real(embedded):
     """The embedded model on both engines; vLLM started once for the module."""
-    return embedded, VLLMEngine(embedded, realigner_for(embedded.model, "ridge"))
+    return embedded, VLLMEngine(embedded, "ridge")
 
 
 @needs_vllm
@@ -179,7 +176,7 @@ def test_vllm_answers_like_the_transformers_engine(real, name):
     them the top two logits are far apart)."""
     lm, vllm = real
     sampling = Sampling(max_new_tokens=24)
-    reference = methods(TransformersEngine(lm, realigner_for(lm.model, "ridge")), sampling)[name]
+    reference = methods(TransformersEngine(lm, "ridge"), sampling)[name]
     method = methods(vllm, sampling)[name]
     questions = QUESTIONS[:4]
     expected = [a.final_text for a in reference.solve(questions)]
@@ -205,7 +202,7 @@ def test_vllm_on_a_gpu_answers_like_the_transformers_engine():
     sampling = Sampling(max_new_tokens=128)
     questions = QUESTIONS[:4]
     reference = LatentMAS(lm, sampling, latent_steps=4).solve(questions)
-    vllm = VLLMEngine(lm, realigner_for(lm.model, "ridge"))
+    vllm = VLLMEngine(lm, "ridge")
     answers = LatentMAS(vllm, sampling, latent_steps=4).solve(questions)
     same = sum(a.final_text == b.final_text for a, b in zip(answers, reference))
     assert same >= 3, [(a.final_text, b.final_text) for a, b in zip(answers, reference)]
@@ -239,9 +236,7 @@ def test_vllm_split_over_two_ranks_answers_like_one(tmp_path):
     sampling = Sampling(max_new_tokens=16)
     answers = []
     for ranks in (1, 2):
-        vllm = VLLMEngine(
-            lm, realigner_for(lm.model, "ridge"), VLLMSettings(cpu_kv_gib=1, tensor_parallel=ranks)
-        )
+        vllm = VLLMEngine(lm, "ridge", VLLMSettings(cpu_kv_gib=1, tensor_parallel=ranks))
         answers.append([a.final_text for a in LatentMAS(vllm, sampling, latent_steps=2).solve(QUESTIONS[:3])])
     assert answers[0] == answers[1] and any(answers[0])
 
@@ -278,3 +273,19 @@ def test_the_server_serves_on_vllm(real):
             )
     finally:
         running.stop()
+
+
+def test_embeddings_given_between_prompts_reach_vllm_in_place(tiny, fake_vllm):
+    """`prefill_embeddings` (another model's mapped thoughts, a message's anchored states)
+    enters the log where it was given: vLLM decodes what the transformers engine does."""
+    vectors = tiny.model.get_input_embeddings()(torch.tensor([[9, 10, 11], [12, 13, 14]]))
+    blocks = [vectors[0], vectors[1, :0]]  # the second row gets none
+    answers = []
+    with torch.inference_mode():
+        for eng in (TransformersEngine(tiny), VLLMEngine(tiny, llm=EchoLLM(tiny))):
+            memory = eng.new_memory(2)
+            eng.prefill(memory, [[1, 2, 3], [4, 5]], think=False)
+            eng.prefill_embeddings(memory, blocks)
+            hidden = eng.prefill(memory, [[6], [7, 8]], think=False)
+            answers.append(eng.decode(memory, hidden, Sampling(max_new_tokens=6), None, None))
+    assert answers[0] == answers[1]

@@ -9,7 +9,7 @@ print(answer.final_text, answer.output_tokens)
 from .engine import Sampling
 from .errors import LatentMASError
 from .evaluate import QuestionResult, Summary, evaluate
-from .methods import AgentStep, Answer, LatentMAS, SingleAgent, TextMAS
+from .methods import AgentStep, Answer, LatentMAS, LatentSteps, SingleAgent, TextMAS
 from .models import LoadedModel, load_model
 from .spec import RunSpec, build_solver
 from .tasks import get_task
@@ -19,6 +19,7 @@ __all__ = [
     "Answer",
     "LatentMAS",
     "LatentMASError",
+    "LatentSteps",
     "LoadedModel",
     "QuestionResult",
     "RunSpec",

@@ -6,7 +6,7 @@ row; the attention mask has zeros wherever a row has padding (at any depth) and 
 ids count only a row's real positions. That is what keeps a question's result independent
 of the batch it runs in, the property the reference implementation lacks.
 
-    prefill(prompt) -> latent_steps(m) -> prefill(next prompt) -> ... -> decode()
+    prefill(prompt) -> latent_step x m -> prefill(next prompt) -> ... -> decode()
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from transformers.cache_utils import DynamicLayer
 
 from .errors import LatentMASError
 from .models import LoadedModel
-from .realign import Realigner
+from .realign import Realigner, realigner_for
 from .roles import stop_token_ids
 from .views import ENTRY_KEYWORD, VIEW_KEYWORD, Entry, MemoryView, install_view_hooks
 
@@ -95,7 +95,7 @@ class GrowingLayer(DynamicLayer):
         """
         kept = indices.tolist()
         if not self.holds_buffer() or any(a >= b for a, b in zip(kept, kept[1:])):
-            super().batch_select_indices(indices)
+            super().batch_select_indices(indices.to(self.keys.device))  # this layer's GPU
             return
         buffers = self._buffers
         length = self.keys.shape[-2]
@@ -150,6 +150,10 @@ class SharedMemory:
     The mask, positions and column flags live in buffers with spare room, so a step writes
     one column instead of reallocating them. `view` (None: see everything) decides what
     each layer sees of the thoughts (see `views`).
+
+    All of this bookkeeping, and every hidden state the engine hands out, lives on one
+    device, the input embeddings' (`device`), however the model's layers are spread over
+    GPUs; only each cache layer stays on its own layer's device.
     """
 
     cache: DynamicCache
@@ -169,7 +173,7 @@ class SharedMemory:
     def empty(
         cls, model: PreTrainedModel, batch_size: int, capacity: int = 256, view: MemoryView | None = None
     ) -> SharedMemory:
-        device = model.device
+        device = model.get_input_embeddings().weight.device  # as `LoadedModel.device`
         window, sliding = sliding_window(model)
         return cls(
             view=None if view is None or view.identity else view,
@@ -185,6 +189,10 @@ class SharedMemory:
             if view is not None and view.thoughts_enter
             else None,
         )
+
+    @property
+    def device(self) -> torch.device:
+        return self.next_position.device
 
     @property
     def positions(self) -> torch.Tensor:
@@ -245,8 +253,9 @@ class SharedMemory:
         for layer in self.cache.layers:
             if layer.keys is None or layer.keys.numel() == 0:
                 continue
-            layer.keys = layer.keys.index_select(-2, columns)
-            layer.values = layer.values.index_select(-2, columns)
+            where = columns.to(layer.keys.device)  # each layer on its own GPU
+            layer.keys = layer.keys.index_select(-2, where)
+            layer.values = layer.values.index_select(-2, where)
         self._mask = self.attention_mask.index_select(1, columns)
         self._positions = self.positions.index_select(1, columns)
         self._latent = self.is_latent.index_select(0, columns)
@@ -291,7 +300,8 @@ def append(
     """Run one segment [batch, width] through the model into the cache.
 
     Asks the decoder body for its last layer only (no LM head, no per-layer states) and
-    returns the last column's hidden state [batch, hidden].
+    returns the last column's hidden state [batch, hidden] on the memory's device (the last
+    layer may sit on another GPU).
     """
     # Position ids count a row's real positions only, so padding never shifts RoPE.
     if segment_mask.shape[1] == 1:  # a latent or decode step: no cumsum needed
@@ -325,7 +335,7 @@ def append(
         use_cache=True,
         **extra,
     )
-    return out.last_hidden_state[:, -1]
+    return out.last_hidden_state[:, -1].to(memory.device)
 
 
 def additive_masks(
@@ -501,23 +511,6 @@ class EntropyGuard:
         return -(logp.exp() * logp).sum(dim=-1)
 
 
-def latent_steps(
-    model: PreTrainedModel,
-    memory: SharedMemory,
-    hidden: torch.Tensor,
-    steps: int,
-    realign: Realigner,
-    on_step: LatentCallback | None = None,
-    guard: DriftGuard | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Think up to `steps` times in `model`'s shared memory (see `rollout`)."""
-
-    def step(embedding: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
-        return append_thought(model, memory, embedding, active)
-
-    return rollout(step, hidden, steps, realign, on_step, guard)
-
-
 def append_thought(
     model: PreTrainedModel, memory: SharedMemory, embedding: torch.Tensor, active: torch.Tensor
 ) -> torch.Tensor:
@@ -526,21 +519,21 @@ def append_thought(
     return append(model, memory, mask, inputs_embeds=embedding[:, None, :], latent=True)
 
 
-LatentStep = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+LatentStep = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def rollout(
     step: LatentStep,
     hidden: torch.Tensor,
     steps: int,
-    realign: Realigner,
     on_step: LatentCallback | None = None,
     guard: DriftGuard | None = None,
     entropy_guard: EntropyGuard | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Think up to `steps` times without sampling a token: realign the last hidden state and
-    feed it back as the next input embedding, through `step(embedding, active) -> hidden`
-    (any engine: this is the one latent loop, with its guards and observers).
+    """Think up to `steps` times without sampling a token: `step(hidden, active)` (an
+    engine's `latent_step`) realigns each active row's last hidden state into an input
+    embedding and feeds it back, -> (the embeddings, the new hidden states). This is the one
+    latent loop, with its guards and observers, for any engine.
 
     -> (last hidden state [batch, hidden], latent steps taken per row [batch]).
     `on_step(step, hidden, embedding, active)` sees each thought (used by tracing).
@@ -560,10 +553,9 @@ def rollout(
             last_entropy = torch.where(active, entropy, last_entropy)
             if not bool(active.any()):
                 break
-        embedding = realign(hidden)
+        embedding, new = step(hidden, active)
         if on_step is not None:
             on_step(index, hidden, embedding, active)
-        new = step(embedding, active)
         taken += active.long()
         previous, hidden = hidden, torch.where(active[:, None], new, hidden)
         if guard is not None:
@@ -575,17 +567,18 @@ def rollout(
 
 
 def lm_logits(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
-    """[batch, hidden] -> [batch, vocab] float32 through the LM head, with Gemma-style soft-capping.
+    """[batch, hidden] -> [batch, vocab] float32 through the LM head, with Gemma-style
+    soft-capping, on `hidden`'s device.
 
     `hidden` may come in another dtype or device than the head's (a tracer's float32
-    copy, a last layer on another GPU): it is cast to the head's.
+    copy; a head on another GPU): it is cast to the head's, the logits come back.
     """
     head = model.get_output_embeddings()
     logits = head(hidden.to(device=head.weight.device, dtype=head.weight.dtype)).float()
     cap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
-    return logits
+    return logits.to(hidden.device)
 
 
 def is_greedy(sampling: Sampling) -> bool:
@@ -652,11 +645,8 @@ def decode(
         generators = [torch.Generator().manual_seed(s) for s in seeds]
     outputs: list[list[int]] = [[] for _ in range(memory.batch_size)]
     active = list(range(memory.batch_size))  # original row of each current row
-    # Tokens come out where the LM head is (with layers spread over GPUs, not `hidden`'s device).
-    stop = torch.tensor(
-        sorted(stop_ids), dtype=torch.long, device=model.get_output_embeddings().weight.device
-    )
-    ones = torch.ones(memory.batch_size, 1, dtype=torch.long, device=hidden.device)
+    stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=memory.device)
+    ones = torch.ones(memory.batch_size, 1, dtype=torch.long, device=memory.device)
     for step in range(sampling.max_new_tokens):
         if on_state is not None:
             on_state(active, hidden)
@@ -695,7 +685,7 @@ class Engine(Protocol):
 
     name: str  # as `--engine` spells it
     lm: LoadedModel  # the model's tokenizer and name (and, for tracing, its weights)
-    realigner: Realigner
+    realign: str  # how it maps hidden states back to input embeddings (`realign.REALIGN_MODES`)
     stop_ids: set[int]
     max_batch: int | None  # rows one memory can hold (None: any)
 
@@ -709,7 +699,17 @@ class Engine(Protocol):
         their KV across rows and batches). `think=False`: the agent will not think from the
         state, so an engine that decodes elsewhere (vLLM) may skip computing it (None)."""
 
-    def latent_step(self, memory: Any, embedding: torch.Tensor, active: torch.Tensor) -> torch.Tensor: ...
+    def latent_step(
+        self, memory: Any, hidden: torch.Tensor, active: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One thought per active row: realign its last hidden state [batch, hidden] into an
+        input embedding and append that; -> (the embeddings, the new last hidden states).
+        The engine owns its realigner, so what it feeds back is what it reports."""
+
+    def prefill_embeddings(self, memory: Any, vectors: list[torch.Tensor]) -> torch.Tensor:
+        """Append each row's input-space vectors [n_row, hidden] (a row may have none) as
+        thoughts: another model's mapped thoughts, or a message's anchored states.
+        -> each row's last hidden state."""
 
     def decode(
         self,
@@ -732,11 +732,12 @@ class TransformersEngine:
     def __init__(
         self,
         lm: LoadedModel,
-        realigner: Realigner,
+        realign: str = "none",
         share_prefixes: bool = True,
         view: MemoryView | None = None,
     ) -> None:
-        self.lm, self.realigner, self.view = lm, realigner, view
+        self.lm, self.realign, self.view = lm, realign, view
+        self.realigner: Realigner = realigner_for(lm.model, realign)
         self.model = lm.model
         self.pad_id = lm.tokenizer.pad_token_id
         self.stop_ids = stop_token_ids(lm.tokenizer, lm.model.generation_config.eos_token_id)
@@ -758,9 +759,10 @@ class TransformersEngine:
         return prefill(self.model, memory, prompts, self.pad_id)
 
     def latent_step(
-        self, memory: SharedMemory, embedding: torch.Tensor, active: torch.Tensor
-    ) -> torch.Tensor:
-        return append_thought(self.model, memory, embedding, active)
+        self, memory: SharedMemory, hidden: torch.Tensor, active: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        embedding = self.realigner(hidden)
+        return embedding, append_thought(self.model, memory, embedding, active)
 
     def decode(
         self,
@@ -773,13 +775,12 @@ class TransformersEngine:
     ) -> list[list[int]]:
         return decode(self.model, memory, hidden, sampling, self.stop_ids, on_token, row_seeds, on_state)
 
-    def append_vectors(self, memory: SharedMemory, vectors: list[torch.Tensor]) -> torch.Tensor:
-        """Append each row's input-space vectors [n_row, hidden] (left-padded to the longest;
-        a row may have none); -> last hidden state [batch, hidden]."""
+    def prefill_embeddings(self, memory: SharedMemory, vectors: list[torch.Tensor]) -> torch.Tensor:
+        """See `Engine.prefill_embeddings`; rows are left-padded to the longest."""
         width = max(v.shape[0] for v in vectors)
         hidden = self.model.config.get_text_config().hidden_size
-        embeds = torch.zeros(len(vectors), width, hidden, dtype=self.model.dtype, device=self.model.device)
-        mask = torch.zeros(len(vectors), width, dtype=torch.long, device=self.model.device)
+        embeds = torch.zeros(len(vectors), width, hidden, dtype=self.model.dtype, device=memory.device)
+        mask = torch.zeros(len(vectors), width, dtype=torch.long, device=memory.device)
         for row, block in enumerate(vectors):
             if block.shape[0]:
                 embeds[row, width - block.shape[0] :] = block.to(embeds)

@@ -20,10 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
-from . import engine as engine_module
 from .engine import Engine, Sampling, SharedMemory
 from .errors import LatentMASError
-from .methods import LatentMAS, as_engine
+from .methods import LatentMAS, LatentSteps, as_engine
 from .models import LoadedModel
 from .paths import cache_dir
 from .realign import fingerprint, input_embedding_matrix, ridge_matrix
@@ -143,7 +142,7 @@ class HeteroMAS(LatentMAS):
         models: dict[str, LoadedModel],
         sampling: Sampling | None = None,
         topology: str = "sequential",
-        latent_steps: int | str = 10,
+        latent_steps: int | LatentSteps = 10,
         handoff: str = "latent",
         memory: str = "full",
         realign: str = "ridge",
@@ -181,7 +180,7 @@ class HeteroMAS(LatentMAS):
             "topology": self.topology,
             "agents": {r.name: self.models[r.name].name for r in self.roles},
             "handoff": self.handoff,
-            "realign": self.realign_mode,
+            "realign": self.engine.realign,
             "maps": {f"{a}->{b}": m.describe() for (a, b), m in self.maps.items()},
         }
 
@@ -189,38 +188,27 @@ class HeteroMAS(LatentMAS):
         self.thoughts = ThoughtLog(len(questions))
         return self.thoughts
 
-    def enter_engine(self, engine: Engine, previous: Engine | None, first_prompts: list[list[int]]):
-        """A new model's memory starts with every earlier thought, mapped into its space."""
+    def enter_engine(
+        self, engine: Engine, previous: Engine | None, first_prompts: list[list[int]]
+    ) -> tuple[SharedMemory, list[list[int]]]:
+        """A new model's memory starts with every earlier thought, mapped into its space
+        (after BOS, where the prompts begin with it); -> (that memory, the first prompts
+        less that BOS)."""
         rows = self.thoughts.rows
         if previous is not None:
             matrix = self.maps[(previous.lm.name, engine.lm.name)].matrix.to(engine.lm.device)
             # The previous model may sit on another device than this one.
             rows[:] = [[t.float().to(engine.lm.device) @ matrix for t in row] for row in rows]
         memory = engine.new_memory(len(first_prompts))
-        prefill_thoughts(engine, memory, rows, first_prompts)
-        return memory
-
-
-def prefill_thoughts(engine: Engine, memory: SharedMemory, thoughts, prompts: list[list[int]]) -> None:
-    """Put mapped earlier thoughts at the head of a new model's cache (after BOS, if any)."""
-    lm = engine.lm
-    bos = lm.tokenizer.bos_token_id
-    if bos is not None and all(p and p[0] == bos for p in prompts):
-        engine.prefill(memory, [[bos]] * len(prompts))
-        for p in prompts:
-            del p[0]
-    if not any(thoughts):
-        return
-    dtype = lm.model.get_input_embeddings().weight.dtype
-    width = max(len(row) for row in thoughts)
-    hidden = lm.model.get_input_embeddings().weight.shape[1]
-    embeds = torch.zeros(len(thoughts), width, hidden, dtype=dtype, device=lm.device)
-    mask = torch.zeros(len(thoughts), width, dtype=torch.long, device=lm.device)
-    for row, vectors in enumerate(thoughts):
-        if vectors:
-            embeds[row, width - len(vectors) :] = torch.stack(vectors).to(dtype)
-            mask[row, width - len(vectors) :] = 1
-    engine_module.append(lm.model, memory, mask, inputs_embeds=embeds, latent=True)
+        if not any(rows):
+            return memory, first_prompts
+        bos = engine.lm.tokenizer.bos_token_id
+        if bos is not None and all(p and p[0] == bos for p in first_prompts):
+            engine.prefill(memory, [[bos]] * len(first_prompts))
+            first_prompts = [p[1:] for p in first_prompts]
+        width = engine.lm.model.config.get_text_config().hidden_size
+        engine.prefill_embeddings(memory, [torch.stack(r) if r else torch.zeros(0, width) for r in rows])
+        return memory, first_prompts
 
 
 class ThoughtLog:

@@ -93,7 +93,7 @@ class LlamaCppEngine:
             raise LatentMASError(
                 "--engine llamacpp needs llama-cpp-python: pip install llama-cpp-python"
             ) from exc
-        self.lm = lm
+        self.lm, self.realign = lm, realign
         self.realigner = RowByRow(realigner_for(lm.model, realign))
         self.stop_ids = stop_token_ids(lm.tokenizer, lm.model.generation_config.eos_token_id)
         self.cpp = cpp = llama_cpp
@@ -219,9 +219,26 @@ class LlamaCppEngine:
                 memory.positions[row] = width
         return [p[width:] if used else p for p, used in zip(prompts, uses)]
 
-    def latent_step(self, memory: Rows, embedding: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
-        """Feed one thought per active row [batch, hidden] as an input embedding; -> the next
-        hidden states (rows that are not active get zeros, which the loop ignores)."""
+    def latent_step(
+        self, memory: Rows, hidden: torch.Tensor, active: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        embedding = self.realigner(hidden)
+        return embedding, self.feed(memory, embedding, active)
+
+    def prefill_embeddings(self, memory: Rows, vectors: list[torch.Tensor]) -> torch.Tensor:
+        """Each row's vectors one position at a time (llama.cpp's rows are independent)."""
+        hidden = torch.zeros(len(vectors), self.n_embd)
+        for index in range(max(v.shape[0] for v in vectors)):
+            active = torch.tensor([v.shape[0] > index for v in vectors])
+            step = torch.stack(
+                [v[index] if v.shape[0] > index else v.new_zeros(self.n_embd) for v in vectors]
+            )
+            hidden = torch.where(active[:, None], self.feed(memory, step, active), hidden)
+        return hidden
+
+    def feed(self, memory: Rows, embedding: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        """Feed one input embedding per active row [batch, hidden]; -> the next hidden
+        states (rows that are not active get zeros, which the loop ignores)."""
         rows = active.nonzero().flatten().tolist()
         if not rows:
             return torch.zeros(len(memory.positions), self.n_embd)

@@ -38,7 +38,6 @@ from .engine import (
 )
 from .errors import LatentMASError
 from .models import LoadedModel
-from .realign import realigner_for
 from .roles import (
     Role,
     chat_messages,
@@ -66,6 +65,46 @@ Handoff = Literal["text", "latent", "states"]
 HANDOFFS: tuple[str, ...] = ("latent", "states")  # latent_mas's two (text is text_mas's)
 STATE_MESSAGE_TOKENS = 64  # the states handoff's default message cap (StateBridge's)
 STATE_MARKER = "<<latentmas:message>>"  # where an earlier message's vectors go in a prompt
+
+
+@dataclass(frozen=True)
+class LatentSteps:
+    """How long each non-final agent thinks: `count` thoughts; with `auto`, at most `count`,
+    a row stopping early once its thoughts converge or drift (`DriftGuard`).
+
+    Text (`10`, `auto`, `auto:40`) is parsed once, where it enters (`parse`: the CLI,
+    `RunSpec`, quality configs); everything after holds this typed value."""
+
+    count: int = 10
+    auto: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.count, bool) or not isinstance(self.count, int):
+            raise LatentMASError(f"latent steps must be a whole number, not {self.count!r}")
+        if not 0 <= self.count <= MAX_LATENT_STEPS:
+            raise LatentMASError(f"latent steps must be between 0 and {MAX_LATENT_STEPS}, not {self.count}")
+
+    @classmethod
+    def parse(cls, value: int | str | LatentSteps) -> LatentSteps:
+        """`10` -> 10 steps; `auto` / `auto:40` -> at most 40 steps with the drift guard."""
+        if isinstance(value, LatentSteps):
+            return value
+        if isinstance(value, int):
+            return cls(value)
+        text = str(value).strip().lower()
+        auto = text.startswith("auto")
+        if auto:
+            text = text.partition(":")[2] or str(DEFAULT_AUTO_MAX)
+        try:
+            count = int(text)
+        except ValueError:
+            raise LatentMASError(
+                f"latent steps must be a number, 'auto' or 'auto:MAX', not {value!r}"
+            ) from None
+        return cls(count, auto)
+
+    def __str__(self) -> str:
+        return f"auto:{self.count}" if self.auto else str(self.count)
 
 
 @dataclass
@@ -151,7 +190,7 @@ def as_engine(lm: LoadedModel | Engine, realign: str = "none", view: MemoryView 
     """A loaded model runs on the transformers engine; an engine is used as it is (and must
     then be able to show the memory as `view` asks)."""
     if isinstance(lm, LoadedModel):
-        return TransformersEngine(lm, realigner_for(lm.model, realign), view=view)
+        return TransformersEngine(lm, realign, view=view)
     if view is not None and not view.identity and getattr(lm, "view", None) != view:
         raise LatentMASError(
             f"the {lm.name} engine cannot show the memory through a view (thought weight, thoughts from)"
@@ -180,8 +219,7 @@ class Method:
         self.sampling = sampling or Sampling()
         if self.sampling.max_new_tokens < 1:
             raise LatentMASError("max_new_tokens must be >= 1")
-        self.latent_steps = 0
-        self.guard: DriftGuard | None = None
+        self.latent_steps = LatentSteps(0)
         # (max entropy, max jump) in nats for the entropy guard; None: that rule is off.
         self.entropy_options: tuple[float | None, float | None] = (None, None)
         self.memory = "full"
@@ -267,10 +305,11 @@ class Method:
                     conversations = self._conversations(engine, index, questions, answer_format)
                     probes = self._conversations(engine, index, PROBES, answer_format)
                     prefix = common_prefix([c[0] for c in probes])
-                    memory = self.enter_engine(engine, current, [c[0] for c in conversations])
+                    memory, firsts = self.enter_engine(engine, current, [c[0] for c in conversations])
+                    conversations = [[f, *c[1:]] for f, c in zip(firsts, conversations)]
                     current = engine
                 prompts = [c[index - first] for c in conversations]
-                steps, decode = (0, True) if final else (self.latent_steps, False)
+                steps, decode = (0, True) if final else (self.latent_steps.count, False)
             entered = time.perf_counter() - start
             for watcher in watchers:
                 watcher.begin_agent(role.name, prompts)
@@ -345,10 +384,13 @@ class Method:
         tokenizer, once = engine.lm.tokenizer, self.question_once
         return [shared_conversation(tokenizer, roles, q, answer_format, once) for q in questions]
 
-    def enter_engine(self, engine: Engine, previous: Engine | None, first_prompts: list[list[int]]) -> Any:
+    def enter_engine(
+        self, engine: Engine, previous: Engine | None, first_prompts: list[list[int]]
+    ) -> tuple[Any, list[list[int]]]:
         """The memory a shared conversation starts from when it moves to `engine` (a new
-        batch, or another model's turn): empty here; `HeteroMAS` carries thoughts over."""
-        return engine.new_memory(len(first_prompts))
+        batch, or another model's turn), and the prompts its first agent then reads: an
+        empty memory and the prompts as they are here; `HeteroMAS` carries thoughts over."""
+        return engine.new_memory(len(first_prompts)), first_prompts
 
     def _agent(
         self,
@@ -373,7 +415,7 @@ class Method:
         adds its own message's vectors.
         """
         batch = len(prompts)
-        clock = PhaseClock(engine.lm.model.device)
+        clock = PhaseClock(engine.lm.device)
         with clock.phase("prefill"):
             if states is None:
                 hidden = engine.prefill(memory, prompts, prefix, think=latent_steps > 0)
@@ -381,15 +423,14 @@ class Method:
                 hidden = self._read_pieces(engine, memory, *states, prefix)
         with clock.phase("latent"):
             step = partial(engine.latent_step, memory)
+            guard = DriftGuard() if self.latent_steps.auto else None
             entropy_guard = None
             if self.entropy_options != (None, None):
                 limits = [math.inf if value is None else value for value in self.entropy_options]
                 entropy_guard = EntropyGuard(partial(lm_logits, engine.lm.model), *limits)
             taken = torch.zeros(batch, dtype=torch.long)
             if latent_steps > 0:
-                hidden, taken = rollout(
-                    step, hidden, latent_steps, engine.realigner, on_step, self.guard, entropy_guard
-                )
+                hidden, taken = rollout(step, hidden, latent_steps, on_step, guard, entropy_guard)
         texts: list[str | None] = [None] * batch
         counts = [0] * batch
         if decode:
@@ -432,7 +473,7 @@ class Method:
         for index in range(1, len(pieces[0])):
             message = [row[index - 1] for row in vectors]
             if any(block.shape[0] for block in message):  # every row's message may be empty
-                engine.append_vectors(memory, message)
+                engine.prefill_embeddings(memory, message)
             hidden = engine.prefill(memory, [p[index] for p in pieces])
         return hidden
 
@@ -533,7 +574,7 @@ class LatentMAS(Method):
         lm: LoadedModel | Engine | Mapping[str, Engine],
         sampling: Sampling | None = None,
         topology: str = "sequential",
-        latent_steps: int | str = 10,
+        latent_steps: int | LatentSteps = 10,
         memory: str = "full",
         realign: str = "ridge",
         observers: Sequence[ObserverFactory] = (),
@@ -560,7 +601,9 @@ class LatentMAS(Method):
         view = view or MemoryView()
         engines = lm if isinstance(lm, Mapping) else as_engine(lm, realign, view)
         super().__init__(engines, topology_roles(topology), sampling, topology)
-        self.latent_steps, self.guard = parse_latent_steps(latent_steps)
+        self.latent_steps = (
+            latent_steps if isinstance(latent_steps, LatentSteps) else LatentSteps(latent_steps)
+        )
         self.view = view
         self.handoff = handoff
         if handoff == "states":
@@ -569,7 +612,6 @@ class LatentMAS(Method):
                 raise LatentMASError("the states handoff runs on the transformers engine")
         self.entropy_options = (max_thought_entropy, max_entropy_jump)
         self.memory = memory
-        self.realign_mode = realign
         self.observers = list(observers)
         self.question_once = question_once
 
@@ -584,9 +626,9 @@ class LatentMAS(Method):
         described = {
             "method": self.name,
             "topology": self.topology,
-            "latent_steps": self.latent_steps if self.guard is None else f"auto:{self.latent_steps}",
+            "latent_steps": str(self.latent_steps) if self.latent_steps.auto else self.latent_steps.count,
             "memory": self.memory,
-            "realign": self.realign_mode,
+            "realign": self.engine.realign,
         }
         # Options appear only when set, so results of earlier runs still resume.
         if self.question_once:
@@ -601,19 +643,3 @@ class LatentMAS(Method):
             if value is not None:
                 described[name] = value
         return described
-
-
-def parse_latent_steps(value: int | str) -> tuple[int, DriftGuard | None]:
-    """`10` -> fixed 10 steps; `auto` / `auto:40` -> at most 40 steps with the drift guard."""
-    text = str(value).strip().lower()
-    guard = None
-    if text.startswith("auto"):
-        guard = DriftGuard()
-        text = text.partition(":")[2] or str(DEFAULT_AUTO_MAX)
-    try:
-        steps = int(text)
-    except ValueError:
-        raise LatentMASError(f"latent steps must be a number, 'auto' or 'auto:MAX', not {value!r}") from None
-    if not 0 <= steps <= MAX_LATENT_STEPS:
-        raise LatentMASError(f"latent steps must be between 0 and {MAX_LATENT_STEPS}, not {steps}")
-    return steps, guard

@@ -107,7 +107,9 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        return self.model.device
+        """Where engines keep their bookkeeping: the input embeddings' device (with layers
+        spread over GPUs, `model.device` is merely the first parameter's)."""
+        return self.model.get_input_embeddings().weight.device
 
     @property
     def dtype(self) -> str:

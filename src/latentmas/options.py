@@ -15,20 +15,20 @@ from typing import Annotated, get_type_hints
 import typer
 
 from .errors import LatentMASError
-from .methods import parse_latent_steps
+from .methods import LatentSteps
 from .spec import RunSpec
 
 
-def _check_latent_steps(value: str) -> str:
+def _latent_steps(value: str | LatentSteps) -> LatentSteps:
     try:
-        parse_latent_steps(value)
+        return LatentSteps.parse(value)
     except LatentMASError as exc:
         raise typer.BadParameter(str(exc)) from None
-    return value
 
 
 _SHORT_FLAGS = {"model": ["-m"]}
-_CALLBACKS = {"latent_steps": _check_latent_steps}
+# Text -> a typed value, once, here at the edge: (parser, how --help names the value).
+_PARSERS = {"latent_steps": (_latent_steps, "N|auto[:MAX]")}
 
 
 def _option_for(f: dataclasses.Field, kind: type) -> tuple[object, object]:
@@ -39,7 +39,8 @@ def _option_for(f: dataclasses.Field, kind: type) -> tuple[object, object]:
         kind = Enum(f.name.title().replace("_", ""), {c: c for c in meta["choices"]}, type=str)
         default = kind(default)
     flags = ["--" + f.name.replace("_", "-"), *_SHORT_FLAGS.get(f.name, [])]
-    option = typer.Option(*flags, help=meta["help"], callback=_CALLBACKS.get(f.name), **bounds)
+    parser, metavar = _PARSERS.get(f.name, (None, None))
+    option = typer.Option(*flags, help=meta["help"], parser=parser, metavar=metavar, **bounds)
     return Annotated[kind, option], default
 
 

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .errors import LatentMASError
-from .methods import MAX_LATENT_STEPS, Answer
+from .methods import MAX_LATENT_STEPS, Answer, LatentSteps
 from .models import LoadedModel
 from .roles import chat_messages, encode_chat, shared_conversation, single_role, topology_roles
 from .scheduler import Batcher, Cancelled, Job, Metrics
@@ -197,7 +197,7 @@ def context_needed(lm: LoadedModel, spec: RunSpec, question: str) -> int:
     roles = topology_roles(spec.topology)
     if spec.method == "latent_mas":
         segments = shared_conversation(lm.tokenizer, roles, question, "")
-        return sum(map(len, segments)) + int(spec.latent_steps) * (len(roles) - 1) + max_tokens
+        return sum(map(len, segments)) + spec.latent_steps.count * (len(roles) - 1) + max_tokens
     # TextMAS: the last agent reads every earlier agent's text (at most max_tokens each).
     last = encode_chat(lm.tokenizer, chat_messages(roles[-1], question, ""), False)
     return len(last) + len(roles) * max_tokens
@@ -222,7 +222,7 @@ async def chat(body: ChatRequest, request: Request):
             vllm_tensor_parallel=state.vllm.tensor_parallel,
             method=body.method,
             topology=body.topology,
-            latent_steps=str(body.latent_steps),
+            latent_steps=LatentSteps(body.latent_steps),
             max_new_tokens=body.max_tokens or state.default_max_tokens,
             temperature=body.temperature,
             top_p=body.top_p,

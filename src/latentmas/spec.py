@@ -18,13 +18,13 @@ from .methods import (
     MEMORY_MODES,
     METHODS,
     LatentMAS,
+    LatentSteps,
     Method,
     SingleAgent,
     TextMAS,
-    parse_latent_steps,
 )
 from .models import DTYPES, LoadedModel, gguf_for, load_model
-from .realign import REALIGN_MODES, realigner_for
+from .realign import REALIGN_MODES
 from .roles import TOPOLOGIES, topology_roles
 from .views import MemoryView
 from .vllm_engine import VLLMSettings
@@ -57,8 +57,8 @@ class RunSpec:
             "Agent roles: planner->critic->refiner->solver, or experts->summarizer.", TOPOLOGIES
         ),
     )
-    latent_steps: str = field(
-        default="10",
+    latent_steps: LatentSteps = field(
+        default=LatentSteps(),
         metadata=_option(
             "Latent thoughts per non-final agent (latent_mas): N, or auto[:MAX] to stop a row "
             "early when its thoughts converge or drift."
@@ -195,6 +195,8 @@ class RunSpec:
     trace: bool = field(default=False, metadata={"cli": False})  # the CLI takes a path instead
 
     def __post_init__(self) -> None:
+        # Python callers and configs may give 10 or "auto:40": parsed here, once.
+        object.__setattr__(self, "latent_steps", LatentSteps.parse(self.latent_steps))
         for f in fields(self):
             meta, value = f.metadata, getattr(self, f.name)
             if meta.get("choices") and value not in meta["choices"]:
@@ -207,7 +209,6 @@ class RunSpec:
                 raise LatentMASError(f"{f.name} must be >= {meta['min']}, not {value}")
             if meta.get("max") is not None and value > meta["max"]:
                 raise LatentMASError(f"{f.name} must be <= {meta['max']}, not {value}")
-        parse_latent_steps(self.latent_steps)
         view = self.view  # validates the weight's open bound
         changes_latent = (
             not view.identity or self.max_thought_entropy is not None or self.max_entropy_jump is not None
@@ -307,7 +308,7 @@ def build_solver(spec: RunSpec, lm: LoadedModel | None = None) -> Method:
         from .vllm_engine import VLLMEngine
 
         realign = spec.realign if spec.method == "latent_mas" else "none"
-        engine = VLLMEngine(lm, realigner_for(lm.model, realign), spec.vllm)
+        engine = VLLMEngine(lm, realign, spec.vllm)
     if spec.method == "single":
         return SingleAgent(engine, sampling)
     if spec.method == "text_mas":

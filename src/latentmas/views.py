@@ -122,11 +122,12 @@ def _enters(index: int):
         positional = bool(args)
         stream = args[0] if positional else kwargs["hidden_states"]
         if entry.thought is not None:
-            thought = entry.thought.to(stream.dtype)
-            scale = entry.norm.to(stream.dtype) / thought.norm(dim=-1).clamp_min(1e-6)
+            thought = entry.thought.to(stream)  # the entry layer may sit on another GPU
+            scale = entry.norm.to(stream) / thought.norm(dim=-1).clamp_min(1e-6)
             stream = stream.clone()
             stream[:, -1] = thought * scale[:, None]
-        entry.norm.copy_(torch.where(entry.real, stream[:, -1].float().norm(dim=-1), entry.norm))
+        norm = stream[:, -1].float().norm(dim=-1).to(entry.norm.device)
+        entry.norm.copy_(torch.where(entry.real, norm, entry.norm))
         if positional:
             return (stream, *args[1:]), kwargs
         return args, {**kwargs, "hidden_states": stream}
@@ -145,7 +146,8 @@ def _adds_bias(index: int):
             if not isinstance(mask, torch.Tensor) or mask.dim() != 4 or not mask.is_floating_point():
                 raise LatentMASError("a memory view needs the additive 4-D mask the engine builds")
             low = torch.finfo(mask.dtype).min
-            kwargs["attention_mask"] = (mask + bias[..., : mask.shape[-1]]).clamp_min(low)
+            bias = bias[..., : mask.shape[-1]].to(mask.device)  # this layer may sit on another GPU
+            kwargs["attention_mask"] = (mask + bias).clamp_min(low)
         return args, kwargs
 
     return hook

@@ -24,7 +24,6 @@ import torch
 from .engine import Sampling, StateCallback, TokenCallback, TransformersEngine, is_greedy
 from .errors import LatentMASError
 from .models import LoadedModel, dtype_name
-from .realign import Realigner
 
 MAX_MODEL_LEN = 16384  # tokens vLLM reserves per sequence (capped by the model's own limit)
 
@@ -159,12 +158,12 @@ class VLLMEngine:
     max_batch = None
 
     def __init__(
-        self, lm: LoadedModel, realigner: Realigner, settings: VLLMSettings | None = None, llm=None
+        self, lm: LoadedModel, realign: str = "none", settings: VLLMSettings | None = None, llm=None
     ) -> None:
         """`llm`: a started vLLM `LLM` (or anything with its `generate`); default: start one."""
         check_embedding_scale(lm)
-        self.lm, self.realigner = lm, realigner
-        self.thinker = TransformersEngine(lm, realigner)
+        self.lm, self.realign = lm, realign
+        self.thinker = TransformersEngine(lm, realign)
         self.stop_ids = self.thinker.stop_ids
         self.llm = llm if llm is not None else start_vllm(lm, settings or VLLMSettings())
 
@@ -183,8 +182,10 @@ class VLLMEngine:
         for row, prompt in enumerate(prompts):
             memory.segments[row].append(list(prompt))
         memory.pending.append((prompts, shared_prefix))
-        if not think:
-            return None
+        return self._catch_up(memory) if think else None
+
+    def _catch_up(self, memory: LoggedMemory) -> torch.Tensor | None:
+        """Read the pending prompts into the transformers memory; -> the last state."""
         if memory.thinking is None:
             memory.thinking = self.thinker.new_memory(memory.batch_size)
         hidden = None
@@ -193,17 +194,28 @@ class VLLMEngine:
         memory.pending.clear()
         return hidden
 
+    def _log_thoughts(self, memory: LoggedMemory, row: int, vectors: torch.Tensor) -> None:
+        """Vectors [n, hidden] join the row's latest run of thoughts (or start one)."""
+        segments = memory.segments[row]
+        if segments and isinstance(segments[-1], torch.Tensor):
+            segments[-1] = torch.cat([segments[-1], vectors])
+        else:
+            segments.append(vectors)
+
     def latent_step(
-        self, memory: LoggedMemory, embedding: torch.Tensor, active: torch.Tensor
-    ) -> torch.Tensor:
+        self, memory: LoggedMemory, hidden: torch.Tensor, active: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        embedding, new = self.thinker.latent_step(memory.thinking, hidden, active)
         for row in active.nonzero().squeeze(-1).tolist():
-            thoughts = memory.segments[row]
-            vector = embedding[row : row + 1].detach()
-            if isinstance(thoughts[-1], torch.Tensor):
-                thoughts[-1] = torch.cat([thoughts[-1], vector])
-            else:
-                thoughts.append(vector)
-        return self.thinker.latent_step(memory.thinking, embedding, active)
+            self._log_thoughts(memory, row, embedding[row : row + 1].detach())
+        return embedding, new
+
+    def prefill_embeddings(self, memory: LoggedMemory, vectors: list[torch.Tensor]) -> torch.Tensor:
+        self._catch_up(memory)
+        for row, block in enumerate(vectors):
+            if block.shape[0]:
+                self._log_thoughts(memory, row, block.detach().to(self.lm.model.dtype))
+        return self.thinker.prefill_embeddings(memory.thinking, vectors)
 
     def decode(
         self,
