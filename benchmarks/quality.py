@@ -47,6 +47,8 @@ LATENT_DEFAULT = {
     "thought_weight": "1",
     "thoughts_from": "0",
     "thoughts_enter": "false",
+    "relay_layers": "1",
+    "relay_keep": "1",
     "max_thought_entropy": "none",
     "max_entropy_jump": "none",
     "handoff": "latent",
@@ -68,6 +70,8 @@ SHORT = {
     "thought_weight": "beta",
     "thoughts_from": "from",
     "thoughts_enter": "enter",
+    "relay_layers": "relay",
+    "relay_keep": "keep",
     "max_thought_entropy": "H",
     "max_entropy_jump": "dH",
     "handoff": "handoff",
@@ -171,6 +175,7 @@ def spec_value(key: str, text: str):
     if key in ("question_once", "thoughts_enter"):
         return text == "true"
     numbers = {"thought_weight": float, "thoughts_from": float, "max_thought_entropy": float}
+    numbers |= {"relay_layers": float, "relay_keep": float}
     numbers |= {"max_entropy_jump": float, "message_tokens": int}
     if key in numbers:
         try:

@@ -11,6 +11,7 @@ import torch
 from latentmas import LatentMAS, Sampling
 from latentmas.engine import EntropyGuard, SharedMemory, TransformersEngine, lm_logits, rollout
 from latentmas.errors import LatentMASError
+from latentmas.relay import NEWEST_KEPT, key_similarity
 from latentmas.roles import encode_chat
 from latentmas.spec import RunSpec
 from latentmas.tiny import tiny_loaded
@@ -61,7 +62,8 @@ def test_a_vanishing_thought_weight_is_the_team_without_thoughts(tiny, monkeypat
 
 def layer_weights(lm, view: MemoryView | None, steps: int = 3) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Each layer's attention weights [heads, query, key] for the second agent's prompt, after
-    the first agent's prompt and `steps` thoughts; -> (weights, which columns are thoughts)."""
+    the first agent's prompt and `steps` thoughts; -> (weights, which columns are thoughts).
+    (A layer-selective relay's probe reads the prompt first: only the last read counts.)"""
     engine = TransformersEngine(lm, share_prefixes=False, view=view)
     first, second = (
         encode_chat(lm.tokenizer, [{"role": "user", "content": t}], False) for t in ("plan 12", "check")
@@ -79,7 +81,7 @@ def layer_weights(lm, view: MemoryView | None, steps: int = 3) -> tuple[list[tor
     finally:
         for hook in hooks:
             hook.remove()
-    return seen, memory.is_latent.clone()
+    return seen[-len(hooks) :], memory.is_latent.clone()
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +121,10 @@ def test_a_thought_weight_scales_attention_to_earlier_thoughts_by_beta(eager):
         (dict(method="single", thought_weight=0.5), "use them with --method latent_mas"),
         (dict(engine="llamacpp", thoughts_from=0.5), "--engine transformers"),
         (dict(max_thought_entropy=-1.0), "max_thought_entropy must be >="),
+        (dict(relay_keep=0.0), "relay_keep must be in"),
+        (dict(relay_layers=1.5), "relay_layers must be <="),
+        (dict(engine="vllm", relay_layers=0.3), "--engine transformers"),
+        (dict(method="text_mas", relay_keep=0.5), "use them with --method latent_mas"),
     ],
 )
 def test_bad_view_options_are_clear_errors(options, message):
@@ -181,6 +187,8 @@ def test_the_entropy_guard_is_batch_invariant_and_described(tiny):
         MemoryView(thought_weight=0.3),
         MemoryView(thoughts_from=0.5),
         MemoryView(thoughts_from=0.5, thoughts_enter=True),
+        MemoryView(relay_layers=0.5),
+        MemoryView(relay_keep=0.5),
     ],
 )
 def test_views_are_batch_invariant(arch, view):
@@ -235,3 +243,69 @@ def test_a_thought_that_enters_above_the_embedding_is_the_stream_there(tiny):
 def test_thoughts_enter_needs_a_layer():
     with pytest.raises(LatentMASError, match="set it above 0"):
         RunSpec(thoughts_enter=True)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+@pytest.mark.parametrize("view", [MemoryView(relay_layers=0.99), MemoryView(relay_keep=0.999)])
+def test_a_relay_that_keeps_everything_changes_no_answer(arch, view):
+    """A share that rounds to every layer (two here) or every column runs the whole relay
+    (the probe reads each prompt, then is taken back out of the memory) and must leave the
+    answers exactly as without it, at batch 1 and 8."""
+    lm = tiny_loaded(arch)
+    plain = answers(lm, QUESTIONS, latent_steps=3)
+    assert answers(lm, QUESTIONS, latent_steps=3, view=view) == plain
+    assert [answers(lm, [q], latent_steps=3, view=view)[0] for q in QUESTIONS] == plain
+
+
+def test_a_layer_selective_relay_hides_earlier_agents_outside_the_chosen_layer(eager):
+    """Two layers, share 0.5: the reader sees the first agent's columns in one layer only, and
+    it is the layer whose full-sight attention on them (the sink left out) is larger; the
+    middle prior is flat on two layers, so importance alone decides."""
+    full, thoughts = layer_weights(eager, None)
+    earlier = torch.ones_like(thoughts)  # every column before the second prompt is the first agent's
+    width = full[0].shape[-2]
+    earlier[-width:] = False
+    earlier[0] = False  # the sink
+    mass = [w[..., earlier].sum(-1).mean().item() for w in full]
+    chosen = mass.index(max(mass))
+    relayed, _ = layer_weights(eager, MemoryView(relay_layers=0.5))
+    earlier[0] = True
+    assert relayed[chosen][..., earlier].min() > 0
+    assert relayed[1 - chosen][..., earlier].abs().max() == 0
+    assert relayed[1 - chosen][..., ~earlier].sum(-1).allclose(torch.tensor(1.0))  # its own prompt
+
+
+def test_a_relay_filter_forgets_the_columns_least_like_the_next_prompt(eager):
+    """Share 0.5: half the first agent's columns (rounded up), the most similar in the middle
+    layer's keys to the next prompt, plus the newest five, get attention in every layer; the
+    rest get exactly none, and every kept column is at least as similar as every dropped one."""
+    engine = TransformersEngine(eager, share_prefixes=False, view=MemoryView(relay_keep=0.5))
+    first, second = (
+        encode_chat(eager.tokenizer, [{"role": "user", "content": t}], False)
+        for t in ("plan 12 apples and 7 pears", "check")
+    )
+    memory = engine.new_memory(1)
+    hidden = engine.prefill(memory, [first])
+    rollout(partial(engine.latent_step, memory), hidden, 3)
+    earlier = memory.length
+    keys = memory.cache.layers[len(memory.cache.layers) // 2].keys
+    embeds = eager.model.get_input_embeddings()(torch.tensor([second]))
+    similarity = key_similarity(embeds.mean(1), keys)[0]
+    seen: list[torch.Tensor] = []
+    hooks = [
+        layer.self_attn.register_forward_hook(lambda m, i, out: seen.append(out[1][0].detach().clone()))
+        for layer in eager.model.model.layers
+    ]
+    try:
+        engine.prefill(memory, [second])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    kept = memory.attention_mask[0, :earlier].bool()
+    assert math.ceil(earlier / 2) <= kept.sum() <= math.ceil(earlier / 2) + NEWEST_KEPT
+    assert kept[-NEWEST_KEPT:].all()
+    older = torch.arange(earlier) < earlier - NEWEST_KEPT
+    assert similarity[kept & older].min() >= similarity[~kept & older].max()
+    for weights in seen:
+        assert weights[..., :earlier][..., ~kept].abs().max() == 0
+        assert weights[..., :earlier][..., kept].min() > 0

@@ -26,6 +26,7 @@ from transformers.cache_utils import DynamicLayer
 from .errors import LatentMASError
 from .models import LoadedModel
 from .realign import Realigner, realigner_for
+from .relay import attention_mass_probe, chosen_layers, kept_columns, key_similarity
 from .roles import stop_token_ids
 from .views import ENTRY_KEYWORD, VIEW_KEYWORD, Entry, MemoryView, install_view_hooks
 
@@ -166,6 +167,7 @@ class SharedMemory:
     agent: int = -1  # the agent now writing (`begin_agent` counts them)
     view: MemoryView | None = None
     entry_norm: torch.Tensor | None = None  # [batch] stream norm where thoughts re-enter (views)
+    relayed: torch.Tensor | None = None  # [layers, batch] where the reader sees earlier agents (None: all)
     window: int | None = None  # the model's sliding window, read once (None: no sliding layers)
     sliding: tuple[bool, ...] = ()  # which layers slide
 
@@ -211,8 +213,9 @@ class SharedMemory:
         return self._owner[: self._length]
 
     def begin_agent(self) -> None:
-        """The next columns are a new agent's."""
+        """The next columns are a new agent's (who, until a relay chooses, sees all layers)."""
         self.agent += 1
+        self.relayed = None
 
     @property
     def batch_size(self) -> int:
@@ -262,6 +265,18 @@ class SharedMemory:
         self._owner = self.owner.index_select(0, columns)
         self._length = len(columns)
 
+    def forget_after(self, length: int, next_position: torch.Tensor) -> None:
+        """Take back every column from `length` on (a probe's), as if never appended."""
+        for layer in self.cache.layers:
+            if layer.keys is not None and layer.keys.dim() == 4:
+                layer.keys, layer.values = layer.keys[..., :length, :], layer.values[..., :length, :]
+        self._length, self.next_position = length, next_position
+
+    def forget_columns(self, keep: torch.Tensor) -> None:
+        """Each row forgets the columns `keep` [batch, length] marks False: they become padding,
+        which no later query sees in any layer (the relay filter)."""
+        self._mask[:, : self._length] *= keep.to(self._mask)
+
     def keep_rows(self, rows: torch.Tensor) -> None:
         """Drop finished rows so they stop costing compute."""
         self.cache.batch_select_indices(rows)
@@ -270,6 +285,8 @@ class SharedMemory:
         self.next_position = self.next_position.index_select(0, rows)
         if self.entry_norm is not None:
             self.entry_norm = self.entry_norm.index_select(0, rows)
+        if self.relayed is not None:
+            self.relayed = self.relayed.index_select(1, rows)
 
 
 def left_pad(
@@ -319,7 +336,7 @@ def append(
         install_view_hooks(model, body)
         layers = model.config.get_text_config().num_hidden_layers
         extra[VIEW_KEYWORD] = memory.view.layer_biases(
-            memory.is_latent, memory.owner, memory.agent, layers, model.dtype
+            memory.is_latent, memory.owner, memory.agent, layers, model.dtype, memory.relayed
         )
         if memory.view.thoughts_enter:  # the thought goes in at the entry layer, nothing below it
             thought = inputs_embeds[:, -1] if latent else None
@@ -409,6 +426,34 @@ def prefill(
     """Append one prompt per row; -> last hidden state [batch, hidden]."""
     ids, mask = left_pad(prompts, pad_id, memory.attention_mask.device)
     return append(model, memory, mask, input_ids=ids)
+
+
+def hand_over(model: PreTrainedModel, memory: SharedMemory, prompts: list[list[int]], pad_id: int) -> None:
+    """Before an agent reads `prompts`, choose what it is handed of the earlier agents' columns
+    (the view's relay filter and layer-selective relay; see `relay`). Per row, so a row's
+    choice does not depend on its batch."""
+    view = memory.view
+    if view is None or (view.relay_keep == 1.0 and view.relay_layers == 1.0):
+        return
+    ids, mask = left_pad(prompts, pad_id, memory.device)
+    real = memory.attention_mask.bool()
+    earlier = real & (memory.owner < memory.agent)[None]
+    if view.relay_keep < 1.0:
+        embeds = model.get_input_embeddings()(ids).float()
+        query = (embeds * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
+        middle = memory.cache.layers[len(memory.cache.layers) // 2].keys.to(memory.device)
+        keep = kept_columns(key_similarity(query, middle), earlier, real, view.relay_keep)
+        memory.forget_columns(keep)
+        earlier &= keep
+    if view.relay_layers < 1.0:
+        counted = earlier.clone()
+        rows = torch.arange(memory.batch_size, device=memory.device)
+        counted[rows, memory.attention_mask.argmax(dim=1)] = False  # the attention sink
+        length, next_position = memory.length, memory.next_position.clone()
+        with attention_mass_probe(model, decoder(model), counted, mask) as masses:
+            append(model, memory, mask, input_ids=ids)
+        memory.forget_after(length, next_position)
+        memory.relayed = chosen_layers(torch.stack(masses), view.relay_layers)
 
 
 class PrefixStore:
@@ -756,6 +801,8 @@ class TransformersEngine:
         memory.begin_agent()
         if self.prefixes is not None and memory.length == 0:
             prompts = self.prefixes.start(memory, prompts, shared_prefix)
+        if memory.view is not None and memory.length and memory.agent > 0:
+            hand_over(self.model, memory, prompts, self.pad_id)
         return prefill(self.model, memory, prompts, self.pad_id)
 
     def latent_step(

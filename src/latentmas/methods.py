@@ -193,7 +193,7 @@ def as_engine(lm: LoadedModel | Engine, realign: str = "none", view: MemoryView 
         return TransformersEngine(lm, realign, view=view)
     if view is not None and not view.identity and getattr(lm, "view", None) != view:
         raise LatentMASError(
-            f"the {lm.name} engine cannot show the memory through a view (thought weight, thoughts from)"
+            f"the {lm.name} engine cannot show the memory through a view (thought weight, thoughts from, relay)"
         )
     return lm
 
@@ -639,6 +639,9 @@ class LatentMAS(Method):
             described["thoughts_from"] = self.view.thoughts_from
         if self.view.thoughts_enter:
             described["thoughts_enter"] = True
+        for name in ("relay_layers", "relay_keep"):
+            if getattr(self.view, name) != 1.0:
+                described[name] = getattr(self.view, name)
         for name, value in zip(("max_thought_entropy", "max_entropy_jump"), self.entropy_options):
             if value is not None:
                 described[name] = value

@@ -66,6 +66,8 @@ class ChatRequest(BaseModel):
     thought_weight: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     thoughts_from: Annotated[float, Field(ge=THOUGHTS_FROM[0], le=THOUGHTS_FROM[1])] = 0.0
     thoughts_enter: bool = False
+    relay_layers: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    relay_keep: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     handoff: Literal["latent", "states"] = "latent"
     message_tokens: Annotated[int, Field(ge=MAX_TOKENS[0], le=MAX_TOKENS[1])] | None = None
     max_thought_entropy: Annotated[float, Field(ge=0.0)] | None = None
@@ -230,6 +232,8 @@ async def chat(body: ChatRequest, request: Request):
             thought_weight=body.thought_weight,
             thoughts_from=body.thoughts_from,
             thoughts_enter=body.thoughts_enter,
+            relay_layers=body.relay_layers,
+            relay_keep=body.relay_keep,
             handoff=body.handoff,
             message_tokens=body.message_tokens,
             max_thought_entropy=body.max_thought_entropy,

@@ -162,6 +162,24 @@ class RunSpec:
             "instead of as an input embedding."
         ),
     )
+    relay_layers: float = field(
+        default=1.0,
+        metadata=_option(
+            "latent_mas: at each handoff, earlier agents' memory stays visible in only this share of "
+            "the layers, chosen per question by attention importance (KVComm; 1 = every layer).",
+            low=0.0,
+            high=1.0,
+        ),
+    )
+    relay_keep: float = field(
+        default=1.0,
+        metadata=_option(
+            "latent_mas: at each handoff, keep only this share of earlier agents' memory, the columns "
+            "closest to the next prompt (kNN-LatentMAS's relay filter; 1 = keep all).",
+            low=0.0,
+            high=1.0,
+        ),
+    )
     max_thought_entropy: float | None = field(
         default=None,
         metadata=_option(
@@ -215,7 +233,8 @@ class RunSpec:
         )
         if changes_latent and self.method != "latent_mas":
             raise LatentMASError(
-                "--thought-weight, --thoughts-from and the entropy guard shape latent thoughts; use them with --method latent_mas"
+                "memory views (--thought-weight, --thoughts-from, --relay-layers, --relay-keep) and the "
+                "entropy guard shape the shared memory; use them with --method latent_mas"
             )
         if self.handoff == "states":
             if self.method != "latent_mas" or self.engine != "transformers" or self.agent_models:
@@ -234,7 +253,8 @@ class RunSpec:
             raise LatentMASError("--agent-models does not combine with memory views or the entropy guard")
         if not view.identity and (self.engine != "transformers" or self.agent_models):
             raise LatentMASError(
-                "memory views (--thought-weight, --thoughts-from, --thoughts-enter) run on one model on --engine transformers"
+                "memory views (--thought-weight, --thoughts-from, --thoughts-enter, --relay-layers, "
+                "--relay-keep) run on one model on --engine transformers"
             )
         if self.trace and self.method != "latent_mas":
             raise LatentMASError("--trace records latent thoughts; use it with --method latent_mas")
@@ -259,7 +279,9 @@ class RunSpec:
 
     @property
     def view(self) -> MemoryView:
-        return MemoryView(self.thought_weight, self.thoughts_from, self.thoughts_enter)
+        return MemoryView(
+            self.thought_weight, self.thoughts_from, self.thoughts_enter, self.relay_layers, self.relay_keep
+        )
 
     @property
     def vllm(self) -> VLLMSettings:

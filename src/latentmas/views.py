@@ -9,7 +9,13 @@ Published training-free alternatives change only *what is seen where*:
   f x depth), which expect token embeddings and degenerate on hidden states;
 - `thoughts_enter`: with `thoughts_from`, a thought re-enters the model at that layer (its
   residual stream there is replaced by the thought, rescaled to the stream's norm at the
-  previous position) instead of as an input embedding, so no layer below ever reads it.
+  previous position) instead of as an input embedding, so no layer below ever reads it;
+- `relay_layers` s in (0, 1]: at each handoff, earlier agents' columns stay visible in only
+  that share of the layers, chosen per question from how much the reading agent's prompt
+  attends to them there (KVComm's layer-selective sharing; see `relay`);
+- `relay_keep` k in (0, 1]: at each handoff, only that share of earlier agents' columns is
+  kept, the ones whose middle-layer keys are closest to the reading agent's prompt, plus
+  the newest few (kNN-LatentMAS's relay filter; see `relay`).
 
 A view is a per-layer additive bias over the cache's columns. It reaches each attention
 module as a forward pre-hook that adds the layer's bias to the 4-D mask the decoder already
@@ -40,6 +46,8 @@ class MemoryView:
     thought_weight: float = 1.0
     thoughts_from: float = 0.0
     thoughts_enter: bool = False
+    relay_layers: float = 1.0
+    relay_keep: float = 1.0
 
     def __post_init__(self) -> None:
         if self.thoughts_enter and self.thoughts_from == 0.0:
@@ -48,33 +56,54 @@ class MemoryView:
             raise LatentMASError(f"thought_weight must be in (0, 1], not {self.thought_weight}")
         if not 0.0 <= self.thoughts_from < 1.0:
             raise LatentMASError(f"thoughts_from must be in [0, 1), not {self.thoughts_from}")
+        for name in ("relay_layers", "relay_keep"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise LatentMASError(f"{name} must be in (0, 1], not {getattr(self, name)}")
 
     @property
     def identity(self) -> bool:
-        return self.thought_weight == 1.0 and self.thoughts_from == 0.0
+        return self == MemoryView()
 
     def first_layer(self, layers: int) -> int:
         """The lowest layer that sees thoughts."""
         return round(self.thoughts_from * layers)
 
     def layer_biases(
-        self, is_latent: torch.Tensor, owner: torch.Tensor, agent: int, layers: int, dtype: torch.dtype
+        self,
+        is_latent: torch.Tensor,
+        owner: torch.Tensor,
+        agent: int,
+        layers: int,
+        dtype: torch.dtype,
+        relayed: torch.Tensor | None = None,
     ) -> list[torch.Tensor | None]:
-        """Per layer, an additive bias [1, 1, 1, length] over the columns, or None (no change).
+        """Per layer, an additive bias [1 or batch, 1, 1, length] over the columns, or None.
 
         `is_latent`, `owner`: [length] flags and writing agent of each column; `agent`: the
-        agent now reading. Hidden columns get the dtype's lowest value (as padding does).
+        agent now reading; `relayed`: [layers, batch], the layers in which each row's reader
+        sees earlier agents' columns (None: all). Hidden columns get the dtype's lowest
+        value (as padding does).
         """
         low = torch.finfo(dtype).min
+
+        def bias(where: torch.Tensor, value: float) -> torch.Tensor:
+            return torch.zeros(where.shape, dtype=dtype, device=where.device).masked_fill(where, value)
+
+        earlier = owner < agent
         weighted = None
         if self.thought_weight < 1.0:
-            earlier = is_latent & (owner < agent)
-            weighted = torch.zeros(is_latent.shape, dtype=dtype, device=is_latent.device)
-            weighted = weighted.masked_fill(earlier, math.log(self.thought_weight))[None, None, None]
-        hidden = torch.zeros(is_latent.shape, dtype=dtype, device=is_latent.device)
-        hidden = hidden.masked_fill(is_latent, low)[None, None, None]
+            weighted = bias(is_latent & earlier, math.log(self.thought_weight))[None, None, None]
+        hidden = bias(is_latent, low)[None, None, None]
         first = self.first_layer(layers)
-        return [hidden if layer < first else weighted for layer in range(layers)]
+        biases = [hidden if layer < first else weighted for layer in range(layers)]
+        if relayed is None:
+            return biases
+        # A row's earlier columns vanish from the layers not chosen for it (low + low is -inf,
+        # which the hook clamps back to the lowest value).
+        unrelayed = bias(~relayed[:, :, None] & earlier, low)[
+            :, :, None, None
+        ]  # [layers, batch, 1, 1, length]
+        return [unrelayed[layer] if b is None else b + unrelayed[layer] for layer, b in enumerate(biases)]
 
 
 @dataclass

@@ -1,0 +1,110 @@
+"""What a later agent is handed of the earlier agents' memory, chosen at each handoff.
+
+Two published training-free relays, both decided per question when an agent starts reading:
+
+- **Layer-selective relay** (KVComm, ICLR 2026, arXiv 2510.03346): earlier agents' columns
+  stay visible in only a share of the layers. A layer's importance is the attention mass
+  the reading agent's prompt puts on earlier agents' columns there (the first column, the
+  attention sink, left out), measured by reading the prompt once with full sight; the
+  ranking mixes that importance with a Gaussian prior on the middle layers (both scaled to
+  [0, 1], equal weights, sigma = 10 layers as in KVComm's code).
+- **Relay filter** (kNN-LatentMAS): only the share of earlier agents' columns whose
+  middle-layer keys (averaged over heads) are closest in cosine to the reading agent's
+  prompt (its mean input embedding, folded into head-sized chunks and averaged) is kept,
+  plus the newest few columns; the rest are forgotten for good, as if they were padding.
+
+The probe that measures importance reads the prompt with the model's eager attention (the
+stock implementation that returns its weights) and is then taken back out of the memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+from .views import attention_modules
+
+PRIOR_WEIGHT = 0.5  # importance and the middle-layer prior count equally
+PRIOR_SIGMA = 10.0  # layers; KVComm's default
+NEWEST_KEPT = 5  # the relay filter always keeps this many newest columns (kNN-LatentMAS's min_keep)
+
+
+def scaled(values: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Min-max scale along `dim` to [0, 1] (all zeros where the values are all equal)."""
+    low = values.amin(dim=dim, keepdim=True)
+    span = values.amax(dim=dim, keepdim=True) - low
+    return torch.where(span > 1e-9, (values - low) / span.clamp_min(1e-9), torch.zeros_like(values))
+
+
+def chosen_layers(importance: torch.Tensor, share: float) -> torch.Tensor:
+    """importance [layers, batch] -> [layers, batch] True for the layers each row keeps:
+    the top round(share x layers) (at least one) by importance mixed with the middle prior."""
+    layers = importance.shape[0]
+    depth = torch.arange(layers, dtype=torch.float32, device=importance.device)
+    prior = torch.exp(-0.5 * ((depth - (layers - 1) / 2) / PRIOR_SIGMA) ** 2)
+    score = (1 - PRIOR_WEIGHT) * scaled(importance.float()) + PRIOR_WEIGHT * scaled(prior)[:, None]
+    count = max(1, round(share * layers))
+    top = score.topk(count, dim=0).indices
+    return torch.zeros_like(score, dtype=torch.bool).scatter_(0, top, True)
+
+
+def kept_columns(
+    similarity: torch.Tensor, candidates: torch.Tensor, real: torch.Tensor, share: float
+) -> torch.Tensor:
+    """similarity, candidates, real: [batch, length] -> [batch, length] True for the candidate
+    columns each row keeps: the top ceil(share x candidates) by similarity, and the newest
+    `NEWEST_KEPT` real columns whatever their score. Columns that are not candidates are kept."""
+    keep = ~candidates
+    for row in range(similarity.shape[0]):
+        where = candidates[row].nonzero().squeeze(-1)
+        if where.numel() == 0:
+            continue
+        count = min(where.numel(), -int(-share * where.numel() // 1))  # ceil
+        best = where[similarity[row, where].float().topk(count).indices]
+        newest = real[row].nonzero().squeeze(-1)[-NEWEST_KEPT:]
+        keep[row, best] = True
+        keep[row, newest] = True
+    return keep
+
+
+def key_similarity(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """query [batch, hidden] (a prompt's mean input embedding), keys [batch, kv_heads, length,
+    head_dim] (one layer's) -> cosine similarity [batch, length], as kNN-LatentMAS measures it."""
+    head_dim = keys.shape[-1]
+    folded = query.float().reshape(query.shape[0], -1, head_dim).mean(dim=1)  # [batch, head_dim]
+    keys = keys.float().mean(dim=1)  # [batch, length, head_dim]
+    return torch.nn.functional.cosine_similarity(keys, folded[:, None, :], dim=-1)
+
+
+@contextmanager
+def attention_mass_probe(
+    model: torch.nn.Module, body: torch.nn.Module, columns: torch.Tensor, queries: torch.Tensor
+) -> Iterator[list[torch.Tensor]]:
+    """While open, forwards run the model's eager attention; each layer's attention mass on
+    `columns` [batch, length] (True: counted), averaged over heads and the real queries
+    `queries` [batch, width], is appended to the yielded list as [batch]."""
+    modules = attention_modules(body)
+    configs = {id(m.config): m.config for m in modules if hasattr(m, "config")}
+    before = {key: config._attn_implementation for key, config in configs.items()}
+    masses: list[torch.Tensor] = []
+
+    def record(module, args, output) -> None:
+        weights = output[1]  # [batch, heads, width, length]; the newest columns are never counted
+        counted = torch.nn.functional.pad(columns, (0, weights.shape[-1] - columns.shape[-1]))
+        on_columns = (weights.float() * counted[:, None, None, :].to(weights.device)).sum(-1)
+        per_query = on_columns.mean(dim=1)  # [batch, width]
+        real = queries.to(per_query.device).float()
+        masses.append(((per_query * real).sum(-1) / real.sum(-1).clamp_min(1)).to(columns.device))
+
+    hooks = [m.register_forward_hook(record) for m in modules]
+    try:
+        for config in configs.values():
+            config._attn_implementation = "eager"
+        yield masses
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for key, config in configs.items():
+            config._attn_implementation = before[key]
