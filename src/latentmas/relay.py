@@ -86,8 +86,7 @@ def attention_mass_probe(
     `columns` [batch, length] (True: counted), averaged over heads and the real queries
     `queries` [batch, width], is appended to the yielded list as [batch]."""
     modules = attention_modules(body)
-    configs = {id(m.config): m.config for m in modules if hasattr(m, "config")}
-    before = {key: config._attn_implementation for key, config in configs.items()}
+    previous = model.config._attn_implementation
     masses: list[torch.Tensor] = []
 
     def record(module, args, output) -> None:
@@ -100,11 +99,9 @@ def attention_mass_probe(
 
     hooks = [m.register_forward_hook(record) for m in modules]
     try:
-        for config in configs.values():
-            config._attn_implementation = "eager"
+        model.set_attn_implementation("eager")
         yield masses
     finally:
         for hook in hooks:
             hook.remove()
-        for key, config in configs.items():
-            config._attn_implementation = before[key]
+        model.set_attn_implementation(previous)
