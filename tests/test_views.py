@@ -60,28 +60,40 @@ def test_a_vanishing_thought_weight_is_the_team_without_thoughts(tiny, monkeypat
     assert answers(tiny, QUESTIONS, latent_steps=steps) != hidden  # the thoughts do matter
 
 
-def layer_weights(lm, view: MemoryView | None, steps: int = 3) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Each layer's attention weights [heads, query, key] for the second agent's prompt, after
-    the first agent's prompt and `steps` thoughts; -> (weights, which columns are thoughts).
-    (A layer-selective relay's probe reads the prompt first: only the last read counts.)"""
+def after_first_agent(lm, view: MemoryView | None, plan: str = "plan 12", steps: int = 3):
+    """An engine and a memory holding the first agent's prompt and `steps` thoughts;
+    -> (engine, memory, the second agent's prompt)."""
     engine = TransformersEngine(lm, share_prefixes=False, view=view)
     first, second = (
-        encode_chat(lm.tokenizer, [{"role": "user", "content": t}], False) for t in ("plan 12", "check")
+        encode_chat(lm.tokenizer, [{"role": "user", "content": t}], False) for t in (plan, "check")
     )
     memory = engine.new_memory(1)
     hidden = engine.prefill(memory, [first])
     rollout(partial(engine.latent_step, memory), hidden, steps)
+    return engine, memory, second
+
+
+def weights_reading(lm, engine, memory, prompt: list[int]) -> list[torch.Tensor]:
+    """Each layer's attention weights [heads, query, key] while the next agent reads `prompt`
+    (a layer-selective relay's probe reads it first: only the last read counts)."""
     seen: list[torch.Tensor] = []
     hooks = [
         layer.self_attn.register_forward_hook(lambda m, i, out: seen.append(out[1][0].detach().clone()))
         for layer in lm.model.model.layers
     ]
     try:
-        engine.prefill(memory, [second])
+        engine.prefill(memory, [prompt])
     finally:
         for hook in hooks:
             hook.remove()
-    return seen[-len(hooks) :], memory.is_latent.clone()
+    return seen[-len(hooks) :]
+
+
+def layer_weights(lm, view: MemoryView | None) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The second agent's attention weights per layer, after the first agent's prompt and three
+    thoughts; -> (weights, which columns are thoughts)."""
+    engine, memory, second = after_first_agent(lm, view)
+    return weights_reading(lm, engine, memory, second), memory.is_latent.clone()
 
 
 @pytest.fixture(scope="module")
@@ -279,28 +291,14 @@ def test_a_relay_filter_forgets_the_columns_least_like_the_next_prompt(eager):
     """Share 0.5: half the first agent's columns (rounded up), the most similar in the middle
     layer's keys to the next prompt, plus the newest five, get attention in every layer; the
     rest get exactly none, and every kept column is at least as similar as every dropped one."""
-    engine = TransformersEngine(eager, share_prefixes=False, view=MemoryView(relay_keep=0.5))
-    first, second = (
-        encode_chat(eager.tokenizer, [{"role": "user", "content": t}], False)
-        for t in ("plan 12 apples and 7 pears", "check")
+    engine, memory, second = after_first_agent(
+        eager, MemoryView(relay_keep=0.5), "plan 12 apples and 7 pears"
     )
-    memory = engine.new_memory(1)
-    hidden = engine.prefill(memory, [first])
-    rollout(partial(engine.latent_step, memory), hidden, 3)
     earlier = memory.length
     keys = memory.cache.layers[len(memory.cache.layers) // 2].keys
     embeds = eager.model.get_input_embeddings()(torch.tensor([second]))
     similarity = key_similarity(embeds.mean(1), keys)[0]
-    seen: list[torch.Tensor] = []
-    hooks = [
-        layer.self_attn.register_forward_hook(lambda m, i, out: seen.append(out[1][0].detach().clone()))
-        for layer in eager.model.model.layers
-    ]
-    try:
-        engine.prefill(memory, [second])
-    finally:
-        for hook in hooks:
-            hook.remove()
+    seen = weights_reading(eager, engine, memory, second)
     kept = memory.attention_mask[0, :earlier].bool()
     assert math.ceil(earlier / 2) <= kept.sum() <= math.ceil(earlier / 2) + NEWEST_KEPT
     assert kept[-NEWEST_KEPT:].all()
