@@ -1,0 +1,92 @@
+"""Which layers the layer-selective relay keeps, and what the thoughts then read as.
+
+Runs latent_mas with `--relay-layers SHARE` (and, for comparison, the paper's handoff) on
+the tuning questions (GSM8K 1000-...), stops after one decoded token, and records:
+
+- per handoff (the agent reading), how often each layer was chosen across questions;
+- the logit-lens entropy of every state fed back as a thought, per agent and step (median
+  over questions), with and without the relay: at 1.5B the paper's handoff sends the
+  critic's first thought into a near-uniform fixed point (about 7 nats); this shows
+  whether hiding earlier agents outside the chosen layers keeps the thoughts readable.
+
+    python benchmarks/experiments/relay_layers.py --model qwen2.5-coder-1.5b --limit 16 \
+        --out benchmarks/results/relay_layers-1.5b.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from latentmas import LatentMAS, Sampling, get_task, load_model
+from latentmas.engine import EntropyGuard, lm_logits
+from latentmas.views import MemoryView
+
+sys.path.insert(0, str(Path(__file__).parent))
+from entropy_guard_fit import GSM8K, EntropyLog, quantile  # noqa: E402
+
+
+def run(lm, questions, answer_format, view, steps, batch_size):
+    """-> (entropies per question/agent/step, chosen layers per handoff as [question][layer])."""
+    rows: list = []
+    log = EntropyLog(EntropyGuard(lambda h: lm_logits(lm.model, h)), rows)
+    method = LatentMAS(lm, Sampling(max_new_tokens=1), latent_steps=steps, observers=[log], view=view)
+    chosen: dict[int, list[list[bool]]] = {}
+    engine = method.engine
+    read = engine.prefill
+
+    def prefill(memory, prompts, *args, **kwargs):
+        hidden = read(memory, prompts, *args, **kwargs)
+        if memory.relayed is not None:
+            chosen.setdefault(memory.agent, []).extend(memory.relayed.T.tolist())
+        return hidden
+
+    engine.prefill = prefill
+    for start in range(0, len(questions), batch_size):
+        method.solve(questions[start : start + batch_size], answer_format)
+        print(f"  {len(rows)}/{len(questions)}", flush=True)
+    return rows, chosen
+
+
+def medians(rows, steps):
+    return [[quantile([row[a][s] for row in rows], 0.5) for s in range(steps)] for a in range(len(rows[0]))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="qwen2.5-coder-1.5b")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--share", type=float, default=0.3)
+    parser.add_argument("--offset", type=int, default=1000)
+    parser.add_argument("--limit", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    lm = load_model(args.model, device="cpu", dtype=args.dtype)
+    task = get_task("gsm8k")
+    examples = task.load(str(GSM8K))[args.offset : args.offset + args.limit]
+    questions = [e.question for e in examples]
+    result: dict = {"model": lm.name, "dtype": args.dtype, "share": args.share, "steps": args.steps}
+    for name, view in (("paper", None), ("relay", MemoryView(relay_layers=args.share))):
+        rows, chosen = run(lm, questions, task.answer_format, view, args.steps, args.batch_size)
+        result[name] = {"median_entropy_per_agent_step": medians(rows, args.steps)}
+        print(f"\n{name}: median lens entropy (nats) per agent and step (step 0 = the prompt's end)")
+        for agent, per_step in enumerate(result[name]["median_entropy_per_agent_step"]):
+            print(f"  agent {agent} | " + " ".join(f"{v:5.2f}" for v in per_step))
+        if chosen:
+            counts = {agent: [sum(col) for col in zip(*rows)] for agent, rows in chosen.items()}
+            result[name]["times_each_layer_was_chosen"] = counts
+            print("  layers chosen (count over questions), per reading agent:")
+            for agent, per_layer in counts.items():
+                print(f"  agent {agent} | " + " ".join(f"{c:2d}" for c in per_layer))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
