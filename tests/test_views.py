@@ -11,7 +11,7 @@ import torch
 from latentmas import LatentMAS, Sampling
 from latentmas.engine import EntropyGuard, SharedMemory, TransformersEngine, lm_logits, rollout
 from latentmas.errors import LatentMASError
-from latentmas.relay import NEWEST_KEPT, key_similarity
+from latentmas.relay import NEWEST_KEPT, kept_columns, key_similarity
 from latentmas.roles import encode_chat
 from latentmas.spec import RunSpec
 from latentmas.tiny import tiny_loaded
@@ -307,3 +307,15 @@ def test_a_relay_filter_forgets_the_columns_least_like_the_next_prompt(eager):
     for weights in seen:
         assert weights[..., :earlier][..., ~kept].abs().max() == 0
         assert weights[..., :earlier][..., kept].min() > 0
+
+
+def test_the_relay_filter_keeps_the_share_it_names():
+    """0.9 of 10 candidates is 9 (0.9 x 10 is 9.000000000000002 in floating point); the newest
+    five real columns stay whatever their score, and columns that are not candidates stay."""
+    similarity = torch.arange(20.0)[None].flip(-1)  # the oldest columns are the most similar
+    candidates = torch.zeros(1, 20, dtype=torch.bool)
+    candidates[0, :10] = True
+    real = torch.ones(1, 20, dtype=torch.bool)
+    assert kept_columns(similarity, candidates, real, 0.9)[0, :10].sum() == 9
+    kept = kept_columns(similarity, candidates, real, 0.2)
+    assert kept[0, :10].tolist() == [True, True] + [False] * 8 and kept[0, 10:].all()

@@ -19,6 +19,7 @@ stock implementation that returns its weights) and is then taken back out of the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -61,7 +62,7 @@ def kept_columns(
         where = candidates[row].nonzero().squeeze(-1)
         if where.numel() == 0:
             continue
-        count = min(where.numel(), -int(-share * where.numel() // 1))  # ceil
+        count = min(where.numel(), math.ceil(share * where.numel() - 1e-9))  # 0.9 x 10 is 9, not 10
         best = where[similarity[row, where].float().topk(count).indices]
         newest = real[row].nonzero().squeeze(-1)[-NEWEST_KEPT:]
         keep[row, best] = True
