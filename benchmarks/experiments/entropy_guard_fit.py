@@ -73,19 +73,29 @@ def two_means(values: list[float]) -> tuple[float, float]:
     return float(centres[0]), float(centres[1])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="qwen2.5-coder-0.5b")
+def tuning_run_parser(description: str, model: str, limit: int) -> argparse.ArgumentParser:
+    """The options of an experiment on the tuning questions (GSM8K from 1000 on)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--model", default=model)
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--offset", type=int, default=1000)
-    parser.add_argument("--limit", type=int, default=50)
+    parser.add_argument("--limit", type=int, default=limit)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
+    return parser
+
+
+def tuning_questions(args: argparse.Namespace):
+    """-> (the model, the task, the tuning examples) the options name."""
     lm = load_model(args.model, device="cpu", dtype=args.dtype)
     task = get_task("gsm8k")
-    examples = task.load(str(GSM8K))[args.offset : args.offset + args.limit]
+    return lm, task, task.load(str(GSM8K))[args.offset : args.offset + args.limit]
+
+
+def main() -> None:
+    args = tuning_run_parser(__doc__.split("\n")[0], "qwen2.5-coder-0.5b", 50).parse_args()
+    lm, task, examples = tuning_questions(args)
     rows: list[list[list[float]]] = []
     log = EntropyLog(EntropyGuard(lambda h: lm_logits(lm.model, h)), rows)
     method = LatentMAS(lm, Sampling(max_new_tokens=1), latent_steps=args.steps, observers=[log])

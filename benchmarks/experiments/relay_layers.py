@@ -15,17 +15,16 @@ the tuning questions (GSM8K 1000-...), stops after one decoded token, and record
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from latentmas import LatentMAS, Sampling, get_task, load_model
+from latentmas import LatentMAS, Sampling
 from latentmas.engine import EntropyGuard, lm_logits
 from latentmas.views import MemoryView
 
 sys.path.insert(0, str(Path(__file__).parent))
-from entropy_guard_fit import GSM8K, EntropyLog, quantile  # noqa: E402
+from entropy_guard_fit import EntropyLog, quantile, tuning_questions, tuning_run_parser  # noqa: E402
 
 
 def run(lm, questions, answer_format, view, steps, batch_size):
@@ -55,19 +54,10 @@ def medians(rows, steps):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="qwen2.5-coder-1.5b")
-    parser.add_argument("--dtype", default="bfloat16")
+    parser = tuning_run_parser(__doc__.split("\n")[0], "qwen2.5-coder-1.5b", 16)
     parser.add_argument("--share", type=float, default=0.3)
-    parser.add_argument("--offset", type=int, default=1000)
-    parser.add_argument("--limit", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    lm = load_model(args.model, device="cpu", dtype=args.dtype)
-    task = get_task("gsm8k")
-    examples = task.load(str(GSM8K))[args.offset : args.offset + args.limit]
+    lm, task, examples = tuning_questions(args)
     questions = [e.question for e in examples]
     result: dict = {"model": lm.name, "dtype": args.dtype, "share": args.share, "steps": args.steps}
     for name, view in (("paper", None), ("relay", MemoryView(relay_layers=args.share))):
