@@ -93,6 +93,14 @@ def tuning_questions(args: argparse.Namespace):
     return lm, task, task.load(str(GSM8K))[args.offset : args.offset + args.limit]
 
 
+def write_result(path: Path | None, result: dict) -> None:
+    """Write an experiment's JSON where --out says (nowhere without it)."""
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1))
+        print(f"wrote {path}")
+
+
 def main() -> None:
     args = tuning_run_parser(__doc__.split("\n")[0], "qwen2.5-coder-0.5b", 50).parse_args()
     lm, task, examples = tuning_questions(args)
@@ -136,10 +144,7 @@ def main() -> None:
         "median_entropy_per_agent_step": medians,
         "entropies": rows,
     }
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1))
-        print(f"wrote {args.out}")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

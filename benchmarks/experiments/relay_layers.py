@@ -15,7 +15,6 @@ the tuning questions (GSM8K 1000-...), stops after one decoded token, and record
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -24,7 +23,13 @@ from latentmas.engine import EntropyGuard, lm_logits
 from latentmas.views import MemoryView
 
 sys.path.insert(0, str(Path(__file__).parent))
-from entropy_guard_fit import EntropyLog, quantile, tuning_questions, tuning_run_parser  # noqa: E402
+from entropy_guard_fit import (  # noqa: E402
+    EntropyLog,
+    quantile,
+    tuning_questions,
+    tuning_run_parser,
+    write_result,
+)
 
 
 def run(lm, questions, answer_format, view, steps, batch_size):
@@ -72,10 +77,7 @@ def main() -> None:
             print("  layers chosen (count over questions), per reading agent:")
             for agent, per_layer in counts.items():
                 print(f"  agent {agent} | " + " ".join(f"{c:2d}" for c in per_layer))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1))
-        print(f"wrote {args.out}")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -433,8 +433,8 @@ def hand_over(model: PreTrainedModel, memory: SharedMemory, prompts: list[list[i
     (the view's relay filter and layer-selective relay; see `relay`). Per row, so a row's
     choice does not depend on its batch."""
     view = memory.view
-    if view is None or (view.relay_keep == 1.0 and view.relay_layers == 1.0):
-        return
+    if view is None or view.relay_keep == view.relay_layers == 1.0 or memory.agent == 0 or not memory.length:
+        return  # no relay, or nothing earlier to hand over
     ids, mask = left_pad(prompts, pad_id, memory.device)
     real = memory.attention_mask.bool()
     earlier = real & (memory.owner < memory.agent)[None]
@@ -801,8 +801,7 @@ class TransformersEngine:
         memory.begin_agent()
         if self.prefixes is not None and memory.length == 0:
             prompts = self.prefixes.start(memory, prompts, shared_prefix)
-        if memory.view is not None and memory.length and memory.agent > 0:
-            hand_over(self.model, memory, prompts, self.pad_id)
+        hand_over(self.model, memory, prompts, self.pad_id)
         return prefill(self.model, memory, prompts, self.pad_id)
 
     def latent_step(
