@@ -1,6 +1,10 @@
 """Side by side: the same quality configurations on two models (scale), or on one model in
 two runs that should agree (float32 against bfloat16). Reads the folders that
-`benchmarks/quality.py` writes; runs nothing.
+`benchmarks/quality.py` writes; only `--quick` runs anything.
+
+    # a first look in under 15 minutes on 2 CPU cores: both embedded Qwen models, 8 GSM8K
+    # questions, 192 tokens, four configurations, then the same table
+    python benchmarks/scale.py --quick
 
     # the scale table: accuracy at each size, paired tests against single and against m = 0
     # on each model (exact McNemar, raw and Holm-adjusted across the configurations), a plot
@@ -20,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import quality  # noqa: E402
 from quality import folder_name, split_configs  # noqa: E402
 
 from latentmas.evaluate import read_results  # noqa: E402
@@ -27,6 +32,8 @@ from latentmas.stats import compare_paired, holm_adjust, wilson_interval  # noqa
 
 DEFAULT_CONFIGS = "single,text_mas,latent_mas,latent_mas[m=0],latent_mas[m=1],latent_mas[realign=none]"
 BASELINES = ("single", "latent_mas[m=0]")
+QUICK_MODELS = {"0.5B": "qwen2.5-coder-0.5b", "1.5B": "qwen2.5-coder-1.5b"}
+QUICK_CONFIGS = "single,text_mas,latent_mas,latent_mas[m=0]"
 
 
 def load(folder: Path, task: str, config: str) -> dict:
@@ -190,11 +197,34 @@ def main(argv: list[str] | None = None) -> int:
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--models", help="NAME=FOLDER,NAME=FOLDER: quality folders of two (or more) models")
     group.add_argument("--pairs", help="NAME=FOLDER,NAME=FOLDER: two runs that should agree")
+    group.add_argument("--quick", action="store_true", help="run a small grid on both embedded models first")
     parser.add_argument("--tasks", default="gsm8k")
     parser.add_argument("--configs", default=DEFAULT_CONFIGS)
     parser.add_argument("--limit", type=int, default=200)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scale"))
     args = parser.parse_args(argv)
+    if args.quick:
+        args.configs, args.limit, args.tasks = QUICK_CONFIGS, 8, "gsm8k"
+        if args.out == parser.get_default("out"):
+            args.out = Path("benchmarks/results/scale-quick")
+        folders = {name: args.out / name for name in QUICK_MODELS}
+        for name, model in QUICK_MODELS.items():
+            code = quality.main(
+                [
+                    "--quick",
+                    "--model",
+                    model,
+                    "--dtype",
+                    "auto",
+                    "--configs",
+                    args.configs,
+                    "--out",
+                    str(folders[name]),
+                ]
+            )
+            if code:
+                return code
+        args.models = ",".join(f"{name}={folder}" for name, folder in folders.items())
     configs = split_configs(args.configs)
     texts, payload = [], {}
     for task in filter(None, (t.strip() for t in args.tasks.split(","))):

@@ -178,34 +178,40 @@ def test_holm_adjustment_matches_the_step_down_definition():
     assert holm_adjust([]) == []
 
 
-def test_scale_table_pairs_each_model_against_its_own_baselines(tmp_path, capsys):
-    """Two fake 'models' whose latent_mas differs from single on different questions; the
-    table pairs within a model, never across, and adjusts over the configurations."""
+def _scale_module():
     import importlib.util
-    from dataclasses import asdict
 
-    from latentmas.evaluate import QuestionResult
-
-    def write(folder, config, right):
-        path = folder / "gsm8k" / config.replace("[", "-").replace("]", "").replace("=", "") / "results.jsonl"
-        path.parent.mkdir(parents=True)
-        rows = [
-            QuestionResult(f"gsm8k-{i}", "q", "1", "1", ok, "", 1, 10, 0, 1.0) for i, ok in enumerate(right)
-        ]
-        path.write_text("".join(json.dumps(asdict(r)) + "\n" for r in rows))
-
-    small, large = tmp_path / "small", tmp_path / "large"
-    write(small, "single", [True] * 10 + [False] * 10)
-    write(small, "latent_mas", [False] * 10 + [False] * 10)
-    write(small, "latent_mas[m=0]", [True] * 10 + [False] * 10)
-    write(large, "single", [True] * 20)
-    write(large, "latent_mas", [True] * 20)
-    write(large, "latent_mas[m=0]", [True] * 20)
     spec = importlib.util.spec_from_file_location(
         "scale", Path(__file__).resolve().parents[1] / "benchmarks" / "scale.py"
     )
     scale = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(scale)
+    return scale
+
+
+def _write_results(folder: Path, config: str, right: list[bool]) -> None:
+    """A quality run's results.jsonl for one configuration, as benchmarks/quality.py lays it out."""
+    from dataclasses import asdict
+
+    from latentmas.evaluate import QuestionResult
+
+    path = folder / "gsm8k" / config.replace("[", "-").replace("]", "").replace("=", "") / "results.jsonl"
+    path.parent.mkdir(parents=True)
+    rows = [QuestionResult(f"gsm8k-{i}", "q", "1", "1", ok, "", 1, 10, 0, 1.0) for i, ok in enumerate(right)]
+    path.write_text("".join(json.dumps(asdict(r)) + "\n" for r in rows))
+
+
+def test_scale_table_pairs_each_model_against_its_own_baselines(tmp_path, capsys):
+    """Two fake 'models' whose latent_mas differs from single on different questions; the
+    table pairs within a model, never across, and adjusts over the configurations."""
+    small, large = tmp_path / "small", tmp_path / "large"
+    _write_results(small, "single", [True] * 10 + [False] * 10)
+    _write_results(small, "latent_mas", [False] * 10 + [False] * 10)
+    _write_results(small, "latent_mas[m=0]", [True] * 10 + [False] * 10)
+    _write_results(large, "single", [True] * 20)
+    _write_results(large, "latent_mas", [True] * 20)
+    _write_results(large, "latent_mas[m=0]", [True] * 20)
+    scale = _scale_module()
     out = tmp_path / "out"
     models = f"small={small},large={large}"
     assert (
@@ -219,3 +225,30 @@ def test_scale_table_pairs_each_model_against_its_own_baselines(tmp_path, capsys
     large_latent = next(r for r in rows if r["model"] == "large" and r["config"] == "latent_mas")
     assert large_latent["vs single"]["p"] == 1.0 and large_latent["accuracy"] == 1.0
     assert (out / "scale-gsm8k.png").is_file()
+
+
+def test_scale_quick_runs_both_embedded_models_then_tabulates_their_first_questions(tmp_path, monkeypatch):
+    """--quick runs the quality benchmark's quick mode on each embedded model (in bfloat16
+    where the CPU computes it) and tables what those runs wrote; a failing run stops it."""
+    scale = _scale_module()
+    calls = []
+
+    def fake_quality(argv):
+        calls.append(argv)
+        out = Path(argv[argv.index("--out") + 1])
+        for config in scale.split_configs(argv[argv.index("--configs") + 1]):
+            _write_results(out, config, [True] * 4 + [False] * 6)
+        return 0
+
+    monkeypatch.setattr(scale.quality, "main", fake_quality)
+    assert scale.main(["--quick", "--out", str(tmp_path / "quick")]) == 0
+    assert [a[a.index("--model") + 1] for a in calls] == ["qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]
+    assert all("--quick" in a and a[a.index("--dtype") + 1] == "auto" for a in calls)
+    rows = json.loads((tmp_path / "quick" / "scale.json").read_text())["gsm8k"]
+    configs = scale.split_configs(scale.QUICK_CONFIGS)
+    assert [(r["model"], r["config"]) for r in rows] == [(m, c) for m in ("0.5B", "1.5B") for c in configs]
+    assert all(r["n"] == 8 and r["accuracy"] == 0.5 for r in rows)  # the first 8 of the 10 written
+
+    monkeypatch.setattr(scale.quality, "main", lambda argv: 2)
+    assert scale.main(["--quick", "--out", str(tmp_path / "failed")]) == 2
+    assert not (tmp_path / "failed" / "scale.json").exists()
