@@ -32,6 +32,7 @@ from transformers import DynamicCache
 
 from latentmas import LatentMAS, RunSpec, Sampling, build_solver, engine, get_task, load_model
 from latentmas.engine import SharedMemory, TransformersEngine
+from latentmas.errors import LatentMASError
 from latentmas.models import DTYPES, LoadedModel, pick_dtype
 from latentmas.spec import ENGINES
 from latentmas.tiny import model_from_config_file, tiny_tokenizer
@@ -94,15 +95,13 @@ def measure(
     sampling: Sampling,
     engine: str = "transformers",
 ) -> Row:
-    """`method_name` "latent_mas[once]" is latent_mas with the question stated once.
-    llama.cpp runs latent_mas only (the other methods stay on transformers); vLLM runs all."""
+    """`method_name` "latent_mas[once]" is latent_mas with the question stated once."""
     base, once = method_name.removesuffix("[once]"), method_name.endswith("[once]")
-    engine_name = engine if base == "latent_mas" or engine == "vllm" else "transformers"
     spec = RunSpec(
         method=base,
         topology=topology,
         latent_steps=str(steps),
-        engine=engine_name,
+        engine=engine,
         question_once=once,
         **asdict(sampling),
     )
@@ -284,7 +283,17 @@ def plot(rows: list[Row], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Bad input (an unknown or uninstalled model, a malformed file) is one line and exit 2."""
+    try:
+        run(argv)
+    except LatentMASError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run(argv: list[str] | None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="8 questions, 64 tokens, m=10, sequential")
     p.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M-Instruct")
@@ -389,6 +398,8 @@ def grid(lm, args, engine, plan, questions, task, sampling, steps_grid, batch_si
     """Every run of the plan on one loaded model and engine; the ratios against TextMAS and
     batch 1. The micro-benchmarks time the transformers engine (vLLM's steps are not ours)."""
     rows: list[Row] = []
+    if engine == "llamacpp":  # it runs latent_mas only; the rest would rerun the transformers rows
+        plan = [run for run in plan if run[0].startswith("latent_mas")]
     for i, (method, topology, steps, batch) in enumerate(plan, 1):
         print(
             f"[{engine} {lm.dtype} {i}/{len(plan)}] {method} {topology} m={steps} batch={batch}",
@@ -538,4 +549,4 @@ def print_run(run: dict, args, n: int, dtype: str) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -20,13 +20,16 @@ def test_efficiency_benchmark_writes_its_table(tmp_path, capsys):
     module = importlib.util.module_from_spec(spec)
     sys.modules["efficiency"] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
-    module.main(
-        [
-            *("--config", str(tmp_path / "tiny.json"), "--dtype", "float32,bfloat16", "--device", "cpu"),
-            *("--limit", "2", "--max-new-tokens", "3", "--latent-steps", "2", "--batch-sizes", "1,2"),
-            *("--topologies", "sequential", "--micro-context", "12", "--question-once"),
-            *("--out", str(tmp_path / "out")),
-        ]
+    assert (
+        module.main(
+            [
+                *("--config", str(tmp_path / "tiny.json"), "--dtype", "float32,bfloat16", "--device", "cpu"),
+                *("--limit", "2", "--max-new-tokens", "3", "--latent-steps", "2", "--batch-sizes", "1,2"),
+                *("--topologies", "sequential", "--micro-context", "12", "--question-once"),
+                *("--out", str(tmp_path / "out")),
+            ]
+        )
+        == 0
     )
     report = json.loads((tmp_path / "out" / "efficiency.json").read_text())
     methods = {(r["method"], r["batch_size"]) for r in report["rows"]}
@@ -42,3 +45,14 @@ def test_efficiency_benchmark_writes_its_table(tmp_path, capsys):
     assert all(r["speedup_bfloat16_vs_float32"] > 0 for r in report["dtype_speedups"])
     printed = capsys.readouterr().out
     assert "speedup_vs_text_mas" in printed and "speed-up over float32" in printed
+
+
+def test_efficiency_benchmark_refuses_a_model_it_cannot_load_in_one_line(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("efficiency", ROOT / "benchmarks" / "efficiency.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["efficiency"] = module
+    spec.loader.exec_module(module)
+    assert module.main(["--model", str(tmp_path / "missing.gguf"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
