@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from latentmas import LatentMAS, Sampling, get_task, load_model
+from latentmas.errors import run_script
 
 
 def main() -> None:
@@ -62,4 +63,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

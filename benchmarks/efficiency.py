@@ -32,7 +32,7 @@ from transformers import DynamicCache
 
 from latentmas import LatentMAS, RunSpec, Sampling, build_solver, engine, get_task, load_model
 from latentmas.engine import SharedMemory, TransformersEngine
-from latentmas.errors import LatentMASError
+from latentmas.errors import run_script
 from latentmas.models import DTYPES, LoadedModel, pick_dtype
 from latentmas.spec import ENGINES
 from latentmas.tiny import model_from_config_file, tiny_tokenizer
@@ -283,17 +283,7 @@ def plot(rows: list[Row], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Bad input (an unknown or uninstalled model, a malformed file) is one line and exit 2."""
-    try:
-        run(argv)
-    except LatentMASError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def run(argv: list[str] | None) -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="8 questions, 64 tokens, m=10, sequential")
     p.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M-Instruct")
@@ -549,4 +539,4 @@ def print_run(run: dict, args, n: int, dtype: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from latentmas import RunSpec, build_solver, get_task, load_model
+from latentmas.errors import run_script
 
 METHODS = ("single", "text_mas", "latent_mas")
 
@@ -108,4 +109,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -23,6 +23,7 @@ import torch
 
 from latentmas import Sampling, engine, load_model
 from latentmas.engine import SharedMemory, TransformersEngine
+from latentmas.errors import run_script
 from latentmas.models import embedded_gguf_path
 
 
@@ -134,4 +135,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -23,6 +23,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from latentmas.errors import run_script
 from latentmas.stats import wilson_interval
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,4 +105,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from latentmas import RunSpec, Sampling, build_solver, evaluate, get_task, load_model
-from latentmas.errors import LatentMASError
+from latentmas.errors import LatentMASError, run_script
 from latentmas.evaluate import read_results
 from latentmas.graders import last_boxed
 from latentmas.models import DTYPES
@@ -527,4 +527,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality  # noqa: E402
 from quality import folder_name, split_configs  # noqa: E402
 
+from latentmas.errors import run_script  # noqa: E402
 from latentmas.evaluate import read_results  # noqa: E402
 from latentmas.stats import compare_paired, holm_adjust, wilson_interval  # noqa: E402
 
@@ -250,4 +251,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

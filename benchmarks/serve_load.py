@@ -23,6 +23,7 @@ import httpx
 import uvicorn
 
 from latentmas import get_task, load_model
+from latentmas.errors import run_script
 from latentmas.server import create_app
 from latentmas.tiny import tiny_loaded
 
@@ -126,4 +127,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from latentmas import LatentMAS, Sampling, get_task, load_model
+from latentmas.errors import run_script
 
 
 def main() -> None:
@@ -52,4 +53,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

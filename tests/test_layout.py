@@ -75,3 +75,17 @@ def test_the_rule_checks_catch_what_they_look_for(tmp_path):
     imports = [a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names]
     assert private(attrs[0]) and private(imports[0]) and calls[0] in METHOD_CLASSES
     assert len(MODULES) > 20
+
+
+def test_every_benchmark_script_reports_bad_input_in_one_line():
+    """Scripts in benchmarks/ start through `run_script`, so an unknown model or a bad file
+    is one line and exit 2 there too, never a traceback (one is checked end to end in
+    test_efficiency_benchmark.py)."""
+    scripts = sorted((Path(__file__).resolve().parents[1] / "benchmarks").rglob("*.py"))
+    entries = {}
+    for path in scripts:
+        for node in parsed(path).body:
+            if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test):
+                entries[path.name] = ast.unparse(node.body[0])
+    assert len(entries) >= 10
+    assert {name: call for name, call in entries.items() if call != "run_script(main)"} == {}

@@ -23,6 +23,7 @@ from transformers import DynamicCache, StaticCache
 
 from latentmas import load_model
 from latentmas.engine import cache_keyword
+from latentmas.errors import run_script
 
 
 def run(model, ids, steps, cache, forward):
@@ -102,4 +103,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -30,6 +30,7 @@ import torch
 
 from latentmas import LatentMAS, Sampling, get_task, load_model
 from latentmas.engine import EntropyGuard, lm_logits
+from latentmas.errors import run_script
 
 GSM8K = Path(__file__).resolve().parents[3] / "shared" / "data" / "gsm8k" / "test.jsonl"
 
@@ -148,4 +149,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

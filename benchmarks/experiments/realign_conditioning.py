@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from latentmas import get_task, load_model
+from latentmas.errors import run_script
 from latentmas.realign import input_embedding_matrix, output_embedding_matrix, realigner_for
 
 GSM8K = Path(__file__).resolve().parents[3] / "shared" / "data" / "gsm8k" / "test.jsonl"
@@ -87,4 +88,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

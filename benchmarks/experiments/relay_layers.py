@@ -20,6 +20,7 @@ from pathlib import Path
 
 from latentmas import LatentMAS, Sampling
 from latentmas.engine import EntropyGuard, lm_logits
+from latentmas.errors import run_script
 from latentmas.views import MemoryView
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -81,4 +82,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

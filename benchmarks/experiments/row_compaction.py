@@ -25,6 +25,7 @@ from transformers.cache_utils import DynamicLayer
 
 from latentmas import RunSpec, build_solver, get_task, load_model
 from latentmas.engine import GrowingLayer, SharedMemory, append, prefill
+from latentmas.errors import run_script
 
 IN_PLACE = GrowingLayer.batch_select_indices
 
@@ -162,4 +163,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -1,5 +1,22 @@
 """The one exception type for mistakes a user can make (bad model, bad file, bad option)."""
 
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import NoReturn
+
 
 class LatentMASError(Exception):
     """An error the user can fix; the CLI prints its message without a traceback."""
+
+
+def run_script(main: Callable[[], int | None]) -> NoReturn:
+    """Run a benchmark script's `main` as the CLI runs a command: a LatentMASError (an
+    unknown model, a missing part, a malformed file) is one line on stderr and exit 2."""
+    try:
+        code = main()
+    except LatentMASError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = 2
+    sys.exit(code or 0)
