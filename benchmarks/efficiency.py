@@ -345,6 +345,8 @@ def main(argv: list[str] | None = None) -> None:
     for dtype in args.dtype.split(","):
         torch.manual_seed(0)
         lm = load(args, dtype.strip())
+        for engine in engines:  # an engine that cannot run this model fails now, not after the grid
+            build_solver(RunSpec(method="latent_mas", latent_steps="1", engine=engine), lm)
         on_engines = {
             engine: grid(
                 lm, args, engine, plan, questions, task, sampling, steps_grid, batch_sizes, topologies

@@ -149,7 +149,7 @@ def test_unreachable_hub_is_one_quick_error_and_a_cached_id_still_loads(monkeypa
     assert code == 2 and "HF_HUB_OFFLINE is set" in err and len(err.strip().splitlines()) == 1
 
     monkeypatch.setattr(models, "try_to_load_from_cache", lambda *_: "/cache/config.json")
-    assert models._resolve("someone/some-model") == ("someone/some-model", "someone/some-model")
+    assert models._resolve("someone/some-model") == ("someone/some-model", "someone/some-model", None)
 
 
 def test_model_without_chat_template_is_refused_unless_one_is_given(

@@ -9,6 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from latentmas.errors import LatentMASError
 from latentmas.tiny import tiny_loaded
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,3 +66,20 @@ def test_a_benchmark_refuses_a_model_it_cannot_load_in_one_line(tmp_path):
     assert done.returncode == 2
     assert done.stderr.startswith("error: ") and "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_an_engine_that_cannot_run_the_model_fails_before_any_timing(tmp_path, capsys):
+    """A random-weight model has no GGUF for llama.cpp: the benchmark stops before its first
+    run on transformers instead of after the whole grid, when nothing would be written."""
+    config = tiny_loaded("qwen2").model.config.to_dict()
+    (tmp_path / "tiny.json").write_text(json.dumps(config))
+    spec = importlib.util.spec_from_file_location("efficiency", ROOT / "benchmarks" / "efficiency.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["efficiency"] = module
+    spec.loader.exec_module(module)
+    with pytest.raises(LatentMASError):
+        module.main(
+            ["--config", str(tmp_path / "tiny.json"), "--engine", "transformers,llamacpp", "--device", "cpu"]
+            + ["--limit", "1", "--max-new-tokens", "2", "--out", str(tmp_path / "out")]
+        )
+    assert "[transformers" not in capsys.readouterr().err

@@ -156,15 +156,28 @@ def test_real_prompts_begin_with_the_shared_prefix(embedded):
         assert len(kept) == roles and all(len(prefix) >= 40 for prefix in kept)
 
 
-def test_the_llamacpp_engine_finds_every_built_in_gguf_and_expands_home(monkeypatch, tmp_path):
-    """One GGUF lookup for every engine: built-in names (the Qwen models too) and `~/x.gguf`."""
+def test_the_llamacpp_engine_finds_every_built_in_gguf_and_expands_home(monkeypatch, tmp_path, embedded):
+    """One GGUF lookup for every engine: built-in names (the Qwen models too) and `~/x.gguf`;
+    the llama.cpp engine asks it for the loaded model's own file, whatever the spec names."""
     from latentmas.spec import _gguf_file
+    from latentmas.tiny import tiny_loaded
 
-    assert _gguf_file(None) == models.embedded_gguf_path()
+    assert models.gguf_for(None) == models.embedded_gguf_path()
     monkeypatch.setattr(models, "parted_gguf_path", lambda spec: tmp_path / spec.gguf)
-    assert _gguf_file("qwen2.5-coder-0.5b").name == "Qwen2.5-Coder-0.5B-Instruct-Q4_K_M.gguf"
-    assert _gguf_file("qwen2.5-coder-1.5b").name == "Qwen2.5-Coder-1.5B-Instruct-Q4_K_M.gguf"
+    assert models.gguf_for("qwen2.5-coder-0.5b").name == "Qwen2.5-Coder-0.5B-Instruct-Q4_K_M.gguf"
+    assert models.gguf_for("qwen2.5-coder-1.5b").name == "Qwen2.5-Coder-1.5B-Instruct-Q4_K_M.gguf"
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert _gguf_file("~/m.gguf") == tmp_path / "m.gguf"
+    assert models.gguf_for("~/m.gguf") == tmp_path / "m.gguf"
+    assert models.gguf_for("Qwen/Qwen3-4B") is None
+
+    assert _gguf_file(embedded) == models.embedded_gguf_path()  # load_model records it
+    lm = tiny_loaded("qwen2")
+    for converted_from, file in (
+        ("qwen2.5-coder-1.5b", tmp_path / "Qwen2.5-Coder-1.5B-Instruct-Q4_K_M.gguf"),
+        ("~/m.gguf", tmp_path / "m.gguf"),
+    ):
+        lm.gguf_name = converted_from
+        assert _gguf_file(lm) == file
+    lm.gguf_name = None  # a hub model or a folder: no GGUF behind it
     with pytest.raises(LatentMASError, match="needs a GGUF model"):
-        _gguf_file("Qwen/Qwen3-4B")
+        _gguf_file(lm)

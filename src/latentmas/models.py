@@ -104,6 +104,7 @@ class LoadedModel:
     tokenizer: PreTrainedTokenizerBase
     name: str
     source: str | None = None  # the folder or hub id the weights were read from
+    gguf_name: str | None = None  # how `gguf_for` finds the GGUF it was converted from, if any
 
     @property
     def device(self) -> torch.device:
@@ -244,29 +245,30 @@ def gguf_for(name: str | None) -> Path | None:
     return None
 
 
-def _resolve(name: str | None) -> tuple[str | Path, str]:
-    """Return what to hand to `from_pretrained`, and a display name."""
+def _resolve(name: str | None) -> tuple[str | Path, str, str | None]:
+    """Return what to hand to `from_pretrained`, a display name, and the name `gguf_for`
+    finds the model's GGUF by (None: not converted from one)."""
     if name is None or name in ("", EMBEDDED_MODEL, "embedded"):
-        return _convert_gguf(embedded_gguf_path()), EMBEDDED_MODEL
+        return _convert_gguf(embedded_gguf_path()), EMBEDDED_MODEL, EMBEDDED_MODEL
     if (parted := parted_model(name)) is not None:
         folder = cache_dir() / "models" / f"{parted.name}-{parted.sha256[:12]}-{_converted_suffix()}"
         if not (folder / "config.json").is_file():  # assemble and convert once
             folder = _convert_gguf(parted_gguf_path(parted), folder)
-        return folder, parted.name
+        return folder, parted.name, parted.name
     path = Path(name).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise LatentMASError(f"GGUF file not found: {path}")
-        return _convert_gguf(path), path.name
+        return _convert_gguf(path), path.name, str(path)
     if path.exists():
         if not (path / "config.json").is_file():
             raise LatentMASError(f"{path} is not a model folder (no config.json in it)")
-        return path, str(path)
+        return path, str(path), None
     looks_like_path = name.startswith((".", "/", "~")) or os.sep in name and name.count("/") != 1
     if looks_like_path:
         raise LatentMASError(f"model path does not exist: {name}")
     _check_hub_id(name)
-    return name, name  # a hub id such as Qwen/Qwen3-4B
+    return name, name, None  # a hub id such as Qwen/Qwen3-4B
 
 
 def _check_hub_id(name: str) -> None:
@@ -391,7 +393,7 @@ def load_model(
     hf_logging.disable_progress_bar()  # our console shows progress; theirs garbles it
     target = pick_device(device)
     chosen = pick_dtype(dtype, target)
-    source, display = _resolve(name)
+    source, display, gguf_name = _resolve(name)
     # With several GPUs and --device auto, accelerate spreads the layers over all of them.
     spread = device == "auto" and torch.cuda.device_count() > 1
     try:
@@ -418,4 +420,6 @@ def load_model(
     if not spread:
         model.to(target)
     model.eval()
-    return LoadedModel(model=model, tokenizer=tokenizer, name=display, source=str(source))
+    return LoadedModel(
+        model=model, tokenizer=tokenizer, name=display, source=str(source), gguf_name=gguf_name
+    )

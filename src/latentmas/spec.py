@@ -338,7 +338,7 @@ def build_solver(spec: RunSpec, lm: LoadedModel | None = None) -> Method:
     if spec.engine == "llamacpp":
         from .llamacpp_engine import LlamaCppEngine
 
-        engine = LlamaCppEngine(lm, _gguf_file(spec.model), spec.realign, spec.memory)
+        engine = LlamaCppEngine(lm, _gguf_file(lm), spec.realign, spec.memory)
     observers = []
     if spec.trace:
         from .trace import Tracing
@@ -361,9 +361,10 @@ def build_solver(spec: RunSpec, lm: LoadedModel | None = None) -> Method:
     )
 
 
-def _gguf_file(model: str | None) -> Path:
-    """The GGUF file behind a model name: the one lookup `models` does for every engine."""
-    path = gguf_for(model)
+def _gguf_file(lm: LoadedModel) -> Path:
+    """The GGUF file the loaded model was converted from (the model at hand, whatever
+    `spec.model` says): the one lookup `models` does for every engine."""
+    path = gguf_for(lm.gguf_name) if lm.gguf_name else None
     if path is None:
         raise LatentMASError("--engine llamacpp needs a GGUF model (a .gguf file or a built-in model)")
     return path
