@@ -345,14 +345,17 @@ def main(argv: list[str] | None = None) -> None:
     for dtype in args.dtype.split(","):
         torch.manual_seed(0)
         lm = load(args, dtype.strip())
-        for engine in engines:  # an engine that cannot run this model fails now, not after the grid
-            build_solver(RunSpec(method="latent_mas", latent_steps="1", engine=engine), lm)
-        on_engines = {
-            engine: grid(
-                lm, args, engine, plan, questions, task, sampling, steps_grid, batch_sizes, topologies
+        for name in engines:  # an engine that cannot run this model fails now, not after the grid
+            build_solver(RunSpec(method="latent_mas", latent_steps="1", engine=name), lm)
+        on_engines = {}
+        for name in engines:
+            on_engines[name] = grid(
+                lm, args, name, plan, questions, task, sampling, steps_grid, batch_sizes, topologies
             )
-            for engine in engines
-        }
+            # What is measured survives a later failure (a long grid takes an hour on a CPU).
+            args.out.mkdir(parents=True, exist_ok=True)
+            partial = {**by_engine, lm.dtype: on_engines}
+            (args.out / "efficiency.partial.json").write_text(json.dumps(partial, indent=2) + "\n")
         runs[lm.dtype] = on_engines[engines[0]]
         by_engine[lm.dtype] = on_engines
         del lm
@@ -370,6 +373,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "efficiency.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "efficiency.partial.json").unlink(missing_ok=True)
     plot(
         [Row(**{k: r[k] for k in Row.__dataclass_fields__}) for r in first["rows"]],
         args.out / "efficiency.png",
@@ -431,9 +435,12 @@ def grid(lm, args, engine, plan, questions, task, sampling, steps_grid, batch_si
     timed = not args.no_micro and engine == "transformers"
     micro = [step_costs(lm, b, args.micro_context) for b in batch_sizes] if timed else []
     prefix = [prefix_costs(lm, questions, task, b) for b in batch_sizes] if timed else []
+    both = head_text is not None and head_latent is not None  # llama.cpp runs no text_mas
     return {
-        "speedup_vs_text_mas": head_text.seconds / head_latent.seconds,
-        "token_reduction_vs_text_mas": 1 - head_latent.output_tokens_mean / head_text.output_tokens_mean,
+        "speedup_vs_text_mas": head_text.seconds / head_latent.seconds if both else None,
+        "token_reduction_vs_text_mas": (
+            1 - head_latent.output_tokens_mean / head_text.output_tokens_mean if both else None
+        ),
         "headline": {"topology": topologies[0], "latent_steps": headline_steps, "batch_size": batch_sizes[0]},
         "model": lm.name,
         "engine": engine,
@@ -533,6 +540,8 @@ def print_run(run: dict, args, n: int, dtype: str) -> None:
         print("\n## LatentMAS prefill: shared prompt prefix read once vs every prompt read whole\n")
         print(markdown(prefix, list(prefix[0])))
     head = run["headline"]
+    if run["speedup_vs_text_mas"] is None:
+        return
     print(
         f"\nspeedup_vs_text_mas = {run['speedup_vs_text_mas']:.2f}x, "
         f"token_reduction_vs_text_mas = {run['token_reduction_vs_text_mas']:.1%} "

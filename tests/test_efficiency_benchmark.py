@@ -83,3 +83,22 @@ def test_an_engine_that_cannot_run_the_model_fails_before_any_timing(tmp_path, c
             + ["--limit", "1", "--max-new-tokens", "2", "--out", str(tmp_path / "out")]
         )
     assert "[transformers" not in capsys.readouterr().err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="needs llama-cpp-python (optional)")
+def test_the_llamacpp_engine_is_timed_on_latent_mas_beside_transformers(tmp_path, capsys):
+    """llama.cpp runs latent_mas only, so its grid has no TextMAS row to compare with; the
+    report says so instead of failing after every run was timed."""
+    spec = importlib.util.spec_from_file_location("efficiency", ROOT / "benchmarks" / "efficiency.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["efficiency"] = module
+    spec.loader.exec_module(module)
+    module.main(
+        ["--engine", "transformers,llamacpp", "--limit", "1", "--max-new-tokens", "2", "--latent-steps", "1"]
+        + ["--batch-sizes", "1", "--topologies", "sequential", "--no-micro", "--out", str(tmp_path / "out")]
+    )
+    report = json.loads((tmp_path / "out" / "efficiency.json").read_text())
+    on_llamacpp = next(iter(report["by_engine"].values()))["llamacpp"]
+    assert [r["method"] for r in on_llamacpp["rows"]] == ["latent_mas"]
+    assert on_llamacpp["speedup_vs_text_mas"] is None and report["speedup_vs_text_mas"] > 0
+    assert not (tmp_path / "out" / "efficiency.partial.json").exists()
