@@ -163,9 +163,11 @@ def plot(rows: list[dict], path: Path, task: str) -> None:
 
     models = list(dict.fromkeys(r["model"] for r in rows))
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for config in dict.fromkeys(r["config"] for r in rows):
+    configs = list(dict.fromkeys(r["config"] for r in rows))
+    for k, config in enumerate(configs):
         mine = [r for r in rows if r["config"] == config]
-        xs = [models.index(r["model"]) for r in mine]
+        dodge = 0.04 * (k - (len(configs) - 1) / 2)  # side by side, so the intervals stay apart
+        xs = [models.index(r["model"]) + dodge for r in mine]
         ys = [100 * r["accuracy"] for r in mine]
         errors = [
             [y - 100 * r["ci"][0] for y, r in zip(ys, mine)],
