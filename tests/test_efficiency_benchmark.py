@@ -17,19 +17,10 @@ from latentmas.tiny import tiny_loaded
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def efficiency_module():
-    """benchmarks/efficiency.py, imported as a module (it is a script, not a package)."""
-    spec = importlib.util.spec_from_file_location("efficiency", ROOT / "benchmarks" / "efficiency.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["efficiency"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_efficiency_benchmark_writes_its_table(tmp_path, capsys):
+def test_efficiency_benchmark_writes_its_table(tmp_path, capsys, benchmark_script):
     config = tiny_loaded("qwen2").model.config.to_dict()
     (tmp_path / "tiny.json").write_text(json.dumps(config))
-    module = efficiency_module()
+    module = benchmark_script("efficiency")
     module.main(
         [
             *("--config", str(tmp_path / "tiny.json"), "--dtype", "float32,bfloat16", "--device", "cpu"),
@@ -74,12 +65,12 @@ def test_a_benchmark_refuses_a_model_it_cannot_load_in_one_line(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_an_engine_that_cannot_run_the_model_fails_before_any_timing(tmp_path, capsys):
+def test_an_engine_that_cannot_run_the_model_fails_before_any_timing(tmp_path, capsys, benchmark_script):
     """A random-weight model has no GGUF for llama.cpp: the benchmark stops before its first
     run on transformers instead of after the whole grid, when nothing would be written."""
     config = tiny_loaded("qwen2").model.config.to_dict()
     (tmp_path / "tiny.json").write_text(json.dumps(config))
-    module = efficiency_module()
+    module = benchmark_script("efficiency")
     with pytest.raises(LatentMASError):
         module.main(
             ["--config", str(tmp_path / "tiny.json"), "--engine", "transformers,llamacpp", "--device", "cpu"]
@@ -89,10 +80,10 @@ def test_an_engine_that_cannot_run_the_model_fails_before_any_timing(tmp_path, c
 
 
 @pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="needs llama-cpp-python (optional)")
-def test_the_llamacpp_engine_is_timed_on_latent_mas_beside_transformers(tmp_path, capsys):
+def test_the_llamacpp_engine_is_timed_on_latent_mas_beside_transformers(tmp_path, capsys, benchmark_script):
     """llama.cpp runs latent_mas only, so its grid has no TextMAS row to compare with; the
     report says so instead of failing after every run was timed."""
-    module = efficiency_module()
+    module = benchmark_script("efficiency")
     module.main(
         ["--engine", "transformers,llamacpp", "--limit", "1", "--max-new-tokens", "2", "--latent-steps", "1"]
         + ["--batch-sizes", "1", "--topologies", "sequential", "--no-micro", "--out", str(tmp_path / "out")]

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,14 +11,6 @@ from latentmas.stats import compare_over_seeds, compare_paired, mcnemar_exact, w
 from latentmas.tiny import tiny_loaded
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _quality_module():
-    spec = importlib.util.spec_from_file_location("quality", ROOT / "benchmarks" / "quality.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["quality"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize(
@@ -70,8 +60,8 @@ def test_seeds_pool_per_question_and_keep_only_questions_every_run_answered():
     assert compare_over_seeds(nine * 3, none * 3).p_value == pytest.approx(2 / 2**9)
 
 
-def test_config_names_parse_into_one_change_each():
-    quality = _quality_module()
+def test_config_names_parse_into_one_change_each(benchmark_script):
+    quality = benchmark_script("quality")
     assert quality.parse_config("latent_mas[m=0]")["options"]["latent_steps"] == "0"
     both = quality.parse_config("latent_mas[realign=soft,m=3]")["options"]
     assert both["realign"] == "soft" and both["latent_steps"] == "3" and both["memory"] == "full"
@@ -95,10 +85,10 @@ def _tiny_model_and_gsm8k(tmp_path: Path, rows: list[dict]) -> tuple[Path, Path]
     return model_dir, data
 
 
-def test_quality_run_writes_tables_and_resumes(tmp_path, capsys):
+def test_quality_run_writes_tables_and_resumes(tmp_path, capsys, benchmark_script):
     rows = [{"question": f"What is {i} + {i}?", "answer": f"#### {2 * i}"} for i in range(4)]
     model_dir, data = _tiny_model_and_gsm8k(tmp_path, rows)
-    quality = _quality_module()
+    quality = benchmark_script("quality")
     args = [
         "--model",
         str(model_dir),
@@ -130,13 +120,13 @@ def test_quality_run_writes_tables_and_resumes(tmp_path, capsys):
     assert len(results) == 4
 
 
-def test_sampled_pass_reports_each_seed_and_pools_them_against_single(tmp_path, capsys):
+def test_sampled_pass_reports_each_seed_and_pools_them_against_single(tmp_path, capsys, benchmark_script):
     rows = [{"question": f"{i} + 1?", "answer": f"#### {i + 1}"} for i in range(2)]
     model_dir, data = _tiny_model_and_gsm8k(tmp_path, rows)
     args = ["--model", str(model_dir), "--gsm8k-file", str(data), "--limit", "2", "--max-new-tokens", "2"]
     args += ["--configs", "single,latent_mas[m=1]", "--temperature", "0.6", "--top-p", "0.95"]
     args += ["--seeds", "0,1", "--out", str(tmp_path / "out")]
-    assert _quality_module().main(args) == 0
+    assert benchmark_script("quality").main(args) == 0
     out = capsys.readouterr().out
     assert "gsm8k, seed 0:" in out and "gsm8k, seed 1:" in out
     pooled = [line for line in out.splitlines() if line.startswith("| gsm8k | latent_mas[m=1] | 2 |")]
@@ -144,13 +134,13 @@ def test_sampled_pass_reports_each_seed_and_pools_them_against_single(tmp_path, 
     assert (tmp_path / "out" / "gsm8k" / "latent_mas-m1-seed1" / "results.jsonl").exists()
 
 
-def test_unknown_config_is_a_clear_error(capsys):
-    assert _quality_module().main(["--configs", "double_mas", "--report-only"]) == 2
+def test_unknown_config_is_a_clear_error(capsys, benchmark_script):
+    assert benchmark_script("quality").main(["--configs", "double_mas", "--report-only"]) == 2
     assert "error:" in capsys.readouterr().err
 
 
-def test_endings_tell_format_failures_from_wrong_maths():
-    quality = _quality_module()
+def test_endings_tell_format_failures_from_wrong_maths(benchmark_script):
+    quality = benchmark_script("quality")
     from latentmas.evaluate import QuestionResult
 
     def result(i: int, text: str, tokens: int, correct: bool) -> QuestionResult:
@@ -178,17 +168,6 @@ def test_holm_adjustment_matches_the_step_down_definition():
     assert holm_adjust([]) == []
 
 
-def _scale_module():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "scale", Path(__file__).resolve().parents[1] / "benchmarks" / "scale.py"
-    )
-    scale = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(scale)
-    return scale
-
-
 def _write_results(folder: Path, config: str, right: list[bool]) -> None:
     """A quality run's results.jsonl for one configuration, as benchmarks/quality.py lays it out."""
     from dataclasses import asdict
@@ -201,7 +180,7 @@ def _write_results(folder: Path, config: str, right: list[bool]) -> None:
     path.write_text("".join(json.dumps(asdict(r)) + "\n" for r in rows))
 
 
-def test_scale_table_pairs_each_model_against_its_own_baselines(tmp_path, capsys):
+def test_scale_table_pairs_each_model_against_its_own_baselines(tmp_path, capsys, benchmark_script):
     """Two fake 'models' whose latent_mas differs from single on different questions; the
     table pairs within a model, never across, and adjusts over the configurations."""
     small, large = tmp_path / "small", tmp_path / "large"
@@ -211,7 +190,7 @@ def test_scale_table_pairs_each_model_against_its_own_baselines(tmp_path, capsys
     _write_results(large, "single", [True] * 20)
     _write_results(large, "latent_mas", [True] * 20)
     _write_results(large, "latent_mas[m=0]", [True] * 20)
-    scale = _scale_module()
+    scale = benchmark_script("scale")
     out = tmp_path / "out"
     models = f"small={small},large={large}"
     assert (
@@ -227,10 +206,12 @@ def test_scale_table_pairs_each_model_against_its_own_baselines(tmp_path, capsys
     assert (out / "scale-gsm8k.png").is_file()
 
 
-def test_scale_quick_runs_both_embedded_models_then_tabulates_their_first_questions(tmp_path, monkeypatch):
+def test_scale_quick_runs_both_embedded_models_then_tabulates_their_first_questions(
+    tmp_path, monkeypatch, benchmark_script
+):
     """--quick runs the quality benchmark's quick mode on each embedded model (in bfloat16
     where the CPU computes it) and tables what those runs wrote; a failing run stops it."""
-    scale = _scale_module()
+    scale = benchmark_script("scale")
     calls = []
 
     def fake_quality(argv):
