@@ -5,7 +5,9 @@ and `latent_mas` varied one factor at a time around its default (latent steps, r
 memory, topology). Per configuration: accuracy with a 95% Wilson interval; the paired
 difference against `single` and against `text_mas` with an exact McNemar p-value; decoded
 tokens and seconds per question. Prints a markdown table, writes quality.json,
-quality.md and quality.png (accuracy against decoded tokens) under --out.
+quality.md and quality.png (accuracy against decoded tokens) under `<out>/<task>/`: every
+configuration in that folder is in them, not only the ones this command ran, so a run of
+one task or a few configurations leaves the others' rows in place.
 
 Each configuration runs through `latentmas.evaluate` into `<out>/<task>/<config>/`, so an
 interrupted run resumes where it stopped (rerun the same command).
@@ -168,6 +170,59 @@ class Row:
 def folder_name(config: str, seed: int, sampled: bool) -> str:
     safe = config.replace("[", "-").replace("]", "").replace("=", "")
     return f"{safe}-seed{seed}" if sampled else safe
+
+
+def config_from_folder(name: str) -> tuple[str, int | None]:
+    """Undo `folder_name`: 'latent_mas-from0.5,entertrue-seed1' -> ('latent_mas[from=0.5,enter=true]', 1).
+
+    Keys are matched longest first, so 'msg64' is msg=64 and 'm10' is m=10.
+    """
+    seed = None
+    head, sep, tail = name.rpartition("-seed")
+    if sep and tail.isdigit():
+        name, seed = head, int(tail)
+    method, _, changes = name.partition("-")
+    if not changes:
+        parse_config(method)  # raises for a folder that is no config
+        return method, seed
+    keys = sorted(SHORT.values(), key=len, reverse=True)
+    items = []
+    for item in changes.split(","):
+        key = next((k for k in keys if item.startswith(k) and len(item) > len(k)), None)
+        if key is None:
+            raise LatentMASError(f"folder {name!r}: {item!r} is no config option")
+        items.append(f"{key}={item[len(key) :]}")
+    return f"{method}[{','.join(items)}]", seed
+
+
+def configs_in(folder: Path, seed: int, sampled: bool) -> list[str]:
+    """Configurations with results under one task folder, for this seed (sampled) or greedy."""
+    found = []
+    for path in sorted(folder.glob("*/results.jsonl")):
+        try:
+            config, config_seed = config_from_folder(path.parent.name)
+        except LatentMASError:
+            continue  # a folder this script did not write
+        if (config_seed == seed) if sampled else config_seed is None:
+            found.append(config)
+    first = ["single", "text_mas", M0, "latent_mas"]  # the baselines, then the variants by name
+    return sorted(found, key=lambda c: (first.index(c) if c in first else len(first), c))
+
+
+def recorded(folder: Path, rows: list[Row], sampled: bool, dtype: str) -> tuple[str, str] | None:
+    """The model and dtype the rows' runs recorded (a report of old runs names what ran, not the flags).
+
+    Runs from before dtypes were recorded ran in `dtype`, the script's default then and now.
+    """
+    seen = set()
+    for r in rows:
+        run = folder / folder_name(r.config, r.seed, sampled) / "run.json"
+        if run.exists():
+            info = json.loads(run.read_text())
+            seen.add((info.get("model", "?"), info.get("dtype", dtype)))
+    if not seen:
+        return None
+    return " / ".join(sorted({m for m, _ in seen})), " / ".join(sorted({d for _, d in seen}))
 
 
 def spec_value(key: str, text: str):
@@ -468,61 +523,59 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted; finished questions are saved (rerun the same command to resume)", file=sys.stderr)
         return 130
 
-    rows: list[Row] = []
-    correct: dict[tuple[str, str, int], dict[str, bool]] = {}
+    sampling_text = (
+        f"temperature {args.temperature}, top-p {args.top_p}, seeds {args.seeds}" if sampled else "greedy"
+    )
+    reports = []
     for name, (_, examples) in data.items():
         ids = {e.id for e in examples}
+        rows: list[Row] = []
+        correct: dict[tuple[str, str, int], dict[str, bool]] = {}
         for seed in seeds:
             baselines = {
                 b: correctness(args.out / name / folder_name(b, seed, sampled), ids)
                 for b in ("single", "text_mas", M0)
             }
-            for config in chosen:
+            present = configs_in(args.out / name, seed, sampled)
+            for config in dict.fromkeys(chosen + present):
                 folder = args.out / name / folder_name(config, seed, sampled)
                 results = [r for r in read_results(folder / "results.jsonl") if r.id in ids]
                 row = summarize(name, config, seed, results, baselines, args.max_new_tokens)
                 if row is not None:
                     rows.append(row)
                     correct[(name, config, seed)] = {r.id: r.correct for r in results}
-    if not rows:
+        if not rows:
+            continue
+        split = f"questions {args.offset + 1}–{args.offset + len(examples)}"
+        model, dtype = recorded(args.out / name, rows, sampled, parser.get_default("dtype")) or (
+            args.model,
+            args.dtype,
+        )
+        title = f"{model} ({dtype}), {split}, {sampling_text}, max {args.max_new_tokens} new tokens per text agent"
+        text = "\n\n".join(
+            markdown([r for r in rows if r.seed == s], f"{name}, seed {s}: {title}") for s in seeds
+        )
+        if name == "gsm8k":
+            text += "\n\n" + "\n\n".join(
+                endings_table([r for r in rows if r.seed == s], f"how the answers end: {name}, seed {s}")
+                for s in seeds
+            )
+        if sampled and len(seeds) > 1:
+            text += "\n\n" + seed_spread(rows, correct)
+        print(text)
+        folder = args.out / name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "quality.md").write_text(text + "\n")
+        report = {"model": model, "dtype": dtype, "split": split, "sampling": sampling_text}
+        (folder / "quality.json").write_text(
+            json.dumps(report | {"rows": [asdict(r) for r in rows]}, indent=2) + "\n"
+        )
+        plot(rows, folder / "quality.png")
+        reports.append(folder)
+    if not reports:
         print("no results yet", file=sys.stderr)
         return 1
-    sampling_text = (
-        f"temperature {args.temperature}, top-p {args.top_p}, seeds {args.seeds}" if sampled else "greedy"
-    )
-    title = (
-        f"{args.model} ({args.dtype}), {sampling_text}, max {args.max_new_tokens} new tokens per text agent"
-    )
-    text = "\n\n".join(
-        markdown([r for r in rows if r.task == t and r.seed == s], f"{t}, seed {s}: {title}")
-        for t in task_names
-        for s in seeds
-    )
-    text += "\n\n" + "\n\n".join(
-        endings_table([r for r in rows if r.task == t and r.seed == s], f"how the answers end: {t}, seed {s}")
-        for t in task_names
-        for s in seeds
-        if t == "gsm8k"
-    )
-    if sampled and len(seeds) > 1:
-        text += "\n\n" + seed_spread(rows, correct)
-    print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "quality.md").write_text(text + "\n")
-    (args.out / "quality.json").write_text(
-        json.dumps(
-            {
-                "model": args.model,
-                "dtype": args.dtype,
-                "sampling": sampling_text,
-                "rows": [asdict(r) for r in rows],
-            },
-            indent=2,
-        )
-        + "\n"
-    )
-    plot(rows, args.out / "quality.png")
-    print(f"\nwrote {args.out}/quality.md, quality.json, quality.png")
+    print("\nwrote quality.md, quality.json and quality.png in " + ", ".join(map(str, reports)))
     return 0
 
 

@@ -108,9 +108,10 @@ def test_quality_run_writes_tables_and_resumes(tmp_path, capsys, benchmark_scrip
     assert quality.main(args) == 0
     first = capsys.readouterr().out
     assert "3 to run" in first and "| latent_mas[m=2] | 3 |" in first
-    report = json.loads((tmp_path / "out" / "quality.json").read_text())
+    report = json.loads((tmp_path / "out" / "gsm8k" / "quality.json").read_text())
     assert {r["config"] for r in report["rows"]} == {"single", "latent_mas[m=2]"}
-    assert (tmp_path / "out" / "quality.png").stat().st_size > 0
+    assert report["split"] == "questions 1–3"
+    assert (tmp_path / "out" / "gsm8k" / "quality.png").stat().st_size > 0
     # Rerun: nothing is recomputed, and one more question extends the run.
     assert quality.main(args) == 0
     assert "3 done, 0 to run" in capsys.readouterr().out
@@ -132,6 +133,38 @@ def test_sampled_pass_reports_each_seed_and_pools_them_against_single(tmp_path, 
     pooled = [line for line in out.splitlines() if line.startswith("| gsm8k | latent_mas[m=1] | 2 |")]
     assert len(pooled) == 1 and pooled[0].rstrip(" |").split("; ")[-1].replace(".", "").isdigit(), pooled
     assert (tmp_path / "out" / "gsm8k" / "latent_mas-m1-seed1" / "results.jsonl").exists()
+
+
+def test_folder_names_give_back_their_configs(benchmark_script):
+    quality = benchmark_script("quality")
+    names = quality.all_configs() + [
+        "latent_mas[from=0.5,enter=true,realign=none]",
+        "latent_mas[H=3.51,dH=1.6]",
+        "latent_mas[handoff=states,msg=64]",
+        "text_mas[msg=64]",
+        "latent_mas[m=0,memory=latent_only]",
+    ]
+    for name in names:
+        assert quality.config_from_folder(quality.folder_name(name, 0, False)) == (name, None)
+        assert quality.config_from_folder(quality.folder_name(name, 3, True)) == (name, 3)
+
+
+def test_a_run_of_some_configs_keeps_the_others_in_the_report(tmp_path, capsys, benchmark_script):
+    rows = [{"question": f"What is {i} + 1?", "answer": f"#### {i + 1}"} for i in range(2)]
+    model_dir, data = _tiny_model_and_gsm8k(tmp_path, rows)
+    quality = benchmark_script("quality")
+    args = ["--model", str(model_dir), "--gsm8k-file", str(data), "--limit", "2", "--max-new-tokens", "2"]
+    args += ["--out", str(tmp_path / "out"), "--configs"]
+    assert quality.main([*args, "single"]) == 0
+    assert quality.main([*args, "latent_mas[m=1,realign=none]"]) == 0
+    stray = tmp_path / "out" / "gsm8k" / "notes"  # a folder the script did not write is left out
+    stray.mkdir()
+    (stray / "results.jsonl").write_text("")
+    assert quality.main([*args, "single", "--report-only", "--dtype", "float16"]) == 0
+    report = json.loads((tmp_path / "out" / "gsm8k" / "quality.json").read_text())
+    assert [r["config"] for r in report["rows"]] == ["single", "latent_mas[m=1,realign=none]"]
+    assert report["dtype"] == "float32"  # what ran, not the report command's flag
+    assert "| latent_mas[m=1,realign=none] | 2 |" in capsys.readouterr().out
 
 
 def test_unknown_config_is_a_clear_error(capsys, benchmark_script):
