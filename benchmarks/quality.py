@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import time
@@ -117,17 +118,27 @@ def parse_config(name: str) -> dict:
 class Endings:
     """How the final answers end: where a method loses, this says whether it lost the format or the maths."""
 
-    boxed: int  # the final text holds a boxed answer
-    correct_when_boxed: int
+    answered: (
+        int  # the final text holds an answer: a closed boxed answer (maths), a code block with a def (code)
+    )
+    correct_when_answered: int
     hit_limit: int  # the final agent's decoding stopped at max_new_tokens
-    stopped_unanswered: int  # the model ended its turn before giving a boxed answer
+    stopped_unanswered: int  # the model ended its turn before giving an answer
     repetitive: int  # some line repeats at least REPEATS times: a decoding loop
 
 
 REPEATS = 4
+_CODE_BLOCK = re.compile(r"```[A-Za-z]*[ \t]*\n(.*?)```", re.S)
 
 
-def endings(results, max_new_tokens: int) -> Endings:
+def gave_answer(kind: str, text: str) -> bool:
+    """A closed \\boxed{...} for maths; a closed code block defining a function for code."""
+    if kind == "code":
+        return any(re.search(r"^\s*def \w+\(", block, re.M) for block in _CODE_BLOCK.findall(text))
+    return last_boxed(text) is not None
+
+
+def endings(results, max_new_tokens: int, kind: str = "math") -> Endings:
     def loops(text: str) -> bool:
         lines = [line.strip() for line in text.splitlines() if len(line.strip()) > 8]
         return any(lines.count(line) >= REPEATS for line in set(lines))
@@ -135,13 +146,13 @@ def endings(results, max_new_tokens: int) -> Endings:
     def final_tokens(r) -> int:  # text_mas's output_tokens sums every agent's
         return r.agents[-1].output_tokens if r.agents else r.output_tokens
 
-    boxed = {r.id for r in results if last_boxed(r.final_text) is not None}  # a closed \boxed{...}
+    answered = {r.id for r in results if gave_answer(kind, r.final_text)}
     at_limit = {r.id for r in results if final_tokens(r) >= max_new_tokens}
     return Endings(
-        boxed=len(boxed),
-        correct_when_boxed=sum(r.correct for r in results if r.id in boxed),
+        answered=len(answered),
+        correct_when_answered=sum(r.correct for r in results if r.id in answered),
         hit_limit=len(at_limit),
-        stopped_unanswered=len({r.id for r in results} - boxed - at_limit),
+        stopped_unanswered=len({r.id for r in results} - answered - at_limit),
         repetitive=sum(loops(r.final_text) for r in results),
     )
 
@@ -269,7 +280,7 @@ def correctness(folder: Path, ids: set[str]) -> dict[str, bool]:
 
 
 def summarize(
-    task: str, config: str, seed: int, results: list, baselines: dict, max_new_tokens: int
+    task: str, config: str, seed: int, results: list, baselines: dict, max_new_tokens: int, kind: str = "math"
 ) -> Row | None:
     """One config's row from its results on the chosen questions."""
     if not results:
@@ -302,7 +313,7 @@ def summarize(
         p_vs_text_mas=paired["text_mas"][1],
         vs_m0=paired[M0][0],
         p_vs_m0=paired[M0][1],
-        endings=endings(results, max_new_tokens),
+        endings=endings(results, max_new_tokens, kind),
     )
 
 
@@ -346,16 +357,20 @@ def markdown(rows: list[Row], title: str) -> str:
     return table(title, header, cells)
 
 
-def endings_table(rows: list[Row], title: str) -> str:
-    """Where answers go wrong: the format (no boxed answer, loops, cut off) or the maths (wrong when boxed)."""
-    header = ["config", "n", "boxed answer %", "correct when boxed", "hit token limit %"]
+def endings_table(rows: list[Row], title: str, kind: str = "math") -> str:
+    """Where answers go wrong: the format (no answer, loops, cut off) or the content (wrong when answered)."""
+    answer = "code block with a def" if kind == "code" else "boxed answer"
+    header = ["config", "n", f"{answer} %", "correct when given", "hit token limit %"]
     header += ["ended turn unanswered %", "repetitive %"]
     cells = []
     for r in rows:
         e = r.endings
-        share = [f"{100 * k / r.n:.0f}" for k in (e.boxed, e.hit_limit, e.stopped_unanswered, e.repetitive)]
-        when_boxed = f"{e.correct_when_boxed}/{e.boxed} ({100 * e.correct_when_boxed / max(e.boxed, 1):.0f}%)"
-        cells.append([r.config, str(r.n), share[0], when_boxed, *share[1:]])
+        share = [
+            f"{100 * k / r.n:.0f}" for k in (e.answered, e.hit_limit, e.stopped_unanswered, e.repetitive)
+        ]
+        given = e.correct_when_answered
+        when = f"{given}/{e.answered} ({100 * given / max(e.answered, 1):.0f}%)"
+        cells.append([r.config, str(r.n), share[0], when, *share[1:]])
     return table(title, header, cells)
 
 
@@ -527,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
         f"temperature {args.temperature}, top-p {args.top_p}, seeds {args.seeds}" if sampled else "greedy"
     )
     reports = []
-    for name, (_, examples) in data.items():
+    for name, (task, examples) in data.items():
         ids = {e.id for e in examples}
         rows: list[Row] = []
         correct: dict[tuple[str, str, int], dict[str, bool]] = {}
@@ -540,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
             for config in dict.fromkeys(chosen + present):
                 folder = args.out / name / folder_name(config, seed, sampled)
                 results = [r for r in read_results(folder / "results.jsonl") if r.id in ids]
-                row = summarize(name, config, seed, results, baselines, args.max_new_tokens)
+                row = summarize(name, config, seed, results, baselines, args.max_new_tokens, task.kind)
                 if row is not None:
                     rows.append(row)
                     correct[(name, config, seed)] = {r.id: r.correct for r in results}
@@ -555,11 +570,12 @@ def main(argv: list[str] | None = None) -> int:
         text = "\n\n".join(
             markdown([r for r in rows if r.seed == s], f"{name}, seed {s}: {title}") for s in seeds
         )
-        if name == "gsm8k":
-            text += "\n\n" + "\n\n".join(
-                endings_table([r for r in rows if r.seed == s], f"how the answers end: {name}, seed {s}")
-                for s in seeds
+        text += "\n\n" + "\n\n".join(
+            endings_table(
+                [r for r in rows if r.seed == s], f"how the answers end: {name}, seed {s}", task.kind
             )
+            for s in seeds
+        )
         if sampled and len(seeds) > 1:
             text += "\n\n" + seed_spread(rows, correct)
         print(text)

@@ -188,8 +188,18 @@ def test_endings_tell_format_failures_from_wrong_maths(benchmark_script):
         result(4, "so the answer is \\boxed{1", 30, False),  # an unclosed box is no answer
     ]
     e = quality.endings(results, max_new_tokens=64)
-    assert (e.boxed, e.correct_when_boxed) == (2, 1)
+    assert (e.answered, e.correct_when_answered) == (2, 1)
     assert (e.hit_limit, e.stopped_unanswered, e.repetitive) == (1, 2, 1)
+
+    code = [
+        result(0, "```python\ndef f(x):\n    return x\n```", 40, True),
+        result(1, "```python\nimport math\n\ndef g(x):\n    return 2\n```", 40, False),
+        result(2, "```\n```\n``` doing. doing", 30, False),  # fences without a function
+        result(3, "```python\ndef f(x):\n    return", 64, False),  # cut off before the fence closes
+        result(4, "def f(x): return x", 20, False),  # no code block
+    ]
+    e = quality.endings(code, max_new_tokens=64, kind="code")
+    assert (e.answered, e.correct_when_answered, e.hit_limit, e.stopped_unanswered) == (2, 1, 1, 2)
 
 
 def test_holm_adjustment_matches_the_step_down_definition():
