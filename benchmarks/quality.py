@@ -36,6 +36,7 @@ from latentmas.evaluate import read_results
 from latentmas.graders import last_boxed
 from latentmas.models import DTYPES
 from latentmas.stats import compare_over_seeds, compare_paired, wilson_interval
+from latentmas.tasks.code import closed_code_blocks
 
 GSM8K_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
 
@@ -118,9 +119,8 @@ def parse_config(name: str) -> dict:
 class Endings:
     """How the final answers end: where a method loses, this says whether it lost the format or the maths."""
 
-    answered: (
-        int  # the final text holds an answer: a closed boxed answer (maths), a code block with a def (code)
-    )
+    # the final text holds an answer: a closed boxed answer (maths), a closed code block with a def (code)
+    answered: int
     correct_when_answered: int
     hit_limit: int  # the final agent's decoding stopped at max_new_tokens
     stopped_unanswered: int  # the model ended its turn before giving an answer
@@ -128,13 +128,12 @@ class Endings:
 
 
 REPEATS = 4
-_CODE_BLOCK = re.compile(r"```[A-Za-z]*[ \t]*\n(.*?)```", re.S)
 
 
 def gave_answer(kind: str, text: str) -> bool:
-    """A closed \\boxed{...} for maths; a closed code block defining a function for code."""
+    """A closed \\boxed{...} for maths; for code, a closed code fence (as the grader reads them) defining a function."""
     if kind == "code":
-        return any(re.search(r"^\s*def \w+\(", block, re.M) for block in _CODE_BLOCK.findall(text))
+        return any(re.search(r"^\s*def \w+\(", block, re.M) for block in closed_code_blocks(text))
     return last_boxed(text) is not None
 
 

@@ -16,9 +16,14 @@ from . import Example, Grade, read_rows
 _FENCE = re.compile(r"```(?:python|py|Python)?[ \t]*\n(.*?)```", re.S)
 
 
+def closed_code_blocks(text: str) -> list[str]:
+    """The bodies of the text's closed Python (or untagged) code fences, in order."""
+    return _FENCE.findall(text)
+
+
 def extract_code(text: str) -> str:
     """The last fenced code block; the whole text if there is none."""
-    blocks = _FENCE.findall(text)
+    blocks = closed_code_blocks(text)
     if blocks:
         return blocks[-1]
     opened = re.search(r"```(?:python|py)?[ \t]*\n(.*)$", text, re.S)  # cut off before the closing fence
