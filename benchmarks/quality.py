@@ -32,7 +32,7 @@ import torch
 
 from latentmas import RunSpec, Sampling, build_solver, evaluate, get_task, load_model
 from latentmas.errors import LatentMASError, run_script
-from latentmas.evaluate import read_results
+from latentmas.evaluate import read_environments, read_results
 from latentmas.graders import last_boxed
 from latentmas.models import DTYPES
 from latentmas.stats import compare_over_seeds, compare_paired, wilson_interval
@@ -233,6 +233,26 @@ def recorded(folder: Path, rows: list[Row], sampled: bool, dtype: str) -> tuple[
     if not seen:
         return None
     return " / ".join(sorted({m for m, _ in seen})), " / ".join(sorted({d for _, d in seen}))
+
+
+def machines(folder: Path, rows: list[Row], sampled: bool) -> str:
+    """Which CPUs and libraries computed the rows' answers. bfloat16 products round differently
+    on another CPU's kernels, so a run resumed elsewhere is a slightly different run."""
+    parts = []
+    for r in rows:
+        envs = read_environments(folder / folder_name(r.config, r.seed, sampled))
+        stretches = [
+            f"{e.get('cpu', '?')}, torch {e.get('torch', '?')}, transformers {e.get('transformers', '?')}"
+            + (f" (from answer {e['answered_before'] + 1})" if e.get("answered_before") else "")
+            for e in envs
+        ]
+        if stretches:
+            parts.append(f"{r.config}: " + "; ".join(stretches))
+    if not parts:
+        return ""
+    return "Computed on (logged since 2026-12-04; earlier answers are not listed):\n\n" + "\n".join(
+        f"- {p}" for p in parts
+    )
 
 
 def spec_value(key: str, text: str):
@@ -577,6 +597,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         if sampled and len(seeds) > 1:
             text += "\n\n" + seed_spread(rows, correct)
+        if where := machines(args.out / name, rows, sampled):
+            text += "\n\n" + where
         print(text)
         folder = args.out / name
         folder.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 
 import pytest
@@ -177,3 +178,33 @@ def test_a_data_folder_is_recorded_by_the_digest_of_its_files(tmp_path):
     assert first.startswith("benchmark_tasks sha256:")
     (folder / "navigate" / "task.json").write_text('{"examples": [1]}')
     assert data_source(str(folder)) != first
+
+
+def test_the_model_digest_ignores_the_transformers_version_that_wrote_the_config(tmp_path):
+    from types import SimpleNamespace
+
+    from latentmas.models import model_digest
+
+    def digest(**config):
+        (tmp_path / "config.json").write_text(json.dumps(config))
+        return model_digest(SimpleNamespace(source=str(tmp_path)))
+
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    one = digest(hidden_size=8, transformers_version="5.24.0")
+    assert digest(hidden_size=8, transformers_version="5.25.0") == one
+    assert digest(hidden_size=16, transformers_version="5.24.0") != one
+    (tmp_path / "model.safetensors").write_bytes(b"other weights")
+    assert digest(hidden_size=8, transformers_version="5.24.0") != one
+
+
+def test_each_machine_a_run_meets_is_logged_once(tiny, tmp_path, monkeypatch):
+    ev = importlib.import_module("latentmas.evaluate")  # the package's `evaluate` is the function
+
+    method, task, examples, _ = _one_run(tiny, tmp_path)
+    evaluate(method, task, examples, tmp_path)  # resumed where it ran: nothing new
+    assert [r["answered_before"] for r in ev.read_environments(tmp_path)] == [0]
+    monkeypatch.setattr(ev, "cpu_name", lambda: "another CPU")
+    evaluate(method, task, examples + task.load(None)[2:3], tmp_path)
+    rows = ev.read_environments(tmp_path)
+    assert [(r["cpu"] == "another CPU", r["answered_before"]) for r in rows] == [(False, 0), (True, 2)]
+    assert set(rows[0]) >= {"cpu", "torch", "transformers", "latentmas"}

@@ -112,6 +112,8 @@ def test_quality_run_writes_tables_and_resumes(tmp_path, capsys, benchmark_scrip
     assert {r["config"] for r in report["rows"]} == {"single", "latent_mas[m=2]"}
     assert report["split"] == "questions 1–3"
     assert (tmp_path / "out" / "gsm8k" / "quality.png").stat().st_size > 0
+    machines = (tmp_path / "out" / "gsm8k" / "quality.md").read_text().split("Computed on")[1]
+    assert "- single: " in machines and "- latent_mas[m=2]: " in machines and "transformers" in machines
     # Rerun: nothing is recomputed, and one more question extends the run.
     assert quality.main(args) == 0
     assert "3 done, 0 to run" in capsys.readouterr().out

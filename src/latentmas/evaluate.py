@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .errors import LatentMASError
 from .methods import AgentStep, Method
-from .models import model_digest
+from .models import cpu_name, model_digest
 from .tasks import Example, Task
 
 log = logging.getLogger(__name__)
@@ -214,6 +214,50 @@ def _check_same_run(out_dir: Path, settings: dict) -> None:
     path.write_text(json.dumps(settings, indent=2) + "\n")
 
 
+def environment() -> dict:
+    """Where answers are computed. Not a setting that stops a resume: the same weights answer
+    alike on any machine in float32, but bfloat16 products round differently on another CPU's
+    kernels (AMX against AVX-512 BF16), so a run logs each machine and library set it met."""
+    import torch
+    import transformers
+
+    from . import __version__
+
+    return {
+        "cpu": cpu_name(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "latentmas": __version__,
+    }
+
+
+def _log_environment(out_dir: Path, answered_before: int) -> None:
+    """Append this environment to `environment.jsonl` when it differs from the last one there."""
+    path = out_dir / "environment.jsonl"
+    now = environment()
+    last = read_environments(out_dir)[-1:]
+    if last and {k: last[0].get(k) for k in now} == now:
+        return
+    with path.open("a") as f:
+        f.write(json.dumps({**now, "answered_before": answered_before}) + "\n")
+
+
+def read_environments(out_dir: Path) -> list[dict]:
+    """The environments a run met, in order (empty for a run from before they were logged)."""
+    path = out_dir / "environment.jsonl"
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut off by a killed run; the next start writes a whole one
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
 def _check_same_questions(done: dict[str, QuestionResult], examples: list[Example], out_dir: Path) -> None:
     """An id answered before must still name the same question (another file may reuse ids)."""
     for example in examples:
@@ -251,6 +295,7 @@ def evaluate(
     results_path = out_dir / "results.jsonl"
     done = {r.id: r for r in read_results(results_path)}
     _check_same_questions(done, examples, out_dir)
+    _log_environment(out_dir, len(done))
     todo = [e for e in examples if e.id not in done]
     if batch_size > 1:
         # Similar lengths share a batch, so rows pad less. Results are batch-invariant,

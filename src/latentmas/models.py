@@ -13,8 +13,10 @@ from __future__ import annotations
 import difflib
 import hashlib
 import importlib.util
+import json
 import logging
 import os
+import platform
 import shutil
 import socket
 from dataclasses import dataclass
@@ -317,16 +319,18 @@ def _read_template(value: str) -> str:
 
 
 def model_digest(lm: LoadedModel) -> str | None:
-    """A short fingerprint of the weights a model was loaded from: its config and the names
-    and sizes of its weight files (cheap: no weight is read), or the hub snapshot it came
-    from. None for a model built in memory."""
+    """A short fingerprint of the weights a model was loaded from: its config (less the
+    transformers version that wrote it) and the names and sizes of its weight files (cheap:
+    no weight is read), or the hub snapshot it came from. None for a model built in memory."""
     if lm.source is None:
         return None
     folder = Path(lm.source)
     if not folder.is_dir():
         snapshot = try_to_load_from_cache(lm.source, "config.json")
         return Path(snapshot).parent.name[:16] if isinstance(snapshot, str) else None
-    digest = hashlib.sha256((folder / "config.json").read_bytes())
+    config = json.loads((folder / "config.json").read_text())
+    config.pop("transformers_version", None)  # the converter's version: the weights are the same
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     for path in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
         digest.update(f"{path.name}:{path.stat().st_size}".encode())
     return digest.hexdigest()[:16]
@@ -341,6 +345,18 @@ def pick_device(device: str = "auto") -> torch.device:
 
 
 DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
+
+
+def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The processor's model name (Linux), else what the platform module knows."""
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def cpu_computes_bfloat16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
