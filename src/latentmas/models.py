@@ -347,31 +347,30 @@ def pick_device(device: str = "auto") -> torch.device:
 DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
 
 
+def _cpuinfo(cpuinfo: Path) -> list[tuple[str, str]]:
+    """The kernel's CPU description (Linux) as (key, value) lines; empty where it cannot be read."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return []
+    return [
+        (key.strip(), value.strip()) for key, _, value in (line.partition(":") for line in text.splitlines())
+    ]
+
+
 def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     """The processor's model name (Linux), else what the platform module knows."""
-    try:
-        for line in cpuinfo.read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    names = [value for key, value in _cpuinfo(cpuinfo) if key == "model name"]
+    return names[0] if names else platform.processor() or platform.machine()
 
 
 def cpu_computes_bfloat16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     """True where the CPU has bfloat16 instructions (x86 AVX-512 BF16 or AMX; Arm BF16), which
     oneDNN uses for matrix products 3-4x faster than float32; elsewhere they are emulated and
     slower. Read from the kernel's CPU flags (Linux); False where they cannot be read."""
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return False
-    flags = set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            flags.update(value.split())
+    flags = {
+        flag for key, value in _cpuinfo(cpuinfo) if key in ("flags", "Features") for flag in value.split()
+    }
     return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
