@@ -32,7 +32,7 @@ import torch
 
 from latentmas import RunSpec, Sampling, build_solver, evaluate, get_task, load_model
 from latentmas.errors import LatentMASError, run_script
-from latentmas.evaluate import read_environments, read_results
+from latentmas.evaluate import read_environments, read_results, regrade
 from latentmas.graders import last_boxed
 from latentmas.models import DTYPES
 from latentmas.stats import compare_over_seeds, compare_paired, wilson_interval
@@ -539,6 +539,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         data = {name: load_examples(name, args.limit, args.offset, args.gsm8k_file) for name in task_names}
+        for name, (task, examples) in data.items():  # a fixed grader scores every earlier answer again
+            for results in sorted((args.out / name).glob("*/results.jsonl")):
+                regrade(results.parent, task, examples)
         lm = None if args.report_only else load_model(args.model, dtype=args.dtype)
         for name, (task, examples) in data.items():
             for seed in seeds:

@@ -27,9 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality  # noqa: E402
 from quality import folder_name, split_configs  # noqa: E402
 
-from latentmas.errors import run_script  # noqa: E402
+from latentmas.errors import LatentMASError, run_script  # noqa: E402
 from latentmas.evaluate import read_results  # noqa: E402
 from latentmas.stats import compare_paired, holm_adjust, wilson_interval  # noqa: E402
+from latentmas.tasks import get_task  # noqa: E402
 
 DEFAULT_CONFIGS = "single,text_mas,latent_mas,latent_mas[m=0],latent_mas[m=1],latent_mas[realign=none]"
 BASELINES = ("single", "latent_mas[m=0]")
@@ -40,7 +41,14 @@ QUICK_CONFIGS = "single,text_mas,latent_mas,latent_mas[m=0]"
 def load(folder: Path, task: str, config: str) -> dict:
     """A configuration's results by question id, on the first `limit` questions by id order
     of the task (the quality runs answer the first N of the same file)."""
-    results = read_results(folder / task / folder_name(config, 0, False) / "results.jsonl")
+    path = folder / task / folder_name(config, 0, False) / "results.jsonl"
+    results = read_results(path)
+    grading = get_task(task).grading
+    if any(r.grading != grading for r in results):
+        raise LatentMASError(
+            f"{path} holds answers graded by an earlier rule; grade them again with "
+            f"`python benchmarks/quality.py --report-only --tasks {task} --out {folder}` (and its --model, --limit)"
+        )
     return {r.id: r for r in results}
 
 

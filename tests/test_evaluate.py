@@ -208,3 +208,58 @@ def test_each_machine_a_run_meets_is_logged_once(tiny, tmp_path, monkeypatch):
     rows = ev.read_environments(tmp_path)
     assert [(r["cpu"] == "another CPU", r["answered_before"]) for r in rows] == [(False, 0), (True, 2)]
     assert set(rows[0]) >= {"cpu", "torch", "transformers", "latentmas"}
+
+
+def _code_row(**fields) -> str:
+    row = dict(
+        id="t",
+        question="",
+        gold="",
+        prediction=None,
+        correct=False,
+        final_text="```python\ndef add(a, b):\n    return a + b\n\nprint(add(1,",  # cut off after the function
+        input_tokens=1,
+        output_tokens=384,
+        latent_steps=0,
+        seconds=1.0,
+    )
+    return json.dumps({**row, **fields}) + "\n"
+
+
+def test_answers_scored_by_an_earlier_grading_rule_are_graded_again_once(tmp_path):
+    from latentmas.evaluate import regrade
+    from latentmas.tasks import Example
+
+    task = get_task("humaneval_plus")
+    tests = "def check(f):\n    assert f(2, 3) == 5\n"
+    examples = [Example(id="t", question="", gold="", tests=tests, entry_point="add")]
+    path = tmp_path / "results.jsonl"
+    path.write_text(_code_row())  # a row from before rows named their grading rule
+    assert regrade(tmp_path, task, examples) == 1
+    [row] = read_results(path)
+    assert row.correct and row.grading == task.grading
+    before = path.stat().st_mtime_ns
+    assert regrade(tmp_path, task, examples) == 0
+    assert path.stat().st_mtime_ns == before  # nothing stale: the file is not rewritten
+
+
+def test_a_results_file_has_one_writer(tiny, tmp_path):
+    import fcntl
+
+    from latentmas.evaluate import regrade
+    from latentmas.tasks import Example
+
+    task = get_task("humaneval_plus")
+    examples = [Example(id="t", question="", gold="", tests="def check(f):\n    pass\n", entry_point="add")]
+    path = tmp_path / "results.jsonl"
+    path.write_text(_code_row())
+    with path.open("a") as other_run:
+        fcntl.flock(other_run.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(LatentMASError, match="being written by another run"):
+            regrade(tmp_path, task, examples)
+        gsm8k = get_task("gsm8k")
+        with pytest.raises(LatentMASError, match="being written by another run"):
+            evaluate(
+                LatentMAS(tiny, Sampling(max_new_tokens=2), latent_steps=0), gsm8k, gsm8k.load()[:1], tmp_path
+            )
+    assert read_results(path)[0].grading == "1"  # untouched while the other run held it

@@ -111,6 +111,24 @@ PROMPT = 'def add(a, b):\n    """Return a + b."""\n'
         ("```python\ndef add(a, b):\n    print(a + b)\n```", False),  # prints instead of returning
         ("I cannot solve this.", False),
         ("```python\nimport sys\ndef add(a, b):\n    sys.exit(0)\n```", False),  # exits 0 before the tests
+        # As EvalPlus sanitizes: the model's own example calls are not the solution ...
+        ("```python\ndef add(a, b):\n    return a + b\n\nprint(add(1, 2)\n", True),  # cut off mid-line
+        (
+            "```python\ndef add(a, b):\n    return a + b\n\nassert add(1, 1) == 3\n```",
+            True,
+        ),  # its own wrong check
+        (
+            "```python\ndef add(a, b):\n    return a + b\n\nif __name__ == '__main__':\n    add(None, 1)\n```",
+            True,
+        ),
+        (
+            "```python\ndef add(a, b):\n    return a + b\n```\nTests:\n```python\nassert add(2, 2) == 4\n```",
+            True,
+        ),
+        ("```python\nimport operator\nFN = operator.add\ndef add(a, b):\n    return FN(a, b)\n```", True),
+        # ... but what is cut or missing from the function itself still fails
+        ("```python\ndef add(a, b):\n    total = a + b\n    return tot", False),
+        ("```python\ndef add(a, b):\n    return helper(a, b)\n\nhelper = lambda a, b: a - b\n```", False),
     ],
 )
 def test_code_grader(answer, expected):
@@ -118,3 +136,16 @@ def test_code_grader(answer, expected):
 
     example = Example(id="t", question="", gold=PROMPT, tests=ADD_TESTS, entry_point="add")
     assert get_task("humaneval_plus").grade(answer, example).correct is expected
+
+
+def test_mbpp_names_the_function_its_test_calls_not_a_builtin_around_it():
+    from latentmas.tasks import get_task
+
+    examples = get_task("mbpp_plus").load("tests/fixtures/mbpp_plus.jsonl")
+    assert [e.entry_point for e in examples] == ["similar_elements", "is_not_prime"]
+    example = examples[1]
+    answer = (
+        "```python\ndef is_not_prime(n):\n    return n < 2 or any(n % i == 0 for i in range(2, n))\n```\n"
+        "```python\nprint(is_not_prime(2)"  # a second block, cut off by the token limit
+    )
+    assert get_task("mbpp_plus").grade(answer, example).correct

@@ -6,6 +6,7 @@ batch in flight; a rerun with the same output folder skips the ids already there
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -41,6 +42,7 @@ class QuestionResult:
     agents: list[AgentStep] = field(default_factory=list)
     settings: dict = field(default_factory=dict)  # method, topology, latent steps, sampling, seed
     group: str = ""  # the example's subtask (BBH), for per-subtask accuracy
+    grading: str = "1"  # the task's grading rule that scored it (rows from before the field: "1")
 
     @classmethod
     def from_json(cls, row: dict) -> QuestionResult:
@@ -80,6 +82,52 @@ def read_results(path: Path) -> list[QuestionResult]:
         except (json.JSONDecodeError, TypeError) as exc:
             log.warning("%s: line %d is not a result (%s); skipped", path, number, str(exc)[:80])
     return results
+
+
+def regrade(out_dir: Path, task: Task, examples: list[Example]) -> int:
+    """Grade again, from their final texts, the answers in `out_dir` that another grading rule
+    scored; returns how many changed verdict.
+
+    A fixed grader must not leave a run mixing two rules, so every reader of results.jsonl
+    sees one rule: the file is rewritten (atomically) before anything reads it.
+    """
+    path = out_dir / "results.jsonl"
+    by_id = {e.id: e for e in examples}
+
+    def stale(results: list[QuestionResult]) -> list[QuestionResult]:
+        return [r for r in results if r.grading != task.grading and r.id in by_id]
+
+    if not stale(read_results(path)):
+        return 0  # the common case reads without the lock, so a report can run beside a run
+    changed = 0
+    with path.open("a") as held:
+        _hold(held, path)
+        results = read_results(path)
+        regraded = stale(results)
+        for result in regraded:
+            grade = task.grade(result.final_text, by_id[result.id])
+            changed += grade.correct != result.correct
+            result.prediction, result.correct, result.grading = grade.prediction, grade.correct, task.grading
+        rewritten = path.with_suffix(".jsonl.regraded")
+        rewritten.write_text("".join(json.dumps(asdict(r)) + "\n" for r in results), encoding="utf-8")
+        os.replace(rewritten, path)
+    log.warning(
+        "%s: %d answers graded again by rule %r, %d changed verdict",
+        path,
+        len(regraded),
+        task.grading,
+        changed,
+    )
+    return changed
+
+
+def _hold(file, path: Path) -> None:
+    """One writer per results file: a second run appending, or a regrade renaming the file
+    under a run, would lose answers."""
+    try:
+        fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise LatentMASError(f"{path} is being written by another run; wait for it to end") from None
 
 
 def drop_torn_tail(path: Path) -> None:
@@ -293,8 +341,10 @@ def evaluate(
     settings = {**method.describe(), **asdict(method.sampling)}
     _check_same_run(out_dir, run_record(method, task, data))
     results_path = out_dir / "results.jsonl"
+    drop_torn_tail(results_path)
+    _check_same_questions({r.id: r for r in read_results(results_path)}, examples, out_dir)
+    regrade(out_dir, task, examples)
     done = {r.id: r for r in read_results(results_path)}
-    _check_same_questions(done, examples, out_dir)
     _log_environment(out_dir, len(done))
     todo = [e for e in examples if e.id not in done]
     if batch_size > 1:
@@ -303,11 +353,11 @@ def evaluate(
         todo.sort(key=lambda e: len(e.question))
     if on_batch and done:
         on_batch([done[e.id] for e in examples if e.id in done])
-    drop_torn_tail(results_path)
     if trace_path is not None:
         drop_torn_tail(trace_path)
     with ExitStack() as files:
         sink = files.enter_context(results_path.open("a", encoding="utf-8"))
+        _hold(sink, results_path)
         trace_sink = files.enter_context(trace_path.open("a", encoding="utf-8")) if trace_path else None
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
@@ -331,6 +381,7 @@ def evaluate(
                     agents=answer.agents,
                     settings=settings,
                     group=example.group,
+                    grading=task.grading,
                 )
                 sink.write(json.dumps(asdict(result)) + "\n")
                 if trace_sink is not None and answer.trace is not None:

@@ -39,6 +39,7 @@ class Task(Protocol):
     source: str  # where --data hub loads from
     size: int  # questions in the full evaluation split
     answer_format: str  # appended to the final agent's instruction
+    grading: str  # names the grading rule; answers scored by another are graded again (evaluate.regrade)
 
     def load(self, data: str | None = None) -> list[Example]: ...
 

@@ -122,6 +122,7 @@ class BBH:
     subtask: str | None = None
     kind: str = "choice"  # graded by exact match, like the multiple-choice tasks
     answer_format: str = "Put the final answer in \\boxed{}."
+    grading: str = "1"
 
     @property
     def name(self) -> str:

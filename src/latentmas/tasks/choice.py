@@ -67,6 +67,7 @@ class ChoiceTask:
     adapter: Callable[[dict], tuple[str, list[str], int]]
     kind: str = "choice"
     answer_format: str = "End with the letter of the correct option in \\boxed{}, for example \\boxed{B}."
+    grading: str = "1"
 
     @property
     def source(self) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import builtins
 import gzip
 import json
 import re
@@ -14,6 +16,8 @@ from ..sandbox import run_python
 from . import Example, Grade, read_rows
 
 _FENCE = re.compile(r"```(?:python|py|Python)?[ \t]*\n(.*?)```", re.S)
+_OPEN_FENCE = re.compile(r"```(?:python|py|Python)?[ \t]*\n(.*)", re.S)
+GRADING = "sanitized"  # code answers are cut to their definitions (2026-12-04); before: the raw last block
 
 
 def closed_code_blocks(text: str) -> list[str]:
@@ -21,13 +25,57 @@ def closed_code_blocks(text: str) -> list[str]:
     return _FENCE.findall(text)
 
 
-def extract_code(text: str) -> str:
-    """The last fenced code block; the whole text if there is none."""
+def code_blocks(text: str) -> list[str]:
+    """The closed code fences in order, then one left open at the end (cut off by the token limit)."""
     blocks = closed_code_blocks(text)
-    if blocks:
-        return blocks[-1]
-    opened = re.search(r"```(?:python|py)?[ \t]*\n(.*)$", text, re.S)  # cut off before the closing fence
-    return opened.group(1) if opened else text
+    if text.count("```") % 2:
+        opened = _OPEN_FENCE.match(text[text.rfind("```") :])
+        if opened:
+            blocks.append(opened.group(1))
+    return blocks
+
+
+def extract_code(text: str, entry_point: str = "") -> str:
+    """The code to run: the last block that defines `entry_point` (else the last block, else
+    the whole text); a block that defines it is reduced to its definitions."""
+    blocks = code_blocks(text) or [text]
+    defining = [b for b in blocks if entry_point and _defines(b, entry_point)]
+    return definitions(defining[-1]) if defining else blocks[-1]
+
+
+def _defines(code: str, entry_point: str) -> bool:
+    return re.search(rf"def\s+{re.escape(entry_point)}\s*\(", code) is not None
+
+
+_KEPT = (
+    ast.Import,
+    ast.ImportFrom,
+    ast.FunctionDef,
+    ast.AsyncFunctionDef,
+    ast.ClassDef,
+    ast.Assign,
+    ast.AnnAssign,
+)
+
+
+def definitions(code: str) -> str:
+    """The imports, definitions and assignments of the longest run of whole lines that parses.
+
+    As EvalPlus's sanitizer does: an answer cut off by the token limit ends mid-line after a
+    complete function, and the model's own example calls (`print(f(3))`, asserts, a main
+    block) are not the solution; left in, either fails a correct function.
+    """
+    lines = code.split("\n")
+    for end in range(len(lines), 0, -1):
+        head = "\n".join(lines[:end])
+        try:
+            tree = ast.parse(head)
+        except (SyntaxError, ValueError):
+            continue
+        return "\n\n".join(
+            ast.get_source_segment(head, node) for node in tree.body if isinstance(node, _KEPT)
+        )
+    return code
 
 
 def run_tests(program: str) -> bool:
@@ -62,6 +110,7 @@ class HumanEvalPlus:
     answer_format: str = (
         "Write the complete function, with any imports it needs, in one ```python code block."
     )
+    grading: str = GRADING
 
     def load(self, data: str | None = None) -> list[Example]:
         rows = _humaneval_rows_offline() if data is None else read_rows(data, self.hub, self.name)
@@ -84,11 +133,27 @@ class HumanEvalPlus:
         return examples
 
     def grade(self, text: str, example: Example) -> Grade:
-        code = extract_code(text)
-        if not re.search(rf"def\s+{re.escape(example.entry_point)}\s*\(", code):
+        code = extract_code(text, example.entry_point)
+        if not _defines(code, example.entry_point):
             code = example.gold + code  # a body written as a completion of the prompt
         program = f"{code}\n\n{example.tests}\n\ncheck({example.entry_point})\n"
         return Grade(code, run_tests(program))
+
+
+def _function_under_test(test: str) -> str:
+    """The first function a test calls that is not a builtin (`assert set(f(1)) == …` → f)."""
+    try:
+        tree = ast.parse(test)
+    except SyntaxError:
+        return ""
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id not in dir(builtins)
+        ):
+            return node.func.id
+    return ""
 
 
 @dataclass(frozen=True)
@@ -101,6 +166,7 @@ class MBPPPlus:
     answer_format: str = (
         "Write the complete function, with any imports it needs, in one ```python code block."
     )
+    grading: str = GRADING
 
     def load(self, data: str | None = None) -> list[Example]:
         examples = []
@@ -112,13 +178,20 @@ class MBPPPlus:
             except (KeyError, IndexError) as exc:
                 raise LatentMASError(f"{data}: row {i + 1} is not in MBPP+ format ({exc})") from exc
             question = f"{prompt}\nYour code should pass this test:\n{example_test}"
+            entry = row.get("entry_point") or _function_under_test(example_test)
             examples.append(
-                Example(id=f"mbpp-{row.get('task_id', i)}", question=question, gold="", tests=tests)
+                Example(
+                    id=f"mbpp-{row.get('task_id', i)}",
+                    question=question,
+                    gold="",
+                    tests=tests,
+                    entry_point=entry,
+                )
             )
         return examples
 
     def grade(self, text: str, example: Example) -> Grade:
-        code = extract_code(text)
+        code = extract_code(text, example.entry_point)
         return Grade(code, run_tests(f"{code}\n\n{example.tests}\n"))
 
 

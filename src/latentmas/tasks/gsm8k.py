@@ -51,6 +51,7 @@ class GSM8K:
     source = "openai/gsm8k (main, test)"
     size = 1319
     answer_format = "Put the final numeric answer in \\boxed{}."
+    grading = "1"
 
     def load(self, data: str | None = None) -> list[Example]:
         if data is None:

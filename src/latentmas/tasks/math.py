@@ -15,6 +15,7 @@ class MathTask:
     size: int
     kind: str = "math"
     answer_format: str = "Put the final answer in \\boxed{}."
+    grading: str = "1"
 
     @property
     def source(self) -> str:
