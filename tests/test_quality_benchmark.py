@@ -278,3 +278,37 @@ def test_scale_quick_runs_both_embedded_models_then_tabulates_their_first_questi
     monkeypatch.setattr(scale.quality, "main", lambda argv: 2)
     assert scale.main(["--quick", "--out", str(tmp_path / "failed")]) == 2
     assert not (tmp_path / "failed" / "scale.json").exists()
+
+
+def test_scale_refuses_answers_an_earlier_grading_rule_scored(tmp_path, benchmark_script):
+    from latentmas.errors import LatentMASError
+
+    _write_results(tmp_path / "m", "single", [True, False])
+    path = tmp_path / "m" / "gsm8k" / "single" / "results.jsonl"
+    path.write_text(path.read_text().replace('"grading": "1"', '"grading": "0"'))
+    scale = benchmark_script("scale")
+    with pytest.raises(LatentMASError, match="graded by an earlier rule.*--report-only"):
+        scale.main(["--models", f"m={tmp_path / 'm'}", "--configs", "single", "--out", str(tmp_path / "out")])
+
+
+def test_a_report_grades_again_what_an_earlier_rule_scored(tmp_path, benchmark_script):
+    """A right HumanEval answer cut off in its own example call: wrong by the first rule,
+    right by the current one, and the report must say the current one."""
+    from latentmas.tasks.code import _humaneval_rows_offline
+
+    first = _humaneval_rows_offline()[0]
+    text = (
+        f"```python\n{first['prompt']}{first['canonical_solution']}\nprint({first['entry_point']}([1.0, 2.0"
+    )
+    row = dict(id=first["task_id"], question="", gold="", prediction=None, correct=False, final_text=text)
+    row |= dict(
+        input_tokens=1, output_tokens=384, latent_steps=0, seconds=1.0
+    )  # no "grading": the first rule
+    folder = tmp_path / "out" / "humaneval_plus" / "single"
+    folder.mkdir(parents=True)
+    (folder / "results.jsonl").write_text(json.dumps(row) + "\n")
+    quality = benchmark_script("quality")
+    argv = ["--report-only", "--tasks", "humaneval_plus", "--limit", "1", "--configs", "single"]
+    assert quality.main([*argv, "--out", str(tmp_path / "out")]) == 0
+    [single] = json.loads((tmp_path / "out" / "humaneval_plus" / "quality.json").read_text())["rows"]
+    assert single["accuracy"] == 1.0
