@@ -126,6 +126,10 @@ PROMPT = 'def add(a, b):\n    """Return a + b."""\n'
             True,
         ),
         ("```python\nimport operator\nFN = operator.add\ndef add(a, b):\n    return FN(a, b)\n```", True),
+        (
+            "```python\ndef twice(f):\n    return lambda a, b: 2 * f(a, b)\n\n@twice\ndef add(a, b):\n    return a + b\n```",
+            False,
+        ),
         # ... but what is cut or missing from the function itself still fails
         ("```python\ndef add(a, b):\n    total = a + b\n    return tot", False),
         ("```python\ndef add(a, b):\n    return helper(a, b)\n\nhelper = lambda a, b: a - b\n```", False),

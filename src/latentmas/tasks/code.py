@@ -72,9 +72,11 @@ def definitions(code: str) -> str:
             tree = ast.parse(head)
         except (SyntaxError, ValueError):
             continue
-        return "\n\n".join(
-            ast.get_source_segment(head, node) for node in tree.body if isinstance(node, _KEPT)
-        )
+        kept = [node for node in tree.body if isinstance(node, _KEPT)]
+        starts = [
+            min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])]) for node in kept
+        ]
+        return "\n\n".join("\n".join(lines[a - 1 : n.end_lineno]) for a, n in zip(starts, kept))
     return code
 
 
