@@ -72,12 +72,17 @@ def definitions(code: str) -> str:
             tree = ast.parse(head)
         except (SyntaxError, ValueError):
             continue
-        kept = [node for node in tree.body if isinstance(node, _KEPT)]
-        starts = [
-            min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])]) for node in kept
-        ]
-        return "\n\n".join("\n".join(lines[a - 1 : n.end_lineno]) for a, n in zip(starts, kept))
+        return "\n\n".join(
+            "\n".join(lines[_first_line(node) - 1 : node.end_lineno])
+            for node in tree.body
+            if isinstance(node, _KEPT)
+        )
     return code
+
+
+def _first_line(node: ast.stmt) -> int:
+    """A decorated definition starts at its first decorator, which changes what it does."""
+    return min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
 
 
 def run_tests(program: str) -> bool:
