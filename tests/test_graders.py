@@ -126,6 +126,10 @@ PROMPT = 'def add(a, b):\n    """Return a + b."""\n'
             True,
         ),
         ("```python\nimport operator\nFN = operator.add\ndef add(a, b):\n    return FN(a, b)\n```", True),
+        (  # a kept statement shares its line with an example call: only the statement is kept
+            "```python\ndef add(a, b):\n    return a + b\n\nx = add(1, 1); assert x == 3\n```",
+            True,
+        ),
         (
             "```python\ndef twice(f):\n    return lambda a, b: 2 * f(a, b)\n\n@twice\ndef add(a, b):\n    return a + b\n```",
             False,

@@ -17,7 +17,10 @@ from . import Example, Grade, read_rows
 
 _FENCE = re.compile(r"```(?:python|py|Python)?[ \t]*\n(.*?)```", re.S)
 _OPEN_FENCE = re.compile(r"```(?:python|py|Python)?[ \t]*\n(.*)", re.S)
-GRADING = "sanitized"  # code answers are cut to their definitions (2026-12-04); before: the raw last block
+# Code answers are cut to their definitions (2026-12-04); before: the raw last block. Cutting
+# statements that share a line apart (later that day) changed no verdict among the 2,928
+# stored answers, so it kept the name.
+GRADING = "sanitized"
 
 
 def closed_code_blocks(text: str) -> list[str]:
@@ -72,17 +75,18 @@ def definitions(code: str) -> str:
             tree = ast.parse(head)
         except (SyntaxError, ValueError):
             continue
-        return "\n\n".join(
-            "\n".join(lines[_first_line(node) - 1 : node.end_lineno])
-            for node in tree.body
-            if isinstance(node, _KEPT)
-        )
+        return "\n\n".join(_source(head, lines, node) for node in tree.body if isinstance(node, _KEPT))
     return code
 
 
-def _first_line(node: ast.stmt) -> int:
-    """A decorated definition starts at its first decorator, which changes what it does."""
-    return min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+def _source(code: str, lines: list[str], node: ast.stmt) -> str:
+    """The statement's own text: from its first decorator (which changes what it does), and
+    without the statements that share its lines (`x = f(); assert x == 3`)."""
+    decorators = getattr(node, "decorator_list", [])
+    if decorators:
+        return "\n".join(lines[decorators[0].lineno - 1 : node.end_lineno])
+    rest = lines[node.end_lineno - 1].encode()[node.end_col_offset :].decode()
+    return ast.get_source_segment(code, node) + (rest if rest.lstrip().startswith("#") else "")
 
 
 def run_tests(program: str) -> bool:
