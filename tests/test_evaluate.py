@@ -243,6 +243,18 @@ def test_answers_scored_by_an_earlier_grading_rule_are_graded_again_once(tmp_pat
     assert path.stat().st_mtime_ns == before  # nothing stale: the file is not rewritten
 
 
+def test_a_resumed_run_summarizes_its_answers_as_graded_again(tiny, tmp_path):
+    from latentmas.tasks import Example
+
+    task = get_task("humaneval_plus")
+    tests = "def check(f):\n    assert f(2, 3) == 5\n"
+    examples = [Example(id="t", question="", gold="", tests=tests, entry_point="add")]
+    (tmp_path / "results.jsonl").write_text(_code_row())  # wrong under the first rule
+    method = LatentMAS(tiny, Sampling(max_new_tokens=2), latent_steps=0)
+    method.solve = lambda *_: pytest.fail("the answer was already there")
+    assert evaluate(method, task, examples, tmp_path).accuracy == 1.0
+
+
 def test_a_results_file_has_one_writer(tiny, tmp_path):
     import fcntl
 

@@ -342,9 +342,11 @@ def evaluate(
     _check_same_run(out_dir, run_record(method, task, data))
     results_path = out_dir / "results.jsonl"
     drop_torn_tail(results_path)
-    _check_same_questions({r.id: r for r in read_results(results_path)}, examples, out_dir)
-    regrade(out_dir, task, examples)
     done = {r.id: r for r in read_results(results_path)}
+    _check_same_questions(done, examples, out_dir)
+    if any(r.grading != task.grading for r in done.values()):
+        regrade(out_dir, task, examples)
+        done = {r.id: r for r in read_results(results_path)}  # as rewritten under the current rule
     _log_environment(out_dir, len(done))
     todo = [e for e in examples if e.id not in done]
     if batch_size > 1:
