@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import os
 
 import pytest
 
@@ -58,6 +59,28 @@ def test_torn_last_line_is_redone_and_the_file_reads_back_whole(tiny, tmp_path):
     ids = [json.loads(line)["id"] for line in path.read_text().splitlines()]
     assert sorted(ids) == ["gsm8k-0", "gsm8k-1", "gsm8k-2"]
     assert path.read_bytes().endswith(b"\n")
+
+
+def test_a_results_file_replaced_during_the_run_loses_no_answer(tiny, tmp_path):
+    # As `git stash` while a run writes a tracked results.jsonl: the path gets an older copy
+    # (a new file), and the answers appended since went to the file that lost its name.
+    task = get_task("gsm8k")
+    examples = task.load()[:6]
+    method = LatentMAS(tiny, Sampling(max_new_tokens=2), latent_steps=0)
+    path, solve, batches = tmp_path / "results.jsonl", method.solve, []
+
+    def solve_and_replace(questions, answer_format=""):
+        batches.append(len(questions))
+        if len(batches) == 3:
+            older = path.read_text().splitlines(keepends=True)[:1]
+            (tmp_path / "older").write_text("".join(older))
+            os.replace(tmp_path / "older", path)
+        return solve(questions, answer_format)
+
+    method.solve = solve_and_replace
+    assert evaluate(method, task, examples, tmp_path, batch_size=2).n == 6
+    ids = [json.loads(line)["id"] for line in path.read_text().splitlines()]
+    assert sorted(ids) == [f"gsm8k-{i}" for i in range(6)]
 
 
 def test_drop_torn_tail_keeps_whole_lines(tmp_path):

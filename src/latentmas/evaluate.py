@@ -130,6 +130,50 @@ def _hold(file, path: Path) -> None:
         raise LatentMASError(f"{path} is being written by another run; wait for it to end") from None
 
 
+class _ResultsSink:
+    """The run's open `results.jsonl`, held by this run alone, and followed if the path is
+    replaced under it (`git stash`, a sync tool, an editor's save): answers appended to a
+    file that no longer has a name would be lost at the end of the run."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.file = path.open("a+", encoding="utf-8")
+        _hold(self.file, path)
+
+    def write(self, results: list[QuestionResult]) -> None:
+        self._follow()
+        self.file.write("".join(json.dumps(asdict(r)) + "\n" for r in results))
+        _sync(self.file)
+
+    def _follow(self) -> None:
+        try:
+            if os.path.samestat(os.fstat(self.file.fileno()), os.stat(self.path)):
+                return
+        except FileNotFoundError:
+            pass
+        self.file.seek(0)
+        lines = [line for line in self.file.read().splitlines() if line.strip()]
+        replacement = self.path.open("a+", encoding="utf-8")
+        _hold(replacement, self.path)
+        present = {r.id for r in read_results(self.path)}
+        missing = [line for line in lines if _row_id(line) not in present]
+        replacement.write("".join(line + "\n" for line in missing))
+        _sync(replacement)
+        self.file.close()
+        self.file = replacement
+        log.warning("%s was replaced during the run; %d answers written again", self.path, len(missing))
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _row_id(line: str) -> str | None:
+    try:
+        return json.loads(line).get("id")
+    except (json.JSONDecodeError, AttributeError):
+        return None
+
+
 def drop_torn_tail(path: Path) -> None:
     """Cut a partial last line (a crash mid-write) so the next append starts on a fresh line.
 
@@ -358,8 +402,8 @@ def evaluate(
     if trace_path is not None:
         drop_torn_tail(trace_path)
     with ExitStack() as files:
-        sink = files.enter_context(results_path.open("a", encoding="utf-8"))
-        _hold(sink, results_path)
+        sink = _ResultsSink(results_path)
+        files.callback(sink.close)
         trace_sink = files.enter_context(trace_path.open("a", encoding="utf-8")) if trace_path else None
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
@@ -385,7 +429,6 @@ def evaluate(
                     group=example.group,
                     grading=task.grading,
                 )
-                sink.write(json.dumps(asdict(result)) + "\n")
                 if trace_sink is not None and answer.trace is not None:
                     trace_sink.write(json.dumps({"id": example.id, **answer.trace.to_json()}) + "\n")
                     if trace_vectors:
@@ -394,7 +437,7 @@ def evaluate(
                         )
                 done[example.id] = result
                 finished.append(result)
-            _sync(sink)
+            sink.write(finished)
             if trace_sink is not None:
                 _sync(trace_sink)
             if on_batch:
