@@ -130,19 +130,19 @@ def _hold(file, path: Path) -> None:
         raise LatentMASError(f"{path} is being written by another run; wait for it to end") from None
 
 
-class _ResultsSink:
-    """The run's open `results.jsonl`, held by this run alone, and followed if the path is
-    replaced under it (`git stash`, a sync tool, an editor's save): answers appended to a
-    file that no longer has a name would be lost at the end of the run."""
+class _RowsFile:
+    """A run's open JSONL file of rows with an `id` (results, traces), held by this run alone
+    and followed if the path is replaced under it (`git stash`, a sync tool, an editor's
+    save): rows appended to a file that no longer has a name would be lost."""
 
     def __init__(self, path: Path):
         self.path = path
         self.file = path.open("a+", encoding="utf-8")
         _hold(self.file, path)
 
-    def write(self, results: list[QuestionResult]) -> None:
+    def write(self, rows: list[dict]) -> None:
         self._follow()
-        self.file.write("".join(json.dumps(asdict(r)) + "\n" for r in results))
+        self.file.write("".join(json.dumps(row) + "\n" for row in rows))
         _sync(self.file)
 
     def _follow(self) -> None:
@@ -155,13 +155,14 @@ class _ResultsSink:
         lines = [line for line in self.file.read().splitlines() if line.strip()]
         replacement = self.path.open("a+", encoding="utf-8")
         _hold(replacement, self.path)
-        present = {r.id for r in read_results(self.path)}
+        replacement.seek(0)
+        present = {_row_id(line) for line in replacement.read().splitlines()}
         missing = [line for line in lines if _row_id(line) not in present]
         replacement.write("".join(line + "\n" for line in missing))
         _sync(replacement)
         self.file.close()
         self.file = replacement
-        log.warning("%s was replaced during the run; %d answers written again", self.path, len(missing))
+        log.warning("%s was replaced during the run; %d rows written again", self.path, len(missing))
 
     def close(self) -> None:
         self.file.close()
@@ -402,15 +403,17 @@ def evaluate(
     if trace_path is not None:
         drop_torn_tail(trace_path)
     with ExitStack() as files:
-        sink = _ResultsSink(results_path)
+        sink = _RowsFile(results_path)
         files.callback(sink.close)
-        trace_sink = files.enter_context(trace_path.open("a", encoding="utf-8")) if trace_path else None
+        trace_sink = _RowsFile(trace_path) if trace_path else None
+        if trace_sink is not None:
+            files.callback(trace_sink.close)
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
             began = time.perf_counter()
             answers = method.solve([e.question for e in batch], task.answer_format)
             share = (time.perf_counter() - began) / len(batch)
-            finished = []
+            finished, traces = [], []
             for example, answer in zip(batch, answers):
                 grade = task.grade(answer.final_text, example)
                 result = QuestionResult(
@@ -430,16 +433,16 @@ def evaluate(
                     grading=task.grading,
                 )
                 if trace_sink is not None and answer.trace is not None:
-                    trace_sink.write(json.dumps({"id": example.id, **answer.trace.to_json()}) + "\n")
+                    traces.append({"id": example.id, **answer.trace.to_json()})
                     if trace_vectors:
                         answer.trace.save_vectors(
                             vectors_dir(trace_path) / f"{example.id.replace('/', '_')}.npz"
                         )
                 done[example.id] = result
                 finished.append(result)
-            sink.write(finished)
+            sink.write([asdict(r) for r in finished])
             if trace_sink is not None:
-                _sync(trace_sink)
+                trace_sink.write(traces)
             if on_batch:
                 on_batch(finished)
     wanted = [done[e.id] for e in examples if e.id in done]
