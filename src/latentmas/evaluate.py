@@ -156,9 +156,11 @@ class _RowsFile:
         replacement = self.path.open("a+", encoding="utf-8")
         _hold(replacement, self.path)
         replacement.seek(0)
-        present = {_row_id(line) for line in replacement.read().splitlines()}
+        there = replacement.read()
+        present = {_row_id(line) for line in there.splitlines()}
         missing = [line for line in lines if _row_id(line) not in present]
-        replacement.write("".join(line + "\n" for line in missing))
+        glue = "\n" if there and not there.endswith("\n") else ""  # a torn last line stays apart
+        replacement.write(glue + "".join(line + "\n" for line in missing))
         _sync(replacement)
         self.file.close()
         self.file = replacement
