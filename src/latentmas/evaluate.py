@@ -166,7 +166,10 @@ class _RowsFile:
         self.file = replacement
         log.warning("%s was replaced during the run; %d rows written again", self.path, len(missing))
 
-    def close(self) -> None:
+    def __enter__(self) -> _RowsFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
         self.file.close()
 
 
@@ -405,11 +408,8 @@ def evaluate(
     if trace_path is not None:
         drop_torn_tail(trace_path)
     with ExitStack() as files:
-        sink = _RowsFile(results_path)
-        files.callback(sink.close)
-        trace_sink = _RowsFile(trace_path) if trace_path else None
-        if trace_sink is not None:
-            files.callback(trace_sink.close)
+        sink = files.enter_context(_RowsFile(results_path))
+        trace_sink = files.enter_context(_RowsFile(trace_path)) if trace_path else None
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
             began = time.perf_counter()
