@@ -125,9 +125,18 @@ class Endings:
     hit_limit: int  # the final agent's decoding stopped at max_new_tokens
     stopped_unanswered: int  # the model ended its turn before giving an answer
     repetitive: int  # some line repeats at least REPEATS times: a decoding loop
+    wrote_refiners_plan: (
+        int  # the final agent presents the Refiner's plan (REFINERS_PLAN): its role taken over
+    )
 
 
 REPEATS = 4
+# The Refiner's task in the sequential roles (prompts/roles.yaml) is "an improved plan". The
+# Solver may *follow* "the refined plan"; presenting one is the Refiner's job, not its own.
+REFINERS_PLAN = re.compile(
+    r"\bimproved plan\b|\b(here'?s|here is|below is) (the|an|my) (refined|revised|updated) plan\b",
+    re.IGNORECASE,
+)
 
 
 def gave_answer(kind: str, text: str) -> bool:
@@ -153,6 +162,7 @@ def endings(results, max_new_tokens: int, kind: str = "math") -> Endings:
         hit_limit=len(at_limit),
         stopped_unanswered=len({r.id for r in results} - answered - at_limit),
         repetitive=sum(loops(r.final_text) for r in results),
+        wrote_refiners_plan=sum(bool(REFINERS_PLAN.search(r.final_text)) for r in results),
     )
 
 
@@ -380,12 +390,19 @@ def endings_table(rows: list[Row], title: str, kind: str = "math") -> str:
     """Where answers go wrong: the format (no answer, loops, cut off) or the content (wrong when answered)."""
     answer = "code block with a def" if kind == "code" else "boxed answer"
     header = ["config", "n", f"{answer} %", "correct when given", "hit token limit %"]
-    header += ["ended turn unanswered %", "repetitive %"]
+    header += ["ended turn unanswered %", "repetitive %", "writes the Refiner's plan %"]
     cells = []
     for r in rows:
         e = r.endings
         share = [
-            f"{100 * k / r.n:.0f}" for k in (e.answered, e.hit_limit, e.stopped_unanswered, e.repetitive)
+            f"{100 * k / r.n:.0f}"
+            for k in (
+                e.answered,
+                e.hit_limit,
+                e.stopped_unanswered,
+                e.repetitive,
+                e.wrote_refiners_plan,
+            )
         ]
         given = e.correct_when_answered
         when = f"{given}/{e.answered} ({100 * given / max(e.answered, 1):.0f}%)"

@@ -204,6 +204,20 @@ def test_endings_tell_format_failures_from_wrong_maths(benchmark_script):
     assert (e.answered, e.correct_when_answered, e.hit_limit, e.stopped_unanswered) == (2, 1, 1, 2)
 
 
+def test_endings_count_final_answers_that_write_the_refiners_plan(benchmark_script):
+    quality = benchmark_script("quality")
+    from latentmas.evaluate import QuestionResult
+
+    texts = [
+        "Here's the improved plan and the final function:",  # the Refiner's task
+        "Here is the revised plan:\n1. Sort the list",
+        "Let's follow the refined plan step by step: \\boxed{3}",  # the Solver's own task
+        "The critical step is the sum. \\boxed{3}",
+    ]
+    results = [QuestionResult(f"q{i}", "?", "3", None, False, t, 10, 20, 0, 1.0) for i, t in enumerate(texts)]
+    assert quality.endings(results, max_new_tokens=64).wrote_refiners_plan == 2
+
+
 def test_holm_adjustment_matches_the_step_down_definition():
     from latentmas.stats import holm_adjust
 
