@@ -125,9 +125,7 @@ class Endings:
     hit_limit: int  # the final agent's decoding stopped at max_new_tokens
     stopped_unanswered: int  # the model ended its turn before giving an answer
     repetitive: int  # some line repeats at least REPEATS times: a decoding loop
-    wrote_refiners_plan: (
-        int  # the final agent presents the Refiner's plan (REFINERS_PLAN): its role taken over
-    )
+    wrote_refiners_plan: int  # the Solver presents the Refiner's plan: an earlier role taken over
 
 
 REPEATS = 4
