@@ -109,7 +109,7 @@ def _humaneval_rows_offline() -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-# Both code tasks ask for the same thing, so their answers are graded the same way.
+# Both code tasks ask for the answer in the same form: one function in one code block.
 ANSWER_FORMAT = "Write the complete function, with any imports it needs, in one ```python code block."
 
 
