@@ -6,8 +6,9 @@ two runs that should agree (float32 against bfloat16). Reads the folders that
     # questions, 192 tokens, four configurations, then the same table
     python benchmarks/scale.py --quick
 
-    # the scale table: accuracy at each size, paired tests against single and against m = 0
-    # on each model (exact McNemar, raw and Holm-adjusted across the configurations), a plot
+    # the scale table: accuracy at each size, paired tests against single, m = 0 and TextMAS
+    # on each model (exact McNemar, raw and Holm-adjusted across the configurations), decoded
+    # tokens against TextMAS's, whether each latent configuration meets the user's target, a plot
     python benchmarks/scale.py --models "0.5B=benchmarks/results/quality,1.5B=benchmarks/results/quality-1.5b"
 
     # do two runs of the same configurations agree? (e.g. float32 against bfloat16)
@@ -33,7 +34,8 @@ from latentmas.stats import compare_paired, holm_adjust, wilson_interval  # noqa
 from latentmas.tasks import get_task  # noqa: E402
 
 DEFAULT_CONFIGS = "single,text_mas,latent_mas,latent_mas[m=0],latent_mas[m=1],latent_mas[realign=none]"
-BASELINES = ("single", "latent_mas[m=0]")
+BASELINES = ("single", "latent_mas[m=0]", "text_mas")
+TEXT_MAS_MARGIN = 0.02  # the user's target (issue 22): >= single, >= text_mas - 2 points, <= half its tokens
 QUICK_MODELS = {"0.5B": "qwen2.5-coder-0.5b", "1.5B": "qwen2.5-coder-1.5b"}
 QUICK_CONFIGS = "single,text_mas,latent_mas,latent_mas[m=0]"
 
@@ -99,26 +101,58 @@ def scale_table(models: dict[str, Path], task: str, configs: list[str], limit: i
                     }
                 )
             rows.append(row)
+        text_mas = next((r for r in rows if r["model"] == model and r["config"] == "text_mas"), None)
+        single = next((r for r in rows if r["model"] == model and r["config"] == "single"), None)
+        for row in rows:
+            if row["model"] == model:
+                compared = text_mas is not None and row is not text_mas
+                row["tokens vs text_mas"] = row["tokens"] / text_mas["tokens"] - 1 if compared else None
+                row["user target"] = _user_target(row, single, text_mas)
 
     def cell(v) -> str:
         if v is None:
             return "—"
-        return f"{100 * v['difference']:+.1f} ({v['only_config']}/{v['only_baseline']}; p {v['p']:.3f}, Holm {v['p_holm']:.3f})"
+        return (
+            f"{100 * v['difference']:+.1f} ({v['only_config']}/{v['only_baseline']}; "
+            f"p {_p(v['p'])}, Holm {_p(v['p_holm'])})"
+        )
 
     lines = [
         f"### {task}: accuracy at each size (first {limit} questions; vs = points, discordant config/baseline, "
         "exact McNemar p, Holm-adjusted across the configurations)",
         "",
-        "| model | config | n | accuracy % [95% CI] | vs single | vs m = 0 | decoded tokens/q | s/q |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | config | n | accuracy % [95% CI] | vs single | vs m = 0 | vs TextMAS | decoded tokens/q "
+        "| tokens vs TextMAS | ≥ single, ≥ TextMAS − 2, ≤ ½ its tokens | s/q |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        share = "—" if r["tokens vs text_mas"] is None else f"{100 * r['tokens vs text_mas']:+.0f}%"
+        target = {True: "yes", False: "no", None: "—"}[r["user target"]]
         lines.append(
             f"| {r['model']} | {r['config']} | {r['n']} | {100 * r['accuracy']:.1f} "
             f"[{100 * r['ci'][0]:.1f}, {100 * r['ci'][1]:.1f}] | {cell(r['vs single'])} | "
-            f"{cell(r['vs latent_mas[m=0]'])} | {r['tokens']:.0f} | {r['seconds']:.1f} |"
+            f"{cell(r['vs latent_mas[m=0]'])} | {cell(r['vs text_mas'])} | {r['tokens']:.0f} | {share} | "
+            f"{target} | {r['seconds']:.1f} |"
         )
     return "\n".join(lines), rows
+
+
+def _p(p: float) -> str:
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _user_target(row: dict, single: dict | None, text_mas: dict | None) -> bool | None:
+    """Whether a latent configuration meets the goal a user cares about, on point estimates:
+    at least the single agent's accuracy, at most 2 points below TextMAS's, with at most half
+    TextMAS's decoded tokens. None for the baselines themselves or when one is missing."""
+    if single is None or text_mas is None or row["config"] in ("single", "text_mas"):
+        return None
+    tie = 1e-9  # accuracies are ratios of counts: 0.565 must reach 0.585 - 0.02
+    return (
+        row["accuracy"] + tie >= single["accuracy"]
+        and row["accuracy"] + tie >= text_mas["accuracy"] - TEXT_MAS_MARGIN
+        and row["tokens"] <= text_mas["tokens"] / 2
+    )
 
 
 def _first_ids(answers: dict[str, dict], limit: int) -> list[str] | None:

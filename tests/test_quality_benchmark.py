@@ -227,7 +227,7 @@ def test_holm_adjustment_matches_the_step_down_definition():
     assert holm_adjust([]) == []
 
 
-def _write_results(folder: Path, config: str, right: list[bool]) -> None:
+def _write_results(folder: Path, config: str, right: list[bool], tokens: int = 10) -> None:
     """A quality run's results.jsonl for one configuration, as benchmarks/quality.py lays it out."""
     from dataclasses import asdict
 
@@ -235,7 +235,9 @@ def _write_results(folder: Path, config: str, right: list[bool]) -> None:
 
     path = folder / "gsm8k" / config.replace("[", "-").replace("]", "").replace("=", "") / "results.jsonl"
     path.parent.mkdir(parents=True)
-    rows = [QuestionResult(f"gsm8k-{i}", "q", "1", "1", ok, "", 1, 10, 0, 1.0) for i, ok in enumerate(right)]
+    rows = [
+        QuestionResult(f"gsm8k-{i}", "q", "1", "1", ok, "", 1, tokens, 0, 1.0) for i, ok in enumerate(right)
+    ]
     path.write_text("".join(json.dumps(asdict(r)) + "\n" for r in rows))
 
 
@@ -263,6 +265,36 @@ def test_scale_table_pairs_each_model_against_its_own_baselines(tmp_path, capsys
     large_latent = next(r for r in rows if r["model"] == "large" and r["config"] == "latent_mas")
     assert large_latent["vs single"]["p"] == 1.0 and large_latent["accuracy"] == 1.0
     assert (out / "scale-gsm8k.png").is_file()
+
+
+def test_scale_table_checks_the_users_target_against_text_mas(tmp_path, benchmark_script):
+    """Each latent row is paired with TextMAS and meets the target only with accuracy at least
+    single's, at most 2 points under TextMAS's, and at most half TextMAS's decoded tokens."""
+    folder = tmp_path / "m"
+    right = lambda k: [True] * k + [False] * (100 - k)  # noqa: E731
+    _write_results(folder, "single", right(50), tokens=300)
+    _write_results(folder, "text_mas", right(60), tokens=600)
+    _write_results(folder, "latent_mas", right(58), tokens=300)  # exactly at both limits
+    _write_results(folder, "latent_mas[m=0]", right(57), tokens=250)  # 3 points under TextMAS
+    _write_results(folder, "latent_mas[m=1]", right(60), tokens=301)  # over half the tokens
+    scale = benchmark_script("scale")
+    configs = "single,text_mas,latent_mas,latent_mas[m=0],latent_mas[m=1]"
+    assert (
+        scale.main(
+            ["--models", f"m={folder}", "--configs", configs, "--limit", "100", "--out", str(tmp_path / "o")]
+        )
+        == 0
+    )
+    rows = {r["config"]: r for r in json.loads((tmp_path / "o" / "scale.json").read_text())["gsm8k"]}
+    assert [rows[c]["user target"] for c in scale.split_configs(configs)] == [None, None, True, False, False]
+    assert rows["latent_mas"]["tokens vs text_mas"] == pytest.approx(-0.5)
+    versus = rows["latent_mas"]["vs text_mas"]
+    assert (versus["difference"], versus["only_config"], versus["only_baseline"]) == (
+        pytest.approx(-0.02),
+        0,
+        2,
+    )
+    assert rows["text_mas"]["vs text_mas"] is None and rows["single"]["vs text_mas"]["only_baseline"] == 10
 
 
 def test_scale_quick_runs_both_embedded_models_then_tabulates_their_first_questions(
