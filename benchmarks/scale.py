@@ -155,6 +155,27 @@ def _user_target(row: dict, single: dict | None, text_mas: dict | None) -> bool 
     )
 
 
+def target_summary(tables: dict[str, list[dict]]) -> str:
+    """One line per latent configuration: where it meets the user's target, over every model
+    and task tabled, and whether it meets it everywhere (the bar for becoming the default)."""
+    columns = [(r["model"], task) for task, rows in tables.items() for r in rows]
+    columns = list(dict.fromkeys(columns))
+    found = {(r["config"], r["model"], task): r["user target"] for task, rows in tables.items() for r in rows}
+    configs = [c for c in dict.fromkeys(config for config, _, _ in found) if c not in ("single", "text_mas")]
+    mark = {True: "yes", False: "no", None: "—"}
+    lines = [
+        "### The user's target: ≥ single, ≥ TextMAS − 2 points, ≤ half TextMAS's decoded tokens (point estimates)",
+        "",
+        "| config | " + " | ".join(f"{model} {task}" for model, task in columns) + " | everywhere |",
+        "|---|" + "---|" * (len(columns) + 1),
+    ]
+    for config in configs:
+        cells = [found.get((config, model, task)) for model, task in columns]
+        everywhere = True if all(c is True for c in cells) else (False if False in cells else None)
+        lines.append(f"| {config} | " + " | ".join(mark[c] for c in cells) + f" | {mark[everywhere]} |")
+    return "\n".join(lines)
+
+
 def _first_ids(answers: dict[str, dict], limit: int) -> list[str] | None:
     """The ids of the first `limit` questions: ids end in their row index (gsm8k-12,
     HumanEval/12), so they sort back into file order."""
@@ -285,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
             text, rows = pairs_table(named, task, configs, args.limit)
         texts.append(text)
         payload[task] = rows
+    if args.models:
+        texts.append(target_summary(payload))
     print("\n\n".join(texts))
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "scale" if args.models else "pairs"

@@ -295,6 +295,9 @@ def test_scale_table_checks_the_users_target_against_text_mas(tmp_path, benchmar
         2,
     )
     assert rows["text_mas"]["vs text_mas"] is None and rows["single"]["vs text_mas"]["only_baseline"] == 10
+    summary = (tmp_path / "o" / "scale.md").read_text().split("### The user's target")[1]
+    assert "| latent_mas | yes | yes |" in summary and "| latent_mas[m=1] | no | no |" in summary
+    assert "| single |" not in summary
 
 
 def test_scale_quick_runs_both_embedded_models_then_tabulates_their_first_questions(
