@@ -81,6 +81,7 @@ def scale_table(models: dict[str, Path], task: str, configs: list[str], limit: i
                 "model": model,
                 "config": config,
                 "n": n,
+                "complete": n == len(order),  # a run still going has answered fewer
                 "accuracy": k / n,
                 "ci": [low, high],
                 "tokens": sum(r.output_tokens for r in a.values()) / n,
@@ -129,7 +130,8 @@ def scale_table(models: dict[str, Path], task: str, configs: list[str], limit: i
         share = "—" if r["tokens vs text_mas"] is None else f"{100 * r['tokens vs text_mas']:+.0f}%"
         target = {True: "yes", False: "no", None: "—"}[r["user target"]]
         lines.append(
-            f"| {r['model']} | {r['config']} | {r['n']} | {100 * r['accuracy']:.1f} "
+            f"| {r['model']} | {r['config']} | {r['n'] if r['complete'] else str(r['n']) + ' (running)'} "
+            f"| {100 * r['accuracy']:.1f} "
             f"[{100 * r['ci'][0]:.1f}, {100 * r['ci'][1]:.1f}] | {cell(r['vs single'])} | "
             f"{cell(r['vs latent_mas[m=0]'])} | {cell(r['vs text_mas'])} | {r['tokens']:.0f} | {share} | "
             f"{target} | {r['seconds']:.1f} |"
@@ -144,8 +146,11 @@ def _p(p: float) -> str:
 def _user_target(row: dict, single: dict | None, text_mas: dict | None) -> bool | None:
     """Whether a latent configuration meets the goal a user cares about, on point estimates:
     at least the single agent's accuracy, at most 2 points below TextMAS's, with at most half
-    TextMAS's decoded tokens. None for the baselines themselves or when one is missing."""
+    TextMAS's decoded tokens. None for the baselines themselves, or when a row is missing or its
+    run still going."""
     if single is None or text_mas is None or row["config"] in ("single", "text_mas"):
+        return None
+    if not (row["complete"] and single["complete"] and text_mas["complete"]):
         return None
     tie = 1e-9  # accuracies are ratios of counts: 0.565 must reach 0.585 - 0.02
     return (

@@ -277,8 +277,9 @@ def test_scale_table_checks_the_users_target_against_text_mas(tmp_path, benchmar
     _write_results(folder, "latent_mas", right(58), tokens=300)  # exactly at both limits
     _write_results(folder, "latent_mas[m=0]", right(57), tokens=250)  # 3 points under TextMAS
     _write_results(folder, "latent_mas[m=1]", right(60), tokens=301)  # over half the tokens
+    _write_results(folder, "latent_mas[m=2]", right(60)[:40], tokens=100)  # its run still going
     scale = benchmark_script("scale")
-    configs = "single,text_mas,latent_mas,latent_mas[m=0],latent_mas[m=1]"
+    configs = "single,text_mas,latent_mas,latent_mas[m=0],latent_mas[m=1],latent_mas[m=2]"
     assert (
         scale.main(
             ["--models", f"m={folder}", "--configs", configs, "--limit", "100", "--out", str(tmp_path / "o")]
@@ -286,7 +287,14 @@ def test_scale_table_checks_the_users_target_against_text_mas(tmp_path, benchmar
         == 0
     )
     rows = {r["config"]: r for r in json.loads((tmp_path / "o" / "scale.json").read_text())["gsm8k"]}
-    assert [rows[c]["user target"] for c in scale.split_configs(configs)] == [None, None, True, False, False]
+    assert [rows[c]["user target"] for c in scale.split_configs(configs)] == [
+        None,
+        None,
+        True,
+        False,
+        False,
+        None,
+    ]
     assert rows["latent_mas"]["tokens vs text_mas"] == pytest.approx(-0.5)
     versus = rows["latent_mas"]["vs text_mas"]
     assert (versus["difference"], versus["only_config"], versus["only_baseline"]) == (
@@ -298,6 +306,7 @@ def test_scale_table_checks_the_users_target_against_text_mas(tmp_path, benchmar
     summary = (tmp_path / "o" / "scale.md").read_text().split("### The user's target")[1]
     assert "| latent_mas | yes | yes |" in summary and "| latent_mas[m=1] | no | no |" in summary
     assert "| single |" not in summary
+    assert "| latent_mas[m=2] | 40 (running) |" in (tmp_path / "o" / "scale.md").read_text()
 
 
 def test_scale_quick_runs_both_embedded_models_then_tabulates_their_first_questions(
