@@ -36,6 +36,7 @@ from latentmas.tasks import get_task  # noqa: E402
 DEFAULT_CONFIGS = "single,text_mas,latent_mas,latent_mas[m=0],latent_mas[m=1],latent_mas[realign=none]"
 BASELINES = ("single", "latent_mas[m=0]", "text_mas")
 TEXT_MAS_MARGIN = 0.02  # the user's target (issue 22): >= single, >= text_mas - 2 points, <= half its tokens
+TARGET_MARK = {True: "yes", False: "no", None: "—"}  # met, missed, not judged (a baseline, a run going)
 QUICK_MODELS = {"0.5B": "qwen2.5-coder-0.5b", "1.5B": "qwen2.5-coder-1.5b"}
 QUICK_CONFIGS = "single,text_mas,latent_mas,latent_mas[m=0]"
 
@@ -128,7 +129,7 @@ def scale_table(models: dict[str, Path], task: str, configs: list[str], limit: i
     ]
     for r in rows:
         share = "—" if r["tokens vs text_mas"] is None else f"{100 * r['tokens vs text_mas']:+.0f}%"
-        target = {True: "yes", False: "no", None: "—"}[r["user target"]]
+        target = TARGET_MARK[r["user target"]]
         lines.append(
             f"| {r['model']} | {r['config']} | {r['n'] if r['complete'] else str(r['n']) + ' (running)'} "
             f"| {100 * r['accuracy']:.1f} "
@@ -167,7 +168,6 @@ def target_summary(tables: dict[str, list[dict]]) -> str:
     columns = list(dict.fromkeys(columns))
     found = {(r["config"], r["model"], task): r["user target"] for task, rows in tables.items() for r in rows}
     configs = [c for c in dict.fromkeys(config for config, _, _ in found) if c not in ("single", "text_mas")]
-    mark = {True: "yes", False: "no", None: "—"}
     lines = [
         "### The user's target: ≥ single, ≥ TextMAS − 2 points, ≤ half TextMAS's decoded tokens (point estimates)",
         "",
@@ -177,7 +177,9 @@ def target_summary(tables: dict[str, list[dict]]) -> str:
     for config in configs:
         cells = [found.get((config, model, task)) for model, task in columns]
         everywhere = True if all(c is True for c in cells) else (False if False in cells else None)
-        lines.append(f"| {config} | " + " | ".join(mark[c] for c in cells) + f" | {mark[everywhere]} |")
+        lines.append(
+            f"| {config} | " + " | ".join(TARGET_MARK[c] for c in cells) + f" | {TARGET_MARK[everywhere]} |"
+        )
     return "\n".join(lines)
 
 
