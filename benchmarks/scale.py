@@ -8,7 +8,8 @@ two runs that should agree (float32 against bfloat16). Reads the folders that
 
     # the scale table: accuracy at each size, paired tests against single, m = 0 and TextMAS
     # on each model (exact McNemar, raw and Holm-adjusted across the configurations), decoded
-    # tokens against TextMAS's, whether each latent configuration meets the user's target, a plot
+    # tokens against TextMAS's, whether each latent configuration meets the user's target, a plot;
+    # the states handoff also against its text twin (the same 64-token messages as plain text)
     python benchmarks/scale.py --models "0.5B=benchmarks/results/quality,1.5B=benchmarks/results/quality-1.5b"
 
     # do two runs of the same configurations agree? (e.g. float32 against bfloat16)
@@ -37,6 +38,9 @@ DEFAULT_CONFIGS = "single,text_mas,latent_mas,latent_mas[m=0],latent_mas[m=1],la
 BASELINES = ("single", "latent_mas[m=0]", "text_mas")
 TEXT_MAS_MARGIN = 0.02  # the user's target (issue 22): >= single, >= text_mas - 2 points, <= half its tokens
 TARGET_MARK = {True: "yes", False: "no", None: "—"}  # met, missed, not judged (a baseline, a run going)
+# A handoff that decodes messages, against the same messages passed as plain text: what its
+# states add beyond the words (issue 22, item 3). One declared comparison per model, no Holm.
+TEXT_TWINS = {"latent_mas[handoff=states]": "text_mas[msg=64]"}
 QUICK_MODELS = {"0.5B": "qwen2.5-coder-0.5b", "1.5B": "qwen2.5-coder-1.5b"}
 QUICK_CONFIGS = "single,text_mas,latent_mas,latent_mas[m=0]"
 
@@ -59,7 +63,9 @@ def _keep_first(rows: dict, ids: list[str] | None) -> dict:
     return rows if ids is None else {i: rows[i] for i in ids if i in rows}
 
 
-def scale_table(models: dict[str, Path], task: str, configs: list[str], limit: int) -> tuple[str, list[dict]]:
+def scale_table(
+    models: dict[str, Path], task: str, configs: list[str], limit: int
+) -> tuple[str, list[dict], list[dict]]:
     rows = []
     for model, folder in models.items():
         answers = {c: load(folder, task, c) for c in configs}
@@ -119,6 +125,8 @@ def scale_table(models: dict[str, Path], task: str, configs: list[str], limit: i
             f"p {_p(v['p'])}, Holm {_p(v['p_holm'])})"
         )
 
+    twins = twin_comparisons(models, task, [c for c in configs if c in TEXT_TWINS], limit)
+
     lines = [
         f"### {task}: accuracy at each size (first {limit} questions; vs = points, discordant config/baseline, "
         "exact McNemar p, Holm-adjusted across the configurations)",
@@ -137,7 +145,60 @@ def scale_table(models: dict[str, Path], task: str, configs: list[str], limit: i
             f"{cell(r['vs latent_mas[m=0]'])} | {cell(r['vs text_mas'])} | {r['tokens']:.0f} | {share} | "
             f"{target} | {r['seconds']:.1f} |"
         )
-    return "\n".join(lines), rows
+    if twins:
+        lines += [
+            "",
+            f"### {task}: each handoff against the same messages passed as plain text (one declared comparison "
+            "per model, exact McNemar)",
+            "",
+            "| model | handoff | text twin | n | handoff % | text twin % | difference (only handoff/only twin; p) "
+            "| decoded tokens/q, handoff / twin |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for t in twins:
+            lines.append(
+                f"| {t['model']} | {t['config']} | {t['twin']} | {t['n']}{'' if t['complete'] else ' (running)'} | "
+                f"{100 * t['accuracy']:.1f} | {100 * t['twin_accuracy']:.1f} | {100 * t['difference']:+.1f} "
+                f"({t['only_config']}/{t['only_twin']}; p {_p(t['p'])}) | {t['tokens']:.0f} / {t['twin_tokens']:.0f} |"
+            )
+    return "\n".join(lines), rows, twins
+
+
+def twin_comparisons(models: dict[str, Path], task: str, handoffs: list[str], limit: int) -> list[dict]:
+    """Each handoff (a key of TEXT_TWINS) against its text twin, on the questions both
+    answered, for the models whose folders hold both runs."""
+    found = []
+    for model, folder in models.items():
+        for config in handoffs:
+            twin = TEXT_TWINS[config]
+            paths = [folder / task / folder_name(c, 0, False) / "results.jsonl" for c in (config, twin)]
+            if not all(p.is_file() for p in paths):
+                continue
+            answers = {c: load(folder, task, c) for c in (config, twin)}
+            order = _first_ids(answers, limit)
+            a, b = (_keep_first(answers[c], order) for c in (config, twin))
+            shared = sorted(a.keys() & b.keys())
+            if not shared:
+                continue
+            test = compare_paired({i: a[i].correct for i in shared}, {i: b[i].correct for i in shared})
+            found.append(
+                {
+                    "model": model,
+                    "config": config,
+                    "twin": twin,
+                    "n": test.n,
+                    "complete": test.n == len(order),
+                    "accuracy": test.accuracy_a,
+                    "twin_accuracy": test.accuracy_b,
+                    "difference": test.difference,
+                    "only_config": test.only_a,
+                    "only_twin": test.only_b,
+                    "p": test.p_value,
+                    "tokens": sum(a[i].output_tokens for i in shared) / len(shared),
+                    "twin_tokens": sum(b[i].output_tokens for i in shared) / len(shared),
+                }
+            )
+    return found
 
 
 def _p(p: float) -> str:
@@ -149,7 +210,12 @@ def _user_target(row: dict, single: dict | None, text_mas: dict | None) -> bool 
     at least the single agent's accuracy, at most 2 points below TextMAS's, with at most half
     TextMAS's decoded tokens. None for the baselines themselves, or when a row is missing or its
     run still going."""
-    if single is None or text_mas is None or row["config"] in ("single", "text_mas"):
+    if (
+        single is None
+        or text_mas is None
+        or row["config"] == "single"
+        or row["config"].startswith("text_mas")
+    ):
         return None
     if not (row["complete"] and single["complete"] and text_mas["complete"]):
         return None
@@ -167,7 +233,11 @@ def target_summary(tables: dict[str, list[dict]]) -> str:
     columns = [(r["model"], task) for task, rows in tables.items() for r in rows]
     columns = list(dict.fromkeys(columns))
     found = {(r["config"], r["model"], task): r["user target"] for task, rows in tables.items() for r in rows}
-    configs = [c for c in dict.fromkeys(config for config, _, _ in found) if c not in ("single", "text_mas")]
+    configs = [
+        c
+        for c in dict.fromkeys(config for config, _, _ in found)
+        if c != "single" and not c.startswith("text_mas")
+    ]
     lines = [
         "### The user's target: ≥ single, ≥ TextMAS − 2 points, ≤ half TextMAS's decoded tokens (point estimates)",
         "",
@@ -299,10 +369,10 @@ def main(argv: list[str] | None = None) -> int:
                 return code
         args.models = ",".join(f"{name}={folder}" for name, folder in folders.items())
     configs = split_configs(args.configs)
-    texts, payload = [], {}
+    texts, payload, twins = [], {}, {}
     for task in filter(None, (t.strip() for t in args.tasks.split(","))):
         if args.models:
-            text, rows = scale_table(parse_named(args.models), task, configs, args.limit)
+            text, rows, twins[task] = scale_table(parse_named(args.models), task, configs, args.limit)
             if rows:
                 args.out.mkdir(parents=True, exist_ok=True)
                 plot(rows, args.out / f"scale-{task}.png", task)
@@ -315,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         payload[task] = rows
     if args.models:
         texts.append(target_summary(payload))
+        payload["text twins"] = twins
     print("\n\n".join(texts))
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "scale" if args.models else "pairs"

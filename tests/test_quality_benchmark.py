@@ -309,6 +309,33 @@ def test_scale_table_checks_the_users_target_against_text_mas(tmp_path, benchmar
     assert "| latent_mas[m=2] | 40 (running) |" in (tmp_path / "o" / "scale.md").read_text()
 
 
+def test_scale_pairs_the_states_handoff_with_its_text_twin(tmp_path, benchmark_script):
+    """The states handoff is compared with the same short messages passed as text, on the
+    questions both answered, and a text baseline is never judged against the user's target."""
+    folder = tmp_path / "m"
+    _write_results(folder, "single", [True] * 10 + [False] * 10)
+    _write_results(folder, "text_mas", [True] * 12 + [False] * 8, tokens=600)
+    _write_results(folder, "latent_mas[handoff=states]", [True] * 16 + [False] * 4, tokens=200)
+    _write_results(folder, "text_mas[msg=64]", ([True] * 10 + [False] * 10)[:15], tokens=150)  # still going
+    scale = benchmark_script("scale")
+    configs = "single,text_mas,text_mas[msg=64],latent_mas[handoff=states]"
+    out = tmp_path / "o"
+    assert (
+        scale.main(["--models", f"m={folder}", "--configs", configs, "--limit", "20", "--out", str(out)]) == 0
+    )
+    payload = json.loads((out / "scale.json").read_text())
+    (twin,) = payload["text twins"]["gsm8k"]
+    assert (twin["n"], twin["complete"], twin["only_config"], twin["only_twin"]) == (15, False, 5, 0)
+    assert twin["difference"] == pytest.approx(5 / 15) and twin["twin_tokens"] == 150
+    rows = {r["config"]: r for r in payload["gsm8k"]}
+    assert (
+        rows["text_mas[msg=64]"]["user target"] is None and rows["latent_mas[handoff=states]"]["user target"]
+    )
+    text = (out / "scale.md").read_text()
+    assert "| m | latent_mas[handoff=states] | text_mas[msg=64] | 15 (running) |" in text
+    assert "| text_mas[msg=64] |" not in text.split("### The user's target")[1]
+
+
 def test_scale_quick_runs_both_embedded_models_then_tabulates_their_first_questions(
     tmp_path, monkeypatch, benchmark_script
 ):
