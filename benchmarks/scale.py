@@ -205,17 +205,17 @@ def _p(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def _is_baseline(config: str) -> bool:
+    """Single and every TextMAS variant: rows the user's target is measured against, not judged by."""
+    return config == "single" or config.startswith("text_mas")
+
+
 def _user_target(row: dict, single: dict | None, text_mas: dict | None) -> bool | None:
     """Whether a latent configuration meets the goal a user cares about, on point estimates:
     at least the single agent's accuracy, at most 2 points below TextMAS's, with at most half
     TextMAS's decoded tokens. None for the baselines themselves, or when a row is missing or its
     run still going."""
-    if (
-        single is None
-        or text_mas is None
-        or row["config"] == "single"
-        or row["config"].startswith("text_mas")
-    ):
+    if single is None or text_mas is None or _is_baseline(row["config"]):
         return None
     if not (row["complete"] and single["complete"] and text_mas["complete"]):
         return None
@@ -233,11 +233,7 @@ def target_summary(tables: dict[str, list[dict]]) -> str:
     columns = [(r["model"], task) for task, rows in tables.items() for r in rows]
     columns = list(dict.fromkeys(columns))
     found = {(r["config"], r["model"], task): r["user target"] for task, rows in tables.items() for r in rows}
-    configs = [
-        c
-        for c in dict.fromkeys(config for config, _, _ in found)
-        if c != "single" and not c.startswith("text_mas")
-    ]
+    configs = [c for c in dict.fromkeys(config for config, _, _ in found) if not _is_baseline(c)]
     lines = [
         "### The user's target: ≥ single, ≥ TextMAS − 2 points, ≤ half TextMAS's decoded tokens (point estimates)",
         "",
