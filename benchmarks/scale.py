@@ -66,11 +66,15 @@ def _keep_first(rows: dict, ids: list[str] | None) -> dict:
 def scale_table(
     models: dict[str, Path], task: str, configs: list[str], limit: int
 ) -> tuple[str, list[dict], list[dict]]:
-    rows = []
+    rows, twins = [], []
     for model, folder in models.items():
         answers = {c: load(folder, task, c) for c in configs}
         order = _first_ids(answers, limit)
         answers = {c: _keep_first(a, order) for c, a in answers.items()}
+        for config in (c for c in configs if c in TEXT_TWINS):
+            twin = TEXT_TWINS[config]
+            twin_answers = answers[twin] if twin in answers else _keep_first(load(folder, task, twin), order)
+            twins += _twin_comparison(model, config, answers[config], twin, twin_answers, len(order))
         correct = {c: {i: r.correct for i, r in a.items()} for c, a in answers.items()}
         versus = {}
         for base in BASELINES:
@@ -125,8 +129,6 @@ def scale_table(
             f"p {_p(v['p'])}, Holm {_p(v['p_holm'])})"
         )
 
-    twins = twin_comparisons(models, task, [c for c in configs if c in TEXT_TWINS], limit)
-
     lines = [
         f"### {task}: accuracy at each size (first {limit} questions; vs = points, discordant config/baseline, "
         "exact McNemar p, Holm-adjusted across the configurations)",
@@ -164,41 +166,33 @@ def scale_table(
     return "\n".join(lines), rows, twins
 
 
-def twin_comparisons(models: dict[str, Path], task: str, handoffs: list[str], limit: int) -> list[dict]:
-    """Each handoff (a key of TEXT_TWINS) against its text twin, on the questions both
-    answered, for the models whose folders hold both runs."""
-    found = []
-    for model, folder in models.items():
-        for config in handoffs:
-            twin = TEXT_TWINS[config]
-            paths = [folder / task / folder_name(c, 0, False) / "results.jsonl" for c in (config, twin)]
-            if not all(p.is_file() for p in paths):
-                continue
-            answers = {c: load(folder, task, c) for c in (config, twin)}
-            order = _first_ids(answers, limit)
-            a, b = (_keep_first(answers[c], order) for c in (config, twin))
-            shared = sorted(a.keys() & b.keys())
-            if not shared:
-                continue
-            test = compare_paired({i: a[i].correct for i in shared}, {i: b[i].correct for i in shared})
-            found.append(
-                {
-                    "model": model,
-                    "config": config,
-                    "twin": twin,
-                    "n": test.n,
-                    "complete": test.n == len(order),
-                    "accuracy": test.accuracy_a,
-                    "twin_accuracy": test.accuracy_b,
-                    "difference": test.difference,
-                    "only_config": test.only_a,
-                    "only_twin": test.only_b,
-                    "p": test.p_value,
-                    "tokens": sum(a[i].output_tokens for i in shared) / len(shared),
-                    "twin_tokens": sum(b[i].output_tokens for i in shared) / len(shared),
-                }
-            )
-    return found
+def _twin_comparison(
+    model: str, config: str, answers: dict, twin: str, twin_answers: dict, questions: int
+) -> list:
+    """A handoff (a key of TEXT_TWINS) against its text twin on the questions both answered:
+    one row, or none when they share no question."""
+    shared = sorted(answers.keys() & twin_answers.keys())
+    if not shared:
+        return []
+    a, b = answers, twin_answers
+    test = compare_paired({i: a[i].correct for i in shared}, {i: b[i].correct for i in shared})
+    return [
+        {
+            "model": model,
+            "config": config,
+            "twin": twin,
+            "n": test.n,
+            "complete": test.n == questions,
+            "accuracy": test.accuracy_a,
+            "twin_accuracy": test.accuracy_b,
+            "difference": test.difference,
+            "only_config": test.only_a,
+            "only_twin": test.only_b,
+            "p": test.p_value,
+            "tokens": sum(a[i].output_tokens for i in shared) / len(shared),
+            "twin_tokens": sum(b[i].output_tokens for i in shared) / len(shared),
+        }
+    ]
 
 
 def _p(p: float) -> str:
