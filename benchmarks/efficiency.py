@@ -24,17 +24,17 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
 
 import torch
 from transformers import DynamicCache
 
-from latentmas import LatentMAS, RunSpec, Sampling, build_solver, engine, get_task, load_model
-from latentmas.engine import SharedMemory, TransformersEngine
+from latentmas import LatentMAS, LatentSteps, RunSpec, Sampling, build_solver, get_task, load_model
+from latentmas.engines import ENGINES, TransformersEngine, forward
+from latentmas.engines import transformers as hf
+from latentmas.engines.cache import SharedMemory
 from latentmas.errors import run_script
 from latentmas.models import DTYPES, LoadedModel, pick_dtype
-from latentmas.spec import ENGINES
 from latentmas.tiny import model_from_config_file, tiny_tokenizer
 
 
@@ -162,21 +162,21 @@ def step_costs(lm: LoadedModel, batch_size: int, context: int, steps: int = 16) 
             positions = memory.next_position[:, None]
             memory.extend(ones, positions, True)
             out = model(
-                inputs_embeds=method.engine.realigner(hidden)[:, None],
+                inputs_embeds=method.engine.realigner("ridge")(hidden)[:, None],
                 attention_mask=memory.attention_mask,
                 position_ids=positions,
                 use_cache=True,
                 output_hidden_states=True,
-                **{engine.cache_keyword(type(engine.decoder(model))): memory.cache},
+                **{forward.cache_keyword(type(forward.decoder(model))): memory.cache},
             )
             hidden = out.hidden_states[-1][:, -1]
 
     runs = {
-        "latent": (False, lambda m, h: engine.rollout(partial(method.engine.latent_step, m), h, steps)),
-        "decode": (False, lambda m, h: engine.decode(model, m, h, Sampling(max_new_tokens=steps + 1), set())),
+        "latent": (False, lambda m, h: method.handoff.think(method.engine, m, LatentSteps(steps), None)),
+        "decode": (False, lambda m, h: hf.decode(model, m, Sampling(max_new_tokens=steps + 1), set())),
         "decode_stock": (
             True,
-            lambda m, h: engine.decode(model, m, h, Sampling(max_new_tokens=steps + 1), set()),
+            lambda m, h: hf.decode(model, m, Sampling(max_new_tokens=steps + 1), set()),
         ),
         "latent_all_layers": (False, naive_latent),
     }
@@ -187,7 +187,7 @@ def step_costs(lm: LoadedModel, batch_size: int, context: int, steps: int = 16) 
             base = SharedMemory.empty(model, batch_size)
             if stock:
                 base.cache = DynamicCache(config=model.config)
-            bases[stock] = (base, engine.prefill(model, base, prompts, method.engine.pad_id))
+            bases[stock] = (base, forward.prefill(model, base, prompts, method.engine.pad_id))
         for name, (stock, run) in list(runs.items()) * 2:  # the first round is warm-up
             base, hidden = bases[stock]
             memory = copy.deepcopy(base)
@@ -213,7 +213,7 @@ def prefix_costs(lm: LoadedModel, questions, task, batch_size: int) -> dict:
     once and copied (the default), against every prompt read whole: alternated twice after a
     warm-up, best of each, so the ratio comes from one process and one machine state."""
     methods = {
-        name: LatentMAS(TransformersEngine(lm, "ridge", share_prefixes=shared), Sampling(max_new_tokens=1))
+        name: LatentMAS(TransformersEngine(lm, share_prefixes=shared), Sampling(max_new_tokens=1))
         for name, shared in (("whole", False), ("shared", True))
     }
     order = sorted(questions, key=lambda q: len(q.question))

@@ -15,15 +15,17 @@ import argparse
 import ctypes
 import json
 import time
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from latentmas import Sampling, engine, load_model
-from latentmas.engine import SharedMemory, TransformersEngine
+from latentmas import LatentSteps, Sampling, load_model
+from latentmas.engines import TransformersEngine, forward
+from latentmas.engines import transformers as hf
+from latentmas.engines.cache import SharedMemory
 from latentmas.errors import run_script
+from latentmas.handoffs import LatentConfig, build
 from latentmas.models import embedded_gguf_path
 
 
@@ -82,18 +84,19 @@ def llamacpp_steps(
 
 def transformers_steps(prompt: list[int], steps: int):
     lm = load_model(None, device="cpu")
-    thinker = TransformersEngine(lm, "ridge")
-    realign = thinker.realigner
+    thinker = TransformersEngine(lm)
+    realign = thinker.realigner("ridge")
+    paper = build(LatentConfig())
     results = {}
     with torch.inference_mode():
         for name in ("latent", "decode") * 2:
             memory = SharedMemory.empty(lm.model, 1)
-            hidden = engine.prefill(lm.model, memory, [prompt], lm.tokenizer.pad_token_id)
+            forward.prefill(lm.model, memory, [prompt], lm.tokenizer.pad_token_id)
             start = time.perf_counter()
             if name == "latent":
-                engine.rollout(partial(thinker.latent_step, memory), hidden, steps)
+                paper.think(thinker, memory, LatentSteps(steps), None)
             else:
-                engine.decode(lm.model, memory, hidden, Sampling(max_new_tokens=steps + 1), set())
+                hf.decode(lm.model, memory, Sampling(max_new_tokens=steps + 1), set())
             results[name] = (time.perf_counter() - start) / steps
     return results, realign
 

@@ -1,7 +1,8 @@
-"""How strong is the test suite? Mutation score of the three core modules (mutmut).
+"""How strong is the test suite? Mutation score of the core modules (mutmut).
 
 Copies `src/latentmas` and `tests` into a flat work folder (the editable install would
-otherwise shadow mutmut's mutants), mutates realign.py, engine.py and methods.py, runs the
+otherwise shadow mutmut's mutants), mutates the engine's cache, forward pass, rollout and
+realignment and the agent loop, runs the
 engine-level tests against a uniform random sample of the mutants, and prints the share
 killed per module with a 95% Wilson interval. Needs `pip install mutmut==3.8.1`.
 
@@ -24,10 +25,17 @@ from collections import Counter
 from pathlib import Path
 
 from latentmas.errors import run_script
-from latentmas.stats import wilson_interval
+from latentmas.evaluation.stats import wilson_interval
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = ["realign.py", "engine.py", "methods.py"]
+MODULES = [
+    "engines/realign.py",
+    "engines/cache.py",
+    "engines/forward.py",
+    "engines/rollout.py",
+    "engines/transformers.py",
+    "methods/loop.py",
+]
 TESTS = ["test_realign", "test_dtypes_devices", "test_engine", "test_evaluate", "test_vllm_engine"]
 TESTS += ["test_trace", "test_hetero"]
 KILLED = {1, 3, 24, 36, 152, 255, -24}  # test failure, or timeout
@@ -40,9 +48,11 @@ def prepare(work: Path) -> None:
     )
     shutil.copytree(ROOT / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__"))
     others = sorted(
-        f"latentmas/{p.name}"
-        for p in (work / "latentmas").iterdir()
-        if p.name not in (*MODULES, "__pycache__")
+        f"latentmas/{p.relative_to(work / 'latentmas')}"
+        for p in (work / "latentmas").rglob("*")
+        if p.is_file()
+        and str(p.relative_to(work / "latentmas")) not in MODULES
+        and "__pycache__" not in p.parts
     )
     toml = json.dumps  # a JSON list of strings is a TOML array
     (work / "pyproject.toml").write_text(
@@ -63,7 +73,7 @@ markers = ["slow: slow", "network: network"]
 
 def exit_codes(work: Path) -> dict[str, int | None]:
     codes: dict[str, int | None] = {}
-    for meta in (work / "mutants" / "latentmas").glob("*.meta"):
+    for meta in (work / "mutants" / "latentmas").rglob("*.meta"):
         codes.update(json.loads(meta.read_text())["exit_code_by_key"])
     return codes
 
@@ -80,7 +90,7 @@ def main() -> int:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     prepare(args.work)
     # One named mutant: mutmut generates them all and maps tests to functions, runs one.
-    generate = ["mutmut", "run", "--max-children", "1", "latentmas.realign.x_fingerprint__mutmut_1"]
+    generate = ["mutmut", "run", "--max-children", "1", "latentmas.engines.realign.x_fingerprint__mutmut_1"]
     subprocess.run(generate, cwd=args.work, env=env, check=True, capture_output=True)
     keys = sorted(exit_codes(args.work))
     random.Random(args.seed).shuffle(keys)
@@ -90,7 +100,7 @@ def main() -> int:
     codes = exit_codes(args.work)
     totals, killed = Counter(), Counter()
     for key in sample:
-        module = key.split(".")[1]
+        module = ".".join(key.split(".")[1:-1])  # latentmas.engines.cache.x_f__mutmut_1 -> engines.cache
         totals[module] += 1
         killed[module] += codes.get(key) in KILLED
     totals["all"], killed["all"] = sum(totals.values()), sum(killed.values())

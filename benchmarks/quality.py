@@ -9,7 +9,7 @@ quality.md and quality.png (accuracy against decoded tokens) under `<out>/<task>
 configuration in that folder is in them, not only the ones this command ran, so a run of
 one task or a few configurations leaves the others' rows in place.
 
-Each configuration runs through `latentmas.evaluate` into `<out>/<task>/<config>/`, so an
+Each configuration runs through `latentmas.evaluation.evaluate` into `<out>/<task>/<config>/`, so an
 interrupted run resumes where it stopped (rerun the same command).
 
     python benchmarks/quality.py --quick                       # < 10 min on 2 CPU cores
@@ -25,6 +25,7 @@ import re
 import statistics
 import sys
 import time
+import typing
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,32 +33,18 @@ import torch
 
 from latentmas import RunSpec, Sampling, build_solver, evaluate, get_task, load_model
 from latentmas.errors import LatentMASError, run_script
-from latentmas.evaluate import read_environments, read_results, regrade
-from latentmas.graders import last_boxed
+from latentmas.evaluation.evaluate import read_results, regrade
+from latentmas.evaluation.graders import last_boxed
+from latentmas.evaluation.records import read_environments
+from latentmas.evaluation.stats import compare_over_seeds, compare_paired, wilson_interval
+from latentmas.evaluation.tasks.code import closed_code_blocks
+from latentmas.methods import METHODS
 from latentmas.models import DTYPES
-from latentmas.stats import compare_over_seeds, compare_paired, wilson_interval
-from latentmas.tasks.code import closed_code_blocks
+from latentmas.spec import LEGACY_FLAGS, flat_option_fields
 
 GSM8K_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
 
-# latent_mas's default and the one-factor-at-a-time variations around it.
-LATENT_DEFAULT = {
-    "topology": "sequential",
-    "latent_steps": "10",
-    "memory": "full",
-    "realign": "ridge",
-    "question_once": "false",
-    # The handoffs of issue 22 (memory views and the entropy guard); "none": not set.
-    "thought_weight": "1",
-    "thoughts_from": "0",
-    "thoughts_enter": "false",
-    "relay_layers": "1",
-    "relay_keep": "1",
-    "max_thought_entropy": "none",
-    "max_entropy_jump": "none",
-    "handoff": "latent",
-    "message_tokens": "none",
-}
+# The one-factor-at-a-time variations around latent_mas's default.
 VARIATIONS = {
     "latent_steps": ["0", "5", "20", "auto"],
     "realign": ["norm", "none"],
@@ -94,25 +81,56 @@ def all_configs() -> list[str]:
     return names
 
 
+def settable() -> set[str]:
+    """The options a config name may set: RunSpec's fields and every handoff option (the
+    spec is the one source of their names, types, bounds and choices)."""
+    run_level = {
+        "model",
+        "dtype",
+        "device",
+        "engine",
+        "trace",
+        "max_new_tokens",
+        "temperature",
+        "top_p",
+        "seed",
+    }
+    return (set(RunSpec.model_fields) - run_level) | set(flat_option_fields()) | set(LEGACY_FLAGS)
+
+
 def parse_config(name: str) -> dict:
-    """'latent_mas[m=3,realign=soft]' -> {method, options}: the method's defaults plus changes.
+    """'latent_mas[m=3,realign=soft]' -> {method, options}: the changes to the method's defaults
+    (RunSpec's), as text; `config_spec` turns them into a validated spec.
 
     Any name of this form works, not only the default grid, so a new variation needs no code.
     """
     method, _, changes = name.partition("[")
-    if method not in ("single", "text_mas", "latent_mas") or (changes and not changes.endswith("]")):
+    if method not in METHODS or (changes and not changes.endswith("]")):
         raise LatentMASError(f"config {name!r}: expected single, text_mas or latent_mas[key=value,...]")
-    options = {} if method == "single" else {"topology": "sequential", "message_tokens": "none"}
-    if method == "latent_mas":
-        options = dict(LATENT_DEFAULT)
     long_names = {short: factor for factor, short in SHORT.items()}
+    options = {}
     for item in filter(None, changes.rstrip("]").split(",")):
         key, sep, value = item.partition("=")
         key = long_names.get(key.strip(), key.strip())
-        if not sep or key not in options:
-            raise LatentMASError(f"config {name!r}: cannot set {item!r} (settable: {', '.join(options)})")
+        if not sep or key not in settable():
+            raise LatentMASError(
+                f"config {name!r}: cannot set {item!r} (settable: {', '.join(sorted(settable()))})"
+            )
         options[key] = value.strip()
     return {"method": method, "options": options}
+
+
+def config_spec(config: dict, model: str, dtype: str, sampling: Sampling) -> RunSpec:
+    """The run a config describes ("none" is no value where an option can have none, as
+    `H=none`; `realign=none` is the mode). RunSpec parses the rest."""
+    fields = RunSpec.model_fields | flat_option_fields()
+
+    def value(key: str, text: str):
+        optional = key in fields and type(None) in typing.get_args(fields[key].annotation)
+        return None if text == "none" and optional else text
+
+    options = {key: value(key, text) for key, text in config["options"].items()}
+    return RunSpec(model=model, dtype=dtype, method=config["method"], **options, **asdict(sampling))
 
 
 @dataclass
@@ -263,27 +281,10 @@ def machines(folder: Path, rows: list[Row], sampled: bool) -> str:
     )
 
 
-def spec_value(key: str, text: str):
-    """A config's option text as RunSpec's field takes it."""
-    if key in ("question_once", "thoughts_enter"):
-        return text == "true"
-    numbers = {"thought_weight": float, "thoughts_from": float, "max_thought_entropy": float}
-    numbers |= {"relay_layers": float, "relay_keep": float}
-    numbers |= {"max_entropy_jump": float, "message_tokens": int}
-    if key in numbers:
-        try:
-            return None if text == "none" else numbers[key](text)
-        except ValueError:
-            raise LatentMASError(f"{key} takes a number, not {text!r}") from None
-    return text
-
-
 def run_config(
     lm, task, examples, config: dict, sampling: Sampling, folder: Path, batch_size: int, data: str | None
 ) -> None:
-    options = {key: spec_value(key, value) for key, value in config["options"].items()}
-    spec = RunSpec(model=lm.name, dtype=lm.dtype, method=config["method"], **options, **asdict(sampling))
-    method = build_solver(spec, lm)
+    method = build_solver(config_spec(config, lm.name, lm.dtype, sampling), lm)
     done = {r.id for r in read_results(folder / "results.jsonl")}
     left = [e for e in examples if e.id not in done]
     print(

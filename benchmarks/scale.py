@@ -30,9 +30,9 @@ import quality  # noqa: E402
 from quality import folder_name, split_configs  # noqa: E402
 
 from latentmas.errors import LatentMASError, run_script  # noqa: E402
-from latentmas.evaluate import read_results  # noqa: E402
-from latentmas.stats import compare_paired, holm_adjust, wilson_interval  # noqa: E402
-from latentmas.tasks import get_task  # noqa: E402
+from latentmas.evaluation.evaluate import read_results  # noqa: E402
+from latentmas.evaluation.stats import compare_paired, holm_adjust, wilson_interval  # noqa: E402
+from latentmas.evaluation.tasks import get_task  # noqa: E402
 
 DEFAULT_CONFIGS = "single,text_mas,latent_mas,latent_mas[m=0],latent_mas[m=1],latent_mas[realign=none]"
 BASELINES = ("single", "latent_mas[m=0]", "text_mas")

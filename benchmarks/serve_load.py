@@ -24,7 +24,7 @@ import uvicorn
 
 from latentmas import get_task, load_model
 from latentmas.errors import run_script
-from latentmas.server import create_app
+from latentmas.serve.server import create_app
 from latentmas.tiny import tiny_loaded
 
 

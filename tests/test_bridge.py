@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from latentmas import LatentMAS, Sampling, TextMAS, methods
-from latentmas.bridge import Vocabulary, anchored_states
+from latentmas import LatentMAS, Sampling, TextMAS
 from latentmas.errors import LatentMASError
+from latentmas.handoffs import states
+from latentmas.handoffs.states import Vocabulary, anchored_states
 from latentmas.spec import RunSpec
 
 from .conftest import QUESTIONS
@@ -34,7 +35,7 @@ def test_states_that_are_a_rotation_of_their_tokens_come_back_as_those_tokens():
 
 
 def test_the_states_handoff_is_batch_invariant_and_caps_messages(tiny):
-    method = LatentMAS(tiny, SAMPLING, handoff="states", message_tokens=6)
+    method = LatentMAS(tiny, SAMPLING, handoff="states:message_tokens=6")
     batched = method.solve(QUESTIONS)
     alone = [method.solve([q])[0] for q in QUESTIONS]
     assert [a.final_text for a in batched] == [a.final_text for a in alone]
@@ -43,8 +44,7 @@ def test_the_states_handoff_is_batch_invariant_and_caps_messages(tiny):
     assert method.describe() == {
         "method": "latent_mas",
         "topology": "sequential",
-        "handoff": "states",
-        "message_tokens": 6,
+        "handoff": {"name": "states", "message_tokens": 6},
     }
 
 
@@ -52,7 +52,7 @@ def test_the_next_agent_reads_the_vectors(tiny, monkeypatch):
     """Replacing every handed-over vector by zeros changes what the solver writes."""
     real = LatentMAS(tiny, SAMPLING, handoff="states").solve(QUESTIONS)
     monkeypatch.setattr(
-        methods, "anchored_states", lambda hidden, tokens, vocabulary: torch.zeros_like(hidden)
+        states, "anchored_states", lambda hidden, tokens, vocabulary: torch.zeros_like(hidden)
     )
     zeroed = LatentMAS(tiny, SAMPLING, handoff="states").solve(QUESTIONS)
     assert [a.final_text for a in real] != [a.final_text for a in zeroed]
@@ -61,18 +61,25 @@ def test_the_next_agent_reads_the_vectors(tiny, monkeypatch):
 def test_text_mas_messages_can_be_capped(tiny):
     answers = TextMAS(tiny, SAMPLING, message_tokens=3).solve(QUESTIONS[:3])
     assert all(step.output_tokens <= 3 for a in answers for step in a.agents[:-1])
-    assert TextMAS(tiny, SAMPLING, message_tokens=3).describe()["message_tokens"] == 3
-    assert "message_tokens" not in TextMAS(tiny, SAMPLING).describe()  # old results resume
+    assert TextMAS(tiny, SAMPLING, message_tokens=3).describe()["handoff"] == {
+        "name": "text",
+        "message_tokens": 3,
+    }
+    assert TextMAS(tiny, SAMPLING).describe()["handoff"]["message_tokens"] is None
 
 
 @pytest.mark.parametrize(
     ("options", "message"),
     [
         (dict(handoff="telepathy"), "unknown handoff"),
-        (dict(method="text_mas", handoff="states"), "latent_mas handoff"),
-        (dict(handoff="states", latent_steps="3", thought_weight=0.5), "no thought, memory or trace"),
-        (dict(method="single", message_tokens=8), "text_mas or --handoff states"),
-        (dict(method="text_mas", message_tokens=0), "message_tokens must be >="),
+        (dict(method="text_mas", handoff="states"), "goes with --method latent_mas"),
+        (dict(handoff="states", thought_weight=0.5), "--thought-weight: not an option of the states handoff"),
+        (dict(handoff="states", memory="latent_only"), "--memory shapes latent thoughts"),
+        (dict(method="single", message_tokens=8), "a single agent hands nothing over"),
+        (
+            dict(method="text_mas", message_tokens=0),
+            "message_tokens: Input should be greater than or equal to 1",
+        ),
     ],
 )
 def test_bad_handoff_options_are_clear_errors(options, message):

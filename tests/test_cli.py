@@ -273,7 +273,7 @@ def test_eval_with_agent_models(monkeypatch, capsys, model_dir, other_model_dir,
     code, stdout, _ = cli(monkeypatch, capsys, *args)
     assert code == 0, stdout
     run = json.loads((out / "run.json").read_text())
-    assert run["method"] == "hetero_mas" and run["agents"]["solver"] == str(other_model_dir)
+    assert f"solver={other_model_dir}" in run["agent_models"]
     if method == "latent_mas":
         assert "map " in stdout and "shared tokens" in stdout  # the map's quality is printed
     row = json.loads((out / "results.jsonl").read_text().splitlines()[0])
@@ -316,26 +316,31 @@ def test_agent_models_honour_realign(monkeypatch, capsys, model_dir, tmp_path):
         monkeypatch, capsys, *args, "--agent-models", f"solver={model_dir}", "--out", tmp_path / "o"
     )
     assert code == 0, stdout
-    assert json.loads((tmp_path / "o" / "run.json").read_text())["realign"] == "norm"
+    assert json.loads((tmp_path / "o" / "run.json").read_text())["handoff"]["realign"] == "norm"
 
 
 @pytest.mark.parametrize(
-    "options, message", [({"memory": "latent_only"}, "use --memory full"), ({"realign": "soft"}, "not soft")]
+    "options, message",
+    [
+        ({"memory": "latent_only"}, "use --memory full"),
+        ({"realign": "soft"}, "realigns with ridge, norm, none"),
+    ],
 )
 def test_llamacpp_engine_refuses_options_it_cannot_honour(options, message):
-    """Refused before llama-cpp-python is even imported, so this runs without it."""
-    from pathlib import Path
-
+    """Refused by the spec, before llama-cpp-python is even imported, so this runs without it."""
     from latentmas.errors import LatentMASError
-    from latentmas.llamacpp_engine import LlamaCppEngine
+    from latentmas.spec import RunSpec
 
     with pytest.raises(LatentMASError, match=message):
-        LlamaCppEngine(tiny_loaded("llama"), Path("never-read.gguf"), **options)
+        RunSpec(engine="llamacpp", **options)
+
+
+MARKUP = r"display \[x\] then arr[i] [/y] [bold]x"  # LaTeX display math, an index, a stray tag
 
 
 def test_model_text_is_printed_verbatim_and_the_trace_is_saved(monkeypatch, capsys, model_dir, tmp_path):
-    """Rich markup in an answer (`arr[i]`, `[/y]`) is shown as text, never read as markup,
-    and cannot stop the trace from being written."""
+    """Model text that looks like rich markup (`\\[x\\]`, `arr[i]`, `[/y]`) is shown exactly as
+    written in `run`, `eval` and `inspect`, and cannot stop the trace from being written."""
     from latentmas import methods
 
     real = methods.Method.solve
@@ -343,9 +348,11 @@ def test_model_text_is_printed_verbatim_and_the_trace_is_saved(monkeypatch, caps
     def solve_with_markup(self, questions, *args, **kwargs):
         answers = real(self, questions, *args, **kwargs)
         for answer in answers:
-            answer.final_text = "return arr[i] [/y] [bold]x"
+            answer.final_text = MARKUP
+            if answer.trace is not None:
+                answer.trace.final_text = MARKUP
             for step in answer.agents[:-1]:
-                step.text = "planner says [red]stop[/red]"
+                step.text = "planner says [red]stop[/red] \\[y\\]"
         return answers
 
     monkeypatch.setattr(methods.Method, "solve", solve_with_markup)
@@ -354,8 +361,19 @@ def test_model_text_is_printed_verbatim_and_the_trace_is_saved(monkeypatch, caps
         monkeypatch, capsys, "run", "q", "--model", model_dir, "--max-new-tokens", "2", "--trace", trace
     )
     assert code == 0, err
-    assert "return arr[i] [/y] [bold]x" in out
+    assert MARKUP in out
     assert trace.is_file()
+    code, out, err = cli(monkeypatch, capsys, "inspect", trace)
+    assert code == 0 and MARKUP in out
+    code, out, err = cli(
+        monkeypatch, capsys, "run", "q", "--method", "text_mas", "--model", model_dir, "--max-new-tokens", "2"
+    )
+    assert code == 0 and "planner says [red]stop[/red] \\[y\\]" in out
+
+
+def test_an_error_message_is_printed_verbatim(monkeypatch, capsys):
+    code, _, err = cli(monkeypatch, capsys, "run", "q", "--model", r"./no/such/\[x\]/arr[i]")
+    assert code == 2 and r"\[x\]/arr[i]" in err
 
 
 def test_a_saved_trace_is_inspected_in_the_console_and_as_html(monkeypatch, capsys, model_dir, tmp_path):
@@ -390,7 +408,7 @@ def test_run_says_which_dtype_ran(monkeypatch, capsys, model_dir):
 
 
 def test_code_grading_refuses_before_loading_a_model_where_code_cannot_be_confined(monkeypatch, capsys):
-    from latentmas import sandbox
+    from latentmas.evaluation import sandbox
 
     monkeypatch.setattr(sandbox, "landlock_abi", lambda: 0)
     monkeypatch.delenv(sandbox.UNSAFE_ENV, raising=False)

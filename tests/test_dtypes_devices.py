@@ -22,16 +22,18 @@ from latentmas import (
     SingleAgent,
     TextMAS,
     build_solver,
-    engine,
     models,
 )
+from latentmas.engines.forward import decoder, lm_logits
+from latentmas.engines.realign import Realigner, build_realigner
+from latentmas.engines.rollout import DriftGuard
 from latentmas.errors import LatentMASError
-from latentmas.hetero import HeteroMAS
+from latentmas.handoffs import LatentConfig, build
+from latentmas.inspection.trace import Tracing
+from latentmas.methods.hetero import HeteroMAS
 from latentmas.models import LoadedModel
-from latentmas.realign import Realigner, build_realigner
-from latentmas.server import create_app
+from latentmas.serve.server import create_app
 from latentmas.tiny import tiny_loaded, tiny_model, tiny_tokenizer
-from latentmas.trace import Tracing
 
 from .conftest import QUESTIONS
 
@@ -91,7 +93,7 @@ def test_bf16_drift_guard_compares_in_float32(bf16):
     hidden, previous = other.bfloat16(), base.bfloat16()
     in_bf16 = torch.nn.functional.cosine_similarity(hidden, previous, dim=-1)
     assert (in_bf16 >= 0.995).any()  # the hazard is real for these vectors
-    guard = engine.DriftGuard()
+    guard = DriftGuard()
     assert not guard.stops(hidden, previous, previous).any()
     method = LatentMAS(bf16, SAMPLING, latent_steps=LatentSteps(8, auto=True))
     answer = method.solve([QUESTIONS[2]])[0]
@@ -100,7 +102,7 @@ def test_bf16_drift_guard_compares_in_float32(bf16):
 
 
 def test_bf16_trace(bf16):
-    method = LatentMAS(bf16, SAMPLING, latent_steps=3, observers=[Tracing(bf16)])
+    method = LatentMAS(bf16, SAMPLING, latent_steps=3).watch(Tracing(bf16))
     (answer,) = method.solve([QUESTIONS[0]])
     steps = answer.trace.agents[0].steps
     assert len(steps) == 3 and all(s.logit_lens for s in steps)
@@ -114,7 +116,7 @@ def test_bf16_heterogeneous_agents():
     _bf16(a), _bf16(b)
     models = {"planner": a, "critic": a, "refiner": b, "solver": b}
     method = HeteroMAS(models, SAMPLING, latent_steps=2)
-    method.handoff = "latent"  # exercise the mapped handoff even if the random map is poor
+    method.handoff = build(LatentConfig())  # exercise the mapped handoff even if the random map is poor
     answers = method.solve(QUESTIONS[:2])
     assert all(a.output_tokens > 0 for a in answers)
 
@@ -142,7 +144,7 @@ def test_realigner_matrix_follows_the_hidden_state_device():
 def test_lm_logits_moves_the_hidden_state_to_the_head():
     model = tiny_model("llama", vocab_size=64)
     hidden = torch.randn(2, model.config.hidden_size, dtype=torch.float64)  # another dtype than the head's
-    logits = engine.lm_logits(model, hidden)
+    logits = lm_logits(model, hidden)
     assert logits.dtype == torch.float32 and logits.shape == (2, 64)
 
 
@@ -197,7 +199,7 @@ def split_over_two_devices(model) -> None:
         return out
 
     for module, leave in (
-        (engine.decoder(model), body_leaves),
+        (decoder(model), body_leaves),
         (model.get_output_embeddings(), lambda m, a, k, out: out.as_subclass(Elsewhere)),
     ):
         module.register_forward_pre_hook(arrive, with_kwargs=True)
@@ -244,7 +246,7 @@ def _split_runs(lm):
             ),
             None,
         ),
-        "traced": (LatentMAS(lm, SAMPLING, latent_steps=2, observers=[Tracing(lm)]), None),
+        "traced": (LatentMAS(lm, SAMPLING, latent_steps=2).watch(Tracing(lm)), None),
     }
 
 
@@ -297,7 +299,9 @@ def test_auto_dtype_is_bfloat16_where_the_cpu_computes_it_natively(monkeypatch):
 def test_an_unknown_dtype_is_one_clear_error():
     with pytest.raises(LatentMASError, match="unknown dtype 'int8'"):
         models.pick_dtype("int8", torch.device("cpu"))
-    with pytest.raises(LatentMASError, match="unknown dtype 'half'; choose one of auto, float32"):
+    with pytest.raises(
+        LatentMASError, match="dtype: Input should be 'auto', 'float32', 'bfloat16' or 'float16'"
+    ):
         RunSpec(dtype="half")
 
 
@@ -317,12 +321,12 @@ def test_embedded_latent_mas_in_bf16_batch_of_4_matches_batch_of_1_within_roundi
     import numpy as np
 
     from latentmas import get_task
-    from latentmas.trace import Tracing
+    from latentmas.inspection.trace import Tracing
 
     lm = models.load_model(None, device="cpu", dtype="bfloat16")
     task = get_task("gsm8k")
     questions = [e.question for e in task.load()[:4]]
-    method = LatentMAS(lm, Sampling(max_new_tokens=1), latent_steps=3, observers=[Tracing(lm)])
+    method = LatentMAS(lm, Sampling(max_new_tokens=1), latent_steps=3).watch(Tracing(lm))
     batched = method.solve(questions, task.answer_format)
     alone = [method.solve([q], task.answer_format)[0] for q in questions]
 
@@ -356,8 +360,11 @@ def test_a_run_recorded_before_dtypes_were_recorded_resumes_in_float32_only(tmp_
     examples = task.load()[:1]
     method = SingleAgent(tiny_loaded("llama"), Sampling(max_new_tokens=2))
     evaluate(method, task, examples, tmp_path)
-    legacy = json.loads((tmp_path / "run.json").read_text())
-    del legacy["dtype"]
+    record = json.loads((tmp_path / "run.json").read_text())
+    # run.json as it was written before dtypes (and before records were specs: no schema)
+    legacy = {
+        k: v for k, v in record.items() if k not in ("schema", "dtype", "chat_template", "agent_models")
+    }
     (tmp_path / "run.json").write_text(json.dumps(legacy))
     evaluate(method, task, examples, tmp_path)  # float32: the dtype every earlier CPU run had
     (tmp_path / "run.json").write_text(json.dumps(legacy))

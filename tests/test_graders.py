@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from latentmas.graders import extract_choice, extract_math_answer, math_equal
+from latentmas.evaluation.graders import extract_choice, extract_math_answer, math_equal
 
 
 @pytest.mark.parametrize(
@@ -140,14 +140,14 @@ PROMPT = 'def add(a, b):\n    """Return a + b."""\n'
     ],
 )
 def test_code_grader(answer, expected):
-    from latentmas.tasks import Example, get_task
+    from latentmas.evaluation.tasks import Example, get_task
 
     example = Example(id="t", question="", gold=PROMPT, tests=ADD_TESTS, entry_point="add")
     assert get_task("humaneval_plus").grade(answer, example).correct is expected
 
 
 def test_mbpp_names_the_function_its_test_calls_not_a_builtin_around_it():
-    from latentmas.tasks import get_task
+    from latentmas.evaluation.tasks import get_task
 
     examples = get_task("mbpp_plus").load("tests/fixtures/mbpp_plus.jsonl")
     assert [e.entry_point for e in examples] == ["similar_elements", "is_not_prime"]

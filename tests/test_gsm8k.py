@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from latentmas.errors import LatentMASError
-from latentmas.tasks import get_task
+from latentmas.evaluation.tasks import get_task
 
 GSM8K = get_task("gsm8k")
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"

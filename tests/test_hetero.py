@@ -7,9 +7,12 @@ import logging
 import pytest
 import torch
 
-from latentmas import Sampling, engine, hetero
+from latentmas import Sampling
+from latentmas.engines import transformers as hf
+from latentmas.engines.forward import lm_logits
 from latentmas.errors import LatentMASError
-from latentmas.hetero import HeteroMAS, fit_cross_map, parse_agent_models, surface_strings
+from latentmas.methods import hetero
+from latentmas.methods.hetero import HeteroMAS, fit_cross_map, parse_agent_models, surface_strings
 from latentmas.models import LoadedModel
 from latentmas.tiny import tiny_model, tiny_tokenizer
 
@@ -59,7 +62,7 @@ def test_unrelated_models_get_a_poor_map_and_fall_back_to_text(unrelated, caplog
     models = {"planner": a, "critic": a, "refiner": b, "solver": b}
     with caplog.at_level(logging.WARNING):
         method = HeteroMAS(models, Sampling(max_new_tokens=4), latent_steps=2)
-    assert method.handoff == "text" and "passing text" in caplog.text
+    assert not method.handoff.shares_memory and "passing text" in caplog.text
     (answer,) = method.solve(["2+2"])
     assert [s.mode for s in answer.agents] == ["text"] * 4
 
@@ -69,7 +72,7 @@ def test_latent_handoff_runs_and_is_batch_invariant(related, monkeypatch):
     a, b = related
     models = {"planner": a, "critic": a, "refiner": b, "solver": b}
     method = HeteroMAS(models, Sampling(max_new_tokens=6), latent_steps=3)
-    assert method.handoff == "latent"
+    assert method.handoff.shares_memory
     batched = method.solve(QUESTIONS)
     alone = [method.solve([q])[0] for q in QUESTIONS]
     assert [x.final_text for x in batched] == [x.final_text for x in alone]
@@ -79,9 +82,9 @@ def test_latent_handoff_runs_and_is_batch_invariant(related, monkeypatch):
     # B answers differently. Had the mapped thoughts been dropped, both would agree.
     # Compared on the solver's first logits, which any change in its cache moves.
     first_logits = []
-    logits = engine.lm_logits
+    logits = lm_logits
     monkeypatch.setattr(
-        engine, "lm_logits", lambda *args: (first_logits.append(logits(*args)), first_logits[-1])[1]
+        hf, "lm_logits", lambda *args: (first_logits.append(logits(*args)), first_logits[-1])[1]
     )
     method.solve(QUESTIONS)
     mapped = first_logits[0]

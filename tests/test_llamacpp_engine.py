@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def engine_method(embedded):
     from latentmas import LatentMAS
-    from latentmas.llamacpp_engine import LlamaCppEngine
+    from latentmas.engines.llamacpp import LlamaCppEngine
 
     engine = LlamaCppEngine(embedded, embedded_gguf_path())
     yield LatentMAS(engine, Sampling(max_new_tokens=16), latent_steps=4)
@@ -66,29 +66,30 @@ def test_llamacpp_hidden_state_matches_transformers(embedded, engine_method):
     import numpy as np
     import torch
 
-    from latentmas import engine
-    from latentmas.engine import SharedMemory
+    from latentmas.engines import forward
+    from latentmas.engines.cache import SharedMemory
 
     prompt = embedded.tokenizer("The capital of France is Paris. The capital of Germany is").input_ids
     with torch.inference_mode():
         memory = SharedMemory.empty(embedded.model, 1)
-        ours = engine.prefill(embedded.model, memory, [prompt], 0)[0].numpy()
+        ours = forward.prefill(embedded.model, memory, [prompt], 0)[0].numpy()
     cpp = engine_method.engine
-    theirs = cpp.prefill(cpp.new_memory(1), [prompt])[0].numpy()
+    rows = cpp.new_memory(1)
+    cpp.prefill(rows, [prompt])
+    theirs = cpp.last_hidden(rows)[0].numpy()
     cosine = float(ours @ theirs / np.linalg.norm(ours) / np.linalg.norm(theirs))
     assert cosine > 0.99  # the same weights; llama.cpp quantizes activations in its matmuls
 
 
 def test_llamacpp_gets_the_drift_guard_and_tracing_from_the_agent_loop(embedded, engine_method):
     from latentmas import LatentMAS
-    from latentmas.trace import Tracing
+    from latentmas.inspection.trace import Tracing
 
     method = LatentMAS(
         engine_method.engine,
         Sampling(max_new_tokens=4),
         latent_steps=LatentSteps(6, auto=True),
-        observers=[Tracing(embedded)],
-    )
+    ).watch(Tracing(embedded))
     (answer,) = method.solve(["What is 2+2?"])
     assert answer.trace is not None and [a.role for a in answer.trace.agents][-1] == "solver"
     recorded = [len(a.steps) for a in answer.trace.agents[:3]]
@@ -99,17 +100,17 @@ def test_llamacpp_gets_the_drift_guard_and_tracing_from_the_agent_loop(embedded,
 
 def test_llamacpp_thoughts_are_bit_identical_alone_and_in_a_batch(embedded, engine_method):
     """Stronger than equal answers: every latent thought's hidden state, exactly."""
-    from functools import partial
-
-    from latentmas.engine import rollout
+    from latentmas.handoffs import LatentConfig, build
 
     engine = engine_method.engine
     prompts = [embedded.tokenizer(q).input_ids for q in QUESTIONS]
+    paper = build(LatentConfig())
 
     def think(rows):
         memory = engine.new_memory(len(rows))
-        hidden = engine.prefill(memory, rows)
-        return rollout(partial(engine.latent_step, memory), hidden, 4)[0]
+        engine.prefill(memory, rows)
+        paper.think(engine, memory, LatentSteps(4), None)
+        return engine.last_hidden(memory)
 
     together = think(prompts)
     alone = torch.cat([think([p]) for p in prompts])
@@ -120,7 +121,7 @@ def test_llamacpp_shared_prefix_is_read_once_and_changes_nothing(embedded):
     """The system prompt and first instruction are read once and their KV copied into each
     row: the same thoughts, bit for bit, and the same answers as reading every prompt whole."""
     from latentmas import LatentMAS
-    from latentmas.llamacpp_engine import LlamaCppEngine
+    from latentmas.engines.llamacpp import LlamaCppEngine
 
     runs = {}
     for share in (False, True):

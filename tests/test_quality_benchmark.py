@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from latentmas.stats import compare_over_seeds, compare_paired, mcnemar_exact, wilson_interval
+from latentmas import Sampling
+from latentmas.evaluation.stats import compare_over_seeds, compare_paired, mcnemar_exact, wilson_interval
 from latentmas.tiny import tiny_loaded
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +65,11 @@ def test_config_names_parse_into_one_change_each(benchmark_script):
     quality = benchmark_script("quality")
     assert quality.parse_config("latent_mas[m=0]")["options"]["latent_steps"] == "0"
     both = quality.parse_config("latent_mas[realign=soft,m=3]")["options"]
-    assert both["realign"] == "soft" and both["latent_steps"] == "3" and both["memory"] == "full"
+    assert both == {"realign": "soft", "latent_steps": "3"}
+    spec = quality.config_spec(
+        quality.parse_config("latent_mas[realign=soft,m=3]"), "m", "float32", Sampling()
+    )
+    assert spec.handoff.realign == "soft" and spec.latent_steps.count == 3 and spec.memory == "full"
     assert quality.split_configs("single,latent_mas[realign=soft,m=3]") == [
         "single",
         "latent_mas[realign=soft,m=3]",
@@ -176,7 +181,7 @@ def test_unknown_config_is_a_clear_error(capsys, benchmark_script):
 
 def test_endings_tell_format_failures_from_wrong_maths(benchmark_script):
     quality = benchmark_script("quality")
-    from latentmas.evaluate import QuestionResult
+    from latentmas.evaluation.evaluate import QuestionResult
 
     def result(i: int, text: str, tokens: int, correct: bool) -> QuestionResult:
         return QuestionResult(f"q{i}", "?", "3", None, correct, text, 10, tokens, 0, 1.0)
@@ -206,7 +211,7 @@ def test_endings_tell_format_failures_from_wrong_maths(benchmark_script):
 
 def test_endings_count_final_answers_that_write_the_refiners_plan(benchmark_script):
     quality = benchmark_script("quality")
-    from latentmas.evaluate import QuestionResult
+    from latentmas.evaluation.evaluate import QuestionResult
 
     texts = [
         "Here's the improved plan and the final function:",  # the Refiner's task
@@ -219,7 +224,7 @@ def test_endings_count_final_answers_that_write_the_refiners_plan(benchmark_scri
 
 
 def test_holm_adjustment_matches_the_step_down_definition():
-    from latentmas.stats import holm_adjust
+    from latentmas.evaluation.stats import holm_adjust
 
     # sorted 0.01, 0.02, 0.04 -> 3 x 0.01, 2 x 0.02, max(0.04, previous); order kept
     assert holm_adjust([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
@@ -231,7 +236,7 @@ def _write_results(folder: Path, config: str, right: list[bool], tokens: int = 1
     """A quality run's results.jsonl for one configuration, as benchmarks/quality.py lays it out."""
     from dataclasses import asdict
 
-    from latentmas.evaluate import QuestionResult
+    from latentmas.evaluation.evaluate import QuestionResult
 
     path = folder / "gsm8k" / config.replace("[", "-").replace("]", "").replace("=", "") / "results.jsonl"
     path.parent.mkdir(parents=True)
@@ -379,7 +384,7 @@ def test_scale_refuses_answers_an_earlier_grading_rule_scored(tmp_path, benchmar
 def test_a_report_grades_again_what_an_earlier_rule_scored(tmp_path, benchmark_script):
     """A right HumanEval answer cut off in its own example call: wrong by the first rule,
     right by the current one, and the report must say the current one."""
-    from latentmas.tasks.code import _humaneval_rows_offline
+    from latentmas.evaluation.tasks.code import _humaneval_rows_offline
 
     first = _humaneval_rows_offline()[0]
     text = (

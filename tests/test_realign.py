@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from latentmas import realign
+from latentmas.engines import realign
+from latentmas.engines.realign import build_realigner, input_embedding_matrix, output_embedding_matrix
 from latentmas.errors import LatentMASError
-from latentmas.realign import build_realigner, input_embedding_matrix, output_embedding_matrix
 from latentmas.tiny import tiny_loaded, tiny_model
 
 
@@ -148,12 +148,12 @@ def test_a_model_is_realigned_once_per_process(monkeypatch):
     assert fits == ["ridge", "norm"]
     lm = tiny_loaded("qwen2")
     methods = [LatentMAS(lm, Sampling(max_new_tokens=t)) for t in (4, 8)]
-    assert methods[0].engine.realigner is methods[1].engine.realigner
+    assert methods[0].engine.realigner("ridge") is methods[1].engine.realigner("ridge")
 
 
 def test_soft_realignment_and_the_logit_lens_apply_the_models_softcap():
     """Gemma-style final-logit soft-capping: tanh(z / c) * c before the softmax."""
-    from latentmas.engine import lm_logits
+    from latentmas.engines.forward import lm_logits
 
     model = tiny_model("gemma3", final_logit_softcapping=2.0, seed=5)
     realigner = build_realigner(model, "soft")

@@ -6,8 +6,8 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from latentmas.evaluate import QuestionResult, Summary
-from latentmas.report import comparison, read_runs
+from latentmas.evaluation.evaluate import QuestionResult, Summary
+from latentmas.evaluation.report import comparison, read_runs
 
 
 def _write_run(folder: Path, method: str, seconds: dict[str, float], tokens: int, model: str = "m") -> None:

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 import latentmas
-from latentmas import sandbox
-from latentmas.sandbox import Limits, SandboxUnavailable, run_python
+from latentmas.evaluation import sandbox
+from latentmas.evaluation.sandbox import Limits, SandboxUnavailable, run_python
 
 FAST = Limits(wall_seconds=5, cpu_seconds=5, memory_bytes=512 << 20, output_bytes=1 << 16, processes=32)
 
@@ -129,19 +129,21 @@ def normal_user():
         pytest.skip("needs setpriv and a system python3 to act as a normal user")
     base = Path(tempfile.mkdtemp(prefix="latentmas-user-", dir="/tmp"))
     package = base / "lib" / "latentmas"
-    package.mkdir(parents=True)
-    (package / "__init__.py").write_text("")
-    for module in ("errors.py", "sandbox.py"):
-        shutil.copy(Path(latentmas.__file__).parent / module, package / module)
+    (package / "evaluation").mkdir(parents=True)
+    source = Path(latentmas.__file__).parent
+    for module in ("__init__.py", "evaluation/__init__.py"):
+        (package / module).write_text("")
+    for module in ("errors.py", "evaluation/sandbox.py"):
+        shutil.copy(source / module, package / module)
     home = base / "home"
     home.mkdir()
     os.chmod(base, 0o755)
-    for path in (base / "lib", package, *package.iterdir()):
+    for path in (base / "lib", package, *package.rglob("*")):
         os.chmod(path, 0o755 if path.is_dir() else 0o644)
     if os.geteuid() == 0:
         os.chown(home, sandbox.NOBODY, sandbox.NOBODY)
     runner = (
-        "import json, sys; sys.path.insert(0, sys.argv[1]); from latentmas.sandbox import Limits, run_python; "
+        "import json, sys; sys.path.insert(0, sys.argv[1]); from latentmas.evaluation.sandbox import Limits, run_python; "
         "r = run_python(sys.argv[2], Limits(wall_seconds=8, cpu_seconds=8, processes=16)); "
         "print(json.dumps({'status': r.status, 'output': r.output, 'seconds': r.seconds}))"
     )

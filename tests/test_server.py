@@ -14,8 +14,10 @@ import schemathesis
 import uvicorn
 from hypothesis import HealthCheck, given, settings
 
-from latentmas import RunSpec, build_solver, engine
-from latentmas.server import create_app
+from latentmas import RunSpec, build_solver
+from latentmas.engines import transformers as hf
+from latentmas.engines.forward import lm_logits
+from latentmas.serve.server import create_app
 from latentmas.tiny import tiny_loaded
 
 QUESTIONS = ["What is 2+2?", "x", "A robe takes 2 bolts of blue fiber. How many in total?", "Count to three."]
@@ -145,12 +147,16 @@ BAD_BODIES = [
     ({"messages": [{"role": "user", "content": LONG}]}, 400, "context"),
     ({"messages": [{"role": "user", "content": "hi"}], "latent_steps": 600}, 400, "context"),
     ({"messages": [{"role": "user", "content": "hi"}], "thought_weight": 0}, 400, "thought_weight"),
-    ({"messages": [{"role": "user", "content": "hi"}], "thoughts_enter": True}, 400, "thoughts_from"),
+    (
+        {"messages": [{"role": "user", "content": "hi"}], "thoughts_enter": True, "handoff": "latent"},
+        400,
+        "chooses the reentry handoff",
+    ),
     ({"messages": [{"role": "user", "content": "hi"}], "relay_keep": 0}, 400, "relay_keep"),
     (
         {"messages": [{"role": "user", "content": "hi"}], "method": "single", "max_thought_entropy": 4},
         400,
-        "method latent_mas",
+        "a single agent hands nothing over",
     ),
 ]
 
@@ -198,8 +204,8 @@ def test_client_that_disconnects_mid_stream_stops_its_row(server, monkeypatch):
     decoded = whole["usage"]["completion_tokens"]
     assert decoded > 200
     steps = []
-    logits = engine.lm_logits
-    monkeypatch.setattr(engine, "lm_logits", lambda *a: (steps.append(1), logits(*a))[1])
+    logits = lm_logits
+    monkeypatch.setattr(hf, "lm_logits", lambda *a: (steps.append(1), logits(*a))[1])
     with httpx.stream("POST", f"{server.url}/v1/chat/completions", json={**body, "stream": True}) as response:
         for line in response.iter_lines():
             if '"content": "' in line and '"content": ""' not in line:
@@ -255,7 +261,7 @@ def test_a_streaming_request_whose_generator_never_starts_frees_its_slot(server,
     client left before the response began) still gives its slot back."""
     import asyncio
 
-    from latentmas.scheduler import Job
+    from latentmas.serve.scheduler import Job
 
     batcher = server.app.state.batcher
     loop = asyncio.new_event_loop()
@@ -299,7 +305,7 @@ def test_requests_without_a_seed_get_different_seeds(server, monkeypatch):
 
 
 def test_system_messages_reach_the_agents():
-    from latentmas.server import Message, question_from_messages
+    from latentmas.serve.server import Message, question_from_messages
 
     question = question_from_messages(
         [Message(role="system", content="Answer in French."), Message(role="user", content="What is 2+2?")]
@@ -309,7 +315,7 @@ def test_system_messages_reach_the_agents():
 
 def test_streamed_text_is_decoded_a_window_at_a_time_and_equals_the_whole(monkeypatch):
     from latentmas.models import load_model
-    from latentmas.server import IncrementalText
+    from latentmas.serve.server import IncrementalText
 
     tokenizer = load_model(None, device="cpu", dtype="float32").tokenizer
     text = "Héllo wörld, 你好 🙂 — a longer line\n  with  spaces and émojis 🎉 at the end."

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from latentmas.errors import LatentMASError
-from latentmas.tasks import all_tasks, get_task, parse_task_list
+from latentmas.evaluation.tasks import all_tasks, get_task, parse_task_list
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PAPER_TASKS = [

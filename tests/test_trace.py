@@ -12,9 +12,9 @@ import pytest
 
 from latentmas import LatentMAS, LatentSteps, Sampling
 from latentmas.errors import LatentMASError
-from latentmas.evaluate import vectors_dir
-from latentmas.trace import Tracing, read_traces
-from latentmas.trace_view import trace_html
+from latentmas.evaluation.evaluate import TraceFile, vectors_dir
+from latentmas.inspection.trace import Tracing, read_traces
+from latentmas.inspection.view import trace_html
 
 from .conftest import QUESTIONS
 
@@ -23,7 +23,7 @@ SAMPLING = Sampling(max_new_tokens=6)
 
 @pytest.fixture(scope="module")
 def traced(tiny):
-    return LatentMAS(tiny, SAMPLING, latent_steps=4, observers=[Tracing(tiny)]).solve(QUESTIONS[:3])
+    return LatentMAS(tiny, SAMPLING, latent_steps=4).watch(Tracing(tiny)).solve(QUESTIONS[:3])
 
 
 def test_trace_records_every_agent_and_step(traced):
@@ -90,7 +90,7 @@ def test_eval_trace_is_one_line_per_question(tiny, tmp_path):
     from latentmas import evaluate, get_task
 
     task = get_task("gsm8k")
-    method = LatentMAS(tiny, SAMPLING, latent_steps=2, observers=[Tracing(tiny)])
+    method = LatentMAS(tiny, SAMPLING, latent_steps=2).watch(Tracing(tiny))
     trace_path = tmp_path / "t.jsonl"
     evaluate(
         method,
@@ -98,8 +98,7 @@ def test_eval_trace_is_one_line_per_question(tiny, tmp_path):
         task.load()[:3],
         tmp_path / "run",
         batch_size=2,
-        trace_path=trace_path,
-        trace_vectors=True,
+        trace=TraceFile(trace_path, vectors=True),
     )
     traces = read_traces(trace_path)
     assert sorted(t.question for t in traces) == sorted(e.question for e in task.load()[:3])

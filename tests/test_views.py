@@ -3,27 +3,42 @@
 from __future__ import annotations
 
 import math
-from functools import partial
 
 import pytest
 import torch
 
 from latentmas import LatentMAS, Sampling
-from latentmas.engine import EntropyGuard, SharedMemory, TransformersEngine, lm_logits, rollout
+from latentmas.engines import LatentSteps, TransformersEngine
+from latentmas.engines.cache import SharedMemory
+from latentmas.engines.forward import lm_logits
+from latentmas.engines.relay import NEWEST_KEPT, kept_columns, key_similarity
+from latentmas.engines.rollout import EntropyGuard, rollout
+from latentmas.engines.views import MemoryView
 from latentmas.errors import LatentMASError
-from latentmas.relay import NEWEST_KEPT, kept_columns, key_similarity
+from latentmas.handoffs import LatentConfig, ReentryConfig, ViewConfig, build
 from latentmas.roles import encode_chat
 from latentmas.spec import RunSpec
 from latentmas.tiny import tiny_loaded
-from latentmas.views import MemoryView
 
 from .conftest import QUESTIONS
 
 SAMPLING = Sampling(max_new_tokens=12)
 
 
-def answers(lm, questions, **options):
-    return [a.final_text for a in LatentMAS(lm, SAMPLING, **options).solve(questions)]
+def handoff_for(view: MemoryView | None, realign: str = "ridge"):
+    """The handoff that shows the memory as `view` does."""
+    if view is None:
+        return LatentConfig(realign=realign)
+    kind = ReentryConfig if view.thoughts_enter else ViewConfig
+    options = dict(
+        thoughts_from=view.thoughts_from, relay_layers=view.relay_layers, relay_keep=view.relay_keep
+    )
+    return kind(thought_weight=view.thought_weight, realign=realign, **options)
+
+
+def answers(lm, questions, view: MemoryView | None = None, realign: str = "ridge", **options):
+    method = LatentMAS(lm, SAMPLING, handoff=handoff_for(view, realign), **options)
+    return [a.final_text for a in method.solve(questions)]
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
@@ -38,7 +53,7 @@ def test_the_view_machinery_with_a_negligible_bias_changes_no_answer(arch):
 
 
 def test_the_identity_view_installs_nothing(tiny):
-    memory = TransformersEngine(tiny, view=MemoryView()).new_memory(2)
+    memory = TransformersEngine(tiny).new_memory(2, MemoryView())
     assert memory.view is None
 
 
@@ -63,13 +78,13 @@ def test_a_vanishing_thought_weight_is_the_team_without_thoughts(tiny, monkeypat
 def after_first_agent(lm, view: MemoryView | None, plan: str = "plan 12", steps: int = 3):
     """An engine and a memory holding the first agent's prompt and `steps` thoughts;
     -> (engine, memory, the second agent's prompt)."""
-    engine = TransformersEngine(lm, share_prefixes=False, view=view)
+    engine = TransformersEngine(lm, share_prefixes=False)
     first, second = (
         encode_chat(lm.tokenizer, [{"role": "user", "content": t}], False) for t in (plan, "check")
     )
-    memory = engine.new_memory(1)
-    hidden = engine.prefill(memory, [first])
-    rollout(partial(engine.latent_step, memory), hidden, steps)
+    memory = engine.new_memory(1, view)
+    engine.prefill(memory, [first])
+    build(handoff_for(view)).think(engine, memory, LatentSteps(steps), None)
     return engine, memory, second
 
 
@@ -100,6 +115,7 @@ def layer_weights(lm, view: MemoryView | None) -> tuple[list[torch.Tensor], torc
 def eager():
     lm = tiny_loaded("llama")
     lm.model.set_attn_implementation("eager")  # returns its attention weights
+    lm.attention = "eager"  # what a relay's probe switches back to
     return lm
 
 
@@ -128,15 +144,15 @@ def test_a_thought_weight_scales_attention_to_earlier_thoughts_by_beta(eager):
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        (dict(thought_weight=0.0), "thought_weight must be in"),
-        (dict(thoughts_from=1.0), "thoughts_from must be <="),
-        (dict(method="single", thought_weight=0.5), "use them with --method latent_mas"),
-        (dict(engine="llamacpp", thoughts_from=0.5), "--engine transformers"),
-        (dict(max_thought_entropy=-1.0), "max_thought_entropy must be >="),
-        (dict(relay_keep=0.0), "relay_keep must be in"),
-        (dict(relay_layers=1.5), "relay_layers must be <="),
-        (dict(engine="vllm", relay_layers=0.3), "--engine transformers"),
-        (dict(method="text_mas", relay_keep=0.5), "use them with --method latent_mas"),
+        (dict(thought_weight=0.0), "thought_weight: Input should be greater than 0"),
+        (dict(thoughts_from=1.0), "thoughts_from: Input should be less than 1"),
+        (dict(method="single", thought_weight=0.5), "a single agent hands nothing over"),
+        (dict(engine="llamacpp", thoughts_from=0.5), "--engine llamacpp cannot run memory views"),
+        (dict(max_thought_entropy=-1.0), "max_thought_entropy: Input should be greater than or equal to 0"),
+        (dict(relay_keep=0.0), "relay_keep: Input should be greater than 0"),
+        (dict(relay_layers=1.5), "relay_layers: Input should be less than or equal to 1"),
+        (dict(engine="vllm", relay_layers=0.3), "--engine vllm cannot run memory views"),
+        (dict(method="text_mas", relay_keep=0.5), "--relay-keep: not an option of the text handoff"),
     ],
 )
 def test_bad_view_options_are_clear_errors(options, message):
@@ -182,14 +198,13 @@ def test_the_entropy_guard_stops_at_a_jump(tiny):
 
 
 def test_the_entropy_guard_is_batch_invariant_and_described(tiny):
-    options = dict(latent_steps=6, max_thought_entropy=5.0, max_entropy_jump=0.5)
-    method = LatentMAS(tiny, SAMPLING, **options)
+    handoff = LatentConfig(max_thought_entropy=5.0, max_entropy_jump=0.5)
+    method = LatentMAS(tiny, SAMPLING, latent_steps=6, handoff=handoff)
     batched = method.solve(QUESTIONS)
     alone = [method.solve([q])[0] for q in QUESTIONS]
     assert [a.final_text for a in batched] == [a.final_text for a in alone]
     assert [a.latent_steps for a in batched] == [a.latent_steps for a in alone]
-    assert method.describe()["max_thought_entropy"] == 5.0
-    assert "thought_weight" not in method.describe()  # defaults stay out: old results resume
+    assert method.describe()["handoff"]["max_thought_entropy"] == 5.0
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
@@ -252,9 +267,9 @@ def test_a_thought_that_enters_above_the_embedding_is_the_stream_there(tiny):
         )
 
 
-def test_thoughts_enter_needs_a_layer():
-    with pytest.raises(LatentMASError, match="set it above 0"):
-        RunSpec(thoughts_enter=True)
+def test_thoughts_enter_at_the_embedding_layer_is_refused():
+    with pytest.raises(LatentMASError, match="thoughts_from: Input should be greater than 0"):
+        RunSpec(handoff="reentry:thoughts_from=0")
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])

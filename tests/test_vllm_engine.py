@@ -12,11 +12,13 @@ import types
 import pytest
 import torch
 
-from latentmas import LatentMAS, Sampling, SingleAgent, TextMAS, engine
-from latentmas.engine import SharedMemory, TransformersEngine
+from latentmas import LatentMAS, Sampling, SingleAgent, TextMAS
+from latentmas.engines import Decoding, TransformersEngine, forward
+from latentmas.engines import transformers as hf
+from latentmas.engines.cache import SharedMemory
+from latentmas.engines.vllm import VLLMEngine, vllm_input
 from latentmas.errors import LatentMASError
 from latentmas.spec import RunSpec, build_solver
-from latentmas.vllm_engine import VLLMEngine, vllm_input
 
 from .conftest import NOT_APPLICABLE, QUESTIONS
 
@@ -45,10 +47,10 @@ class EchoLLM:
                 embeds = prompt["prompt_embeds"].to(model.dtype)
             memory = SharedMemory.empty(model, 1)
             ones = torch.ones(1, embeds.shape[0], dtype=torch.long)
-            hidden = engine.append(model, memory, ones, inputs_embeds=embeds[None])
+            forward.append(model, memory, ones, inputs_embeds=embeds[None])
             sampling = Sampling(p.max_tokens, p.temperature, p.top_p)
             seeds = None if p.seed is None else [p.seed]
-            tokens = engine.decode(model, memory, hidden, sampling, set(p.stop_token_ids), row_seeds=seeds)[0]
+            tokens = hf.decode(model, memory, sampling, set(p.stop_token_ids), row_seeds=seeds)[0]
             completion = types.SimpleNamespace(token_ids=tokens)
             outputs.append(types.SimpleNamespace(outputs=[completion]))
         return outputs
@@ -84,9 +86,9 @@ def test_every_method_answers_as_on_the_transformers_engine(tiny, fake_vllm, bat
     """What the engine hands vLLM rebuilds the cache the transformers engine decodes from:
     same greedy answers for all methods, with and without thoughts."""
     sampling = Sampling(max_new_tokens=8)
-    reference = methods(TransformersEngine(tiny, "ridge"), sampling)
+    reference = methods(TransformersEngine(tiny), sampling)
     echo = EchoLLM(tiny)
-    on_vllm = methods(VLLMEngine(tiny, "ridge", llm=echo), sampling)
+    on_vllm = methods(VLLMEngine(tiny, llm=echo), sampling)
     questions = QUESTIONS[:batch]
     for name, method in on_vllm.items():
         got = [a.final_text for a in method.solve(questions)]
@@ -99,7 +101,7 @@ def test_every_method_answers_as_on_the_transformers_engine(tiny, fake_vllm, bat
 
 def test_sampled_answers_do_not_depend_on_the_batch(tiny, fake_vllm):
     sampling = Sampling(max_new_tokens=8, temperature=1.0, seed=7)
-    method = LatentMAS(VLLMEngine(tiny, "ridge", llm=EchoLLM(tiny)), sampling, latent_steps=2)
+    method = LatentMAS(VLLMEngine(tiny, llm=EchoLLM(tiny)), sampling, latent_steps=2)
     alone = [method.solve([q])[0].final_text for q in QUESTIONS[:4]]
     assert [a.final_text for a in method.solve(QUESTIONS[:4])] == alone
 
@@ -113,7 +115,7 @@ def test_agents_that_only_decode_never_run_the_transformers_copy(tiny, fake_vllm
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(TransformersEngine, "prefill", counted)
-    vllm = VLLMEngine(tiny, "ridge", llm=EchoLLM(tiny))
+    vllm = VLLMEngine(tiny, llm=EchoLLM(tiny))
     for name, method in methods(vllm, Sampling(max_new_tokens=4)).items():
         calls.clear()
         method.solve(QUESTIONS[:2])
@@ -122,13 +124,13 @@ def test_agents_that_only_decode_never_run_the_transformers_copy(tiny, fake_vllm
 
 
 def test_a_stopped_row_keeps_no_thought_it_did_not_think(tiny, fake_vllm):
-    vllm = VLLMEngine(tiny, "ridge", llm=EchoLLM(tiny))
+    vllm = VLLMEngine(tiny, llm=EchoLLM(tiny))
     memory = vllm.new_memory(2)
     vllm.prefill(memory, [[1, 2, 3], [4, 5]])
     hidden = tiny.model.config.hidden_size
-    vllm.latent_step(memory, torch.ones(2, hidden), torch.tensor([True, True]))
-    vllm.latent_step(memory, torch.ones(2, hidden), torch.tensor([True, False]))
-    vllm.prefill(memory, [[6], [7]], think=False)
+    vllm.append_thoughts(memory, torch.ones(2, hidden), torch.tensor([True, True]))
+    vllm.append_thoughts(memory, torch.ones(2, hidden), torch.tensor([True, False]))
+    vllm.prefill(memory, [[6], [7]])
     assert [s.shape[0] if isinstance(s, torch.Tensor) else s for s in memory.segments[0]] == [
         [1, 2, 3],
         2,
@@ -140,7 +142,7 @@ def test_a_stopped_row_keeps_no_thought_it_did_not_think(tiny, fake_vllm):
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"agent_models": "planner=x"}, "does not combine with --agent-models"),
+        ({"agent_models": "planner=x"}, "cannot run --agent-models"),
         ({"memory": "latent_only"}, "use --memory full"),
         ({"handoff": "states"}, "--engine transformers"),
         ({"thought_weight": 0.5}, "--engine transformers"),
@@ -165,7 +167,7 @@ needs_vllm = pytest.mark.skipif(not HAS_VLLM, reason="needs vllm (CPU build: req
 @pytest.fixture(scope="module")
 def real(embedded):
     """The embedded model on both engines; vLLM started once for the module."""
-    return embedded, VLLMEngine(embedded, "ridge")
+    return embedded, VLLMEngine(embedded)
 
 
 @needs_vllm
@@ -176,7 +178,7 @@ def test_vllm_answers_like_the_transformers_engine(real, name):
     them the top two logits are far apart)."""
     lm, vllm = real
     sampling = Sampling(max_new_tokens=24)
-    reference = methods(TransformersEngine(lm, "ridge"), sampling)[name]
+    reference = methods(TransformersEngine(lm), sampling)[name]
     method = methods(vllm, sampling)[name]
     questions = QUESTIONS[:4]
     expected = [a.final_text for a in reference.solve(questions)]
@@ -202,14 +204,14 @@ def test_vllm_on_a_gpu_answers_like_the_transformers_engine():
     sampling = Sampling(max_new_tokens=128)
     questions = QUESTIONS[:4]
     reference = LatentMAS(lm, sampling, latent_steps=4).solve(questions)
-    vllm = VLLMEngine(lm, "ridge")
+    vllm = VLLMEngine(lm)
     answers = LatentMAS(vllm, sampling, latent_steps=4).solve(questions)
     same = sum(a.final_text == b.final_text for a, b in zip(answers, reference))
     assert same >= 3, [(a.final_text, b.final_text) for a, b in zip(answers, reference)]
 
 
 def test_cpu_ranks_get_equal_groups_of_cores(monkeypatch):
-    from latentmas import vllm_engine
+    from latentmas.engines import vllm as vllm_engine
 
     monkeypatch.setattr(vllm_engine.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 5})
     assert vllm_engine.cpu_groups(2) == "0,1|2,3"
@@ -226,8 +228,8 @@ def test_vllm_split_over_two_ranks_answers_like_one(tmp_path):
     embedded SmolLM2's 9 heads do not)."""
     from dataclasses import replace
 
+    from latentmas.engines.vllm import VLLMSettings
     from latentmas.tiny import tiny_loaded
-    from latentmas.vllm_engine import VLLMSettings
 
     lm = tiny_loaded("llama", hidden_size=128, num_attention_heads=2, num_key_value_heads=2)
     lm.model.save_pretrained(tmp_path)
@@ -236,7 +238,7 @@ def test_vllm_split_over_two_ranks_answers_like_one(tmp_path):
     sampling = Sampling(max_new_tokens=16)
     answers = []
     for ranks in (1, 2):
-        vllm = VLLMEngine(lm, "ridge", VLLMSettings(cpu_kv_gib=1, tensor_parallel=ranks))
+        vllm = VLLMEngine(lm, VLLMSettings(cpu_kv_gib=1, tensor_parallel=ranks))
         answers.append([a.final_text for a in LatentMAS(vllm, sampling, latent_steps=2).solve(QUESTIONS[:3])])
     assert answers[0] == answers[1] and any(answers[0])
 
@@ -247,7 +249,7 @@ def test_the_server_serves_on_vllm(real):
     option the engine cannot honour is a 400."""
     import openai
 
-    from latentmas.server import create_app
+    from latentmas.serve.server import create_app
 
     from .test_server import RunningServer
 
@@ -276,7 +278,7 @@ def test_the_server_serves_on_vllm(real):
 
 
 def test_embeddings_given_between_prompts_reach_vllm_in_place(tiny, fake_vllm):
-    """`prefill_embeddings` (another model's mapped thoughts, a message's anchored states)
+    """`append_vectors` (another model's mapped thoughts, a message's anchored states)
     enters the log where it was given: vLLM decodes what the transformers engine does."""
     vectors = tiny.model.get_input_embeddings()(torch.tensor([[9, 10, 11], [12, 13, 14]]))
     blocks = [vectors[0], vectors[1, :0]]  # the second row gets none
@@ -284,8 +286,10 @@ def test_embeddings_given_between_prompts_reach_vllm_in_place(tiny, fake_vllm):
     with torch.inference_mode():
         for eng in (TransformersEngine(tiny), VLLMEngine(tiny, llm=EchoLLM(tiny))):
             memory = eng.new_memory(2)
-            eng.prefill(memory, [[1, 2, 3], [4, 5]], think=False)
-            eng.prefill_embeddings(memory, blocks)
-            hidden = eng.prefill(memory, [[6], [7, 8]], think=False)
-            answers.append(eng.decode(memory, hidden, Sampling(max_new_tokens=6), None, None))
+            eng.prefill(memory, [[1, 2, 3], [4, 5]])
+            eng.append_vectors(memory, blocks)
+            eng.prefill(memory, [[6], [7, 8]])
+            if isinstance(eng, TransformersEngine):
+                eng.last_hidden(memory)
+            answers.append(eng.decode(memory, Decoding(Sampling(max_new_tokens=6))))
     assert answers[0] == answers[1]

@@ -20,19 +20,20 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import quality  # noqa: E402
 
-from latentmas import engine, load_model  # noqa: E402
-from latentmas.graders import last_boxed  # noqa: E402
+from latentmas import load_model  # noqa: E402
+from latentmas.engines import transformers as hf  # noqa: E402
+from latentmas.evaluation.graders import last_boxed  # noqa: E402
 
 lm = load_model("qwen2.5-coder-0.5b")
 texts: list[str] = []  # per current row of the decode in progress, in the batch's order
 stop_ids: list[int] = []  # that decode's stop tokens
 
-original_decode, original_next_tokens = engine.decode, engine.next_tokens
+original_decode, original_next_tokens = hf.decode, hf.next_tokens
 
 
-def decode(model, memory, hidden, sampling, stops, on_token=None, row_seeds=None):
+def decode(model, memory, sampling, stops, on_token=None, row_seeds=None, on_state=None):
     texts[:], stop_ids[:] = [""] * memory.batch_size, sorted(stops)
-    return original_decode(model, memory, hidden, sampling, stops, on_token, row_seeds)
+    return original_decode(model, memory, sampling, stops, on_token, row_seeds, on_state)
 
 
 def next_tokens(logits, sampling, generators):
@@ -49,6 +50,6 @@ def next_tokens(logits, sampling, generators):
     return tokens
 
 
-engine.decode, engine.next_tokens = decode, next_tokens
+hf.decode, hf.next_tokens = decode, next_tokens
 quality.load_model = lambda name: lm
 sys.exit(quality.main(sys.argv[1:]))

@@ -22,7 +22,7 @@ import torch
 from transformers import DynamicCache, StaticCache
 
 from latentmas import load_model
-from latentmas.engine import cache_keyword
+from latentmas.engines.forward import cache_keyword
 from latentmas.errors import run_script
 
 

@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 
 from latentmas import LatentMAS, Sampling, get_task, load_model
-from latentmas.engine import EntropyGuard, lm_logits
+from latentmas.engines.forward import lm_logits
+from latentmas.engines.rollout import EntropyGuard
 from latentmas.errors import run_script
 
 GSM8K = Path(__file__).resolve().parents[3] / "shared" / "data" / "gsm8k" / "test.jsonl"
@@ -107,7 +108,7 @@ def main() -> None:
     lm, task, examples = tuning_questions(args)
     rows: list[list[list[float]]] = []
     log = EntropyLog(EntropyGuard(lambda h: lm_logits(lm.model, h)), rows)
-    method = LatentMAS(lm, Sampling(max_new_tokens=1), latent_steps=args.steps, observers=[log])
+    method = LatentMAS(lm, Sampling(max_new_tokens=1), latent_steps=args.steps).watch(log)
     for start in range(0, len(examples), args.batch_size):
         method.solve([e.question for e in examples[start : start + args.batch_size]], task.answer_format)
         print(f"  {len(rows)}/{len(examples)}", flush=True)

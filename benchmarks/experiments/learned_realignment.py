@@ -5,7 +5,7 @@ rows), never on a hidden state the model produced. This fits the map on what a t
 stands in for: while the model reads a worked solution, the last layer's hidden state at
 position t (what the engine would realign) against the input embedding of the token at t+1
 (what the model reads next). Ridge regression, closed form, lambda relative to the Gram
-matrix's mean diagonal as in `latentmas.realign`. The fit uses GSM8K test questions
+matrix's mean diagonal as in `latentmas.engines.realign`. The fit uses GSM8K test questions
 300 onwards (their gold solutions), apart from the reported split (0-199) and the tuning
 split (1000-1023).
 
@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import quality  # noqa: E402
 
 from latentmas import load_model  # noqa: E402
-from latentmas.engine import decoder  # noqa: E402
-from latentmas.realign import (  # noqa: E402
+from latentmas.engines.forward import decoder  # noqa: E402
+from latentmas.engines.realign import (  # noqa: E402
     _FITTED,
     Realigner,
     input_embedding_matrix,

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from latentmas import get_task, load_model
+from latentmas.engines.realign import input_embedding_matrix, output_embedding_matrix, realigner_for
 from latentmas.errors import run_script
-from latentmas.realign import input_embedding_matrix, output_embedding_matrix, realigner_for
 
 GSM8K = Path(__file__).resolve().parents[3] / "shared" / "data" / "gsm8k" / "test.jsonl"
 

@@ -19,9 +19,10 @@ import sys
 from pathlib import Path
 
 from latentmas import LatentMAS, Sampling
-from latentmas.engine import EntropyGuard, lm_logits
+from latentmas.engines.forward import lm_logits
+from latentmas.engines.rollout import EntropyGuard
 from latentmas.errors import run_script
-from latentmas.views import MemoryView
+from latentmas.handoffs import LatentConfig, ViewConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
 from entropy_guard_fit import (  # noqa: E402
@@ -37,16 +38,15 @@ def run(lm, questions, answer_format, view, steps, batch_size):
     """-> (entropies per question/agent/step, chosen layers per handoff as [question][layer])."""
     rows: list = []
     log = EntropyLog(EntropyGuard(lambda h: lm_logits(lm.model, h)), rows)
-    method = LatentMAS(lm, Sampling(max_new_tokens=1), latent_steps=steps, observers=[log], view=view)
+    method = LatentMAS(lm, Sampling(max_new_tokens=1), latent_steps=steps, handoff=view).watch(log)
     chosen: dict[int, list[list[bool]]] = {}
     engine = method.engine
     read = engine.prefill
 
     def prefill(memory, prompts, *args, **kwargs):
-        hidden = read(memory, prompts, *args, **kwargs)
+        read(memory, prompts, *args, **kwargs)
         if memory.relayed is not None:
             chosen.setdefault(memory.agent, []).extend(memory.relayed.T.tolist())
-        return hidden
 
     engine.prefill = prefill
     for start in range(0, len(questions), batch_size):
@@ -66,7 +66,7 @@ def main() -> None:
     lm, task, examples = tuning_questions(args)
     questions = [e.question for e in examples]
     result: dict = {"model": lm.name, "dtype": args.dtype, "share": args.share, "steps": args.steps}
-    for name, view in (("paper", None), ("relay", MemoryView(relay_layers=args.share))):
+    for name, view in (("paper", LatentConfig()), ("relay", ViewConfig(relay_layers=args.share))):
         rows, chosen = run(lm, questions, task.answer_format, view, args.steps, args.batch_size)
         result[name] = {"median_entropy_per_agent_step": medians(rows, args.steps)}
         print(f"\n{name}: median lens entropy (nats) per agent and step (step 0 = the prompt's end)")

@@ -24,7 +24,8 @@ import torch
 from transformers.cache_utils import DynamicLayer
 
 from latentmas import RunSpec, build_solver, get_task, load_model
-from latentmas.engine import GrowingLayer, SharedMemory, append, prefill
+from latentmas.engines.cache import GrowingLayer, SharedMemory
+from latentmas.engines.forward import append, prefill
 from latentmas.errors import run_script
 
 IN_PLACE = GrowingLayer.batch_select_indices

@@ -16,8 +16,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import quality  # noqa: E402
 
-from latentmas import engine, load_model  # noqa: E402
-from latentmas.roles import stop_token_ids  # noqa: E402
+from latentmas import load_model  # noqa: E402
+from latentmas.engines import forward, rollout  # noqa: E402
+from latentmas.models import stop_token_ids  # noqa: E402
 
 lm = load_model("qwen2.5-coder-0.5b")
 stops = torch.tensor(sorted(stop_token_ids(lm.tokenizer, lm.model.generation_config.eos_token_id)))
@@ -25,9 +26,9 @@ print("stop ids", stops.tolist(), [lm.tokenizer.decode([int(t)]) for t in stops]
 
 
 def ends_turn(self, hidden, previous, start):
-    return torch.isin(engine.lm_logits(lm.model, hidden).argmax(-1), stops)
+    return torch.isin(forward.lm_logits(lm.model, hidden).argmax(-1), stops)
 
 
-engine.DriftGuard.stops = ends_turn
+rollout.DriftGuard.stops = ends_turn
 quality.load_model = lambda name: lm
 sys.exit(quality.main(sys.argv[1:]))

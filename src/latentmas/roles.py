@@ -117,19 +117,18 @@ def encode_chat(tokenizer: PreTrainedTokenizerBase, messages: list[dict], contin
     return ids
 
 
-def stop_token_ids(tokenizer: PreTrainedTokenizerBase, generation_eos: int | list[int] | None) -> set[int]:
-    """EOS ids plus the token the chat template uses to end an assistant turn."""
-    stops = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    if isinstance(generation_eos, int):
-        stops.add(generation_eos)
-    elif generation_eos:
-        stops.update(generation_eos)
-    marker = "Q7X9Z"
-    rendered = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}], tokenize=False
-    )
-    tail = rendered.split(marker, 1)[-1]
-    tail_ids = tokenizer(tail, add_special_tokens=False).input_ids if tail.strip() else []
-    if tail_ids and tail_ids[0] in tokenizer.all_special_ids + list(tokenizer.added_tokens_decoder):
-        stops.add(tail_ids[0])
-    return stops
+# Questions that differ from their first character, and start as questions do (a word, a
+# number, a bracket): what their prompts share is the part of a prompt that does not depend
+# on the question. Starting like a real question matters: BPE tokenizers merge the space
+# after "Question:" into a word (" Janet") but not into a digit, so one probe kind alone
+# would put that space in the prefix and real prompts would not begin with it.
+PROBES = ["1", "Who", "(a)", "what"]
+
+
+def common_prefix(prompts: list[list[int]]) -> list[int]:
+    """The longest list of tokens every prompt begins with."""
+    first = prompts[0]
+    length = 0
+    while all(len(p) > length and p[length] == first[length] for p in prompts):
+        length += 1
+    return first[:length]

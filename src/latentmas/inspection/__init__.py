@@ -1,0 +1,1 @@
+"""What agents thought: traces (logit lens, PCA), their terminal view and HTML page."""

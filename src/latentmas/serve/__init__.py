@@ -1,0 +1,1 @@
+"""Serving: the batching scheduler and the OpenAI-compatible HTTP layer over it."""
