@@ -57,6 +57,7 @@ SHORT = {
     "realign": "realign",
     "memory": "memory",
     "topology": "topology",
+    "team": "team",
     "question_once": "once",
     "thought_weight": "beta",
     "thoughts_from": "from",

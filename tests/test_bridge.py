@@ -43,7 +43,7 @@ def test_the_states_handoff_is_batch_invariant_and_caps_messages(tiny):
     assert all(step.mode == "text" for a in batched for step in a.agents)
     assert method.describe() == {
         "method": "latent_mas",
-        "topology": "sequential",
+        "team": "sequential",
         "handoff": {"name": "states", "message_tokens": 6},
     }
 

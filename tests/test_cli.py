@@ -395,9 +395,9 @@ def test_a_saved_trace_is_inspected_in_the_console_and_as_html(monkeypatch, caps
     assert code == 0, err
     code, out, err = cli(monkeypatch, capsys, "inspect", trace, "--html", tmp_path / "t.html")
     assert code == 0, err
-    assert "method: latent_mas" in out and "topology=sequential" in out
+    assert "method: latent_mas" in out and "team=sequential" in out
     page = (tmp_path / "t.html").read_text()
-    assert "latent_mas topology=sequential" in page and "<img" in page
+    assert "latent_mas team=sequential" in page and "<img" in page
 
 
 def test_run_says_which_dtype_ran(monkeypatch, capsys, model_dir):

@@ -163,7 +163,7 @@ def test_real_prompts_begin_with_the_shared_prefix(embedded):
 def test_the_llamacpp_engine_finds_every_built_in_gguf_and_expands_home(monkeypatch, tmp_path, embedded):
     """One GGUF lookup for every engine: built-in names (the Qwen models too) and `~/x.gguf`;
     the llama.cpp engine asks it for the loaded model's own file, whatever the spec names."""
-    from latentmas.spec import _gguf_file
+    from latentmas.build import _gguf_file
     from latentmas.tiny import tiny_loaded
 
     assert weights.gguf_for(None) == weights.embedded_gguf_path()

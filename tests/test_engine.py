@@ -6,12 +6,13 @@ import pytest
 import torch
 
 from latentmas import LatentMAS, LatentSteps, Sampling, SingleAgent, TextMAS
-from latentmas.engines import Decoding, TransformersEngine, cache, forward
+from latentmas.engines import Decoding, Reading, TransformersEngine, cache, forward
 from latentmas.engines import sampling as samplers
 from latentmas.engines import transformers as hf
 from latentmas.engines.cache import SharedMemory
+from latentmas.engines.protocol import ALL
 from latentmas.engines.rollout import rollout
-from latentmas.roles import shared_conversation, topology_roles
+from latentmas.teams import load_team, shared_conversation
 from latentmas.tiny import tiny_loaded
 
 from .conftest import QUESTIONS
@@ -74,9 +75,9 @@ def _record_memory(monkeypatch):
     events = []
     prefill, decode = TransformersEngine.prefill, hf.decode
 
-    def recording_prefill(self, memory, prompts, shared_prefix=()):
+    def recording_prefill(self, memory, prompts, reading=ALL):
         events.append(("before_prefill", memory.real_lengths().tolist(), memory.is_latent.clone()))
-        return prefill(self, memory, prompts, shared_prefix)
+        return prefill(self, memory, prompts, reading)
 
     def recording_decode(model, memory, sampling, stop_ids, *rest):
         events.append(("decode", memory.real_lengths().tolist(), memory.is_latent.clone()))
@@ -92,8 +93,8 @@ def test_cache_length_after_each_agent(tiny, monkeypatch, steps):
     events = _record_memory(monkeypatch)
     questions = QUESTIONS[:3]
     LatentMAS(tiny, SAMPLING, latent_steps=steps).solve(questions)
-    roles = topology_roles("sequential")
-    segments = [shared_conversation(tiny.tokenizer, roles, q, "") for q in questions]
+    roles = load_team("sequential").agents
+    segments = [shared_conversation(tiny.tokenizer, load_team("sequential"), q, "") for q in questions]
     before_prefills = [lengths for kind, lengths, _ in events if kind == "before_prefill"]
     for agent in range(len(roles)):
         expected = [sum(len(s[j]) + steps for j in range(agent)) for s in segments]
@@ -106,9 +107,8 @@ def test_cache_length_after_each_agent(tiny, monkeypatch, steps):
 def test_zero_latent_steps_final_answer_depends_on_earlier_agents(tiny):
     """With m = 0 the last agent must still attend to the earlier agents' prompts."""
     method = LatentMAS(tiny, Sampling(max_new_tokens=12), latent_steps=0)
-    roles = method.roles
     with torch.inference_mode():
-        segments = shared_conversation(tiny.tokenizer, roles, QUESTIONS[0], "")
+        segments = shared_conversation(tiny.tokenizer, method.team, QUESTIONS[0], "")
         memory = SharedMemory.empty(tiny.model, 1)
         forward.prefill(tiny.model, memory, [segments[-1]], tiny.tokenizer.pad_token_id)
         final_alone = hf.decode(tiny.model, memory, method.sampling, method.engine.stop_ids)
@@ -135,10 +135,10 @@ def test_latent_only_with_batches_is_batch_invariant(tiny):
 
 
 def test_hierarchical_topology_runs_all_roles(tiny):
-    (answer,) = LatentMAS(tiny, SAMPLING, topology="hierarchical", latent_steps=2).solve(["2+2"])
+    (answer,) = LatentMAS(tiny, SAMPLING, team="hierarchical", latent_steps=2).solve(["2+2"])
     assert [a.role for a in answer.agents] == ["math_expert", "science_expert", "code_expert", "summarizer"]
     assert [a.mode for a in answer.agents] == ["latent"] * 3 + ["text"]
-    (text_answer,) = TextMAS(tiny, SAMPLING, topology="hierarchical").solve(["2+2"])
+    (text_answer,) = TextMAS(tiny, SAMPLING, team="hierarchical").solve(["2+2"])
     assert all(a.mode == "text" for a in text_answer.agents)
 
 
@@ -274,9 +274,9 @@ def test_sliding_window_latent_only_is_batch_invariant(arch):
 
 def test_question_once_states_the_question_only_to_the_first_agent(tiny):
     question = "How many legs do 3 spiders have?"
-    roles = topology_roles("sequential")
-    every = shared_conversation(tiny.tokenizer, roles, question, "")
-    once = shared_conversation(tiny.tokenizer, roles, question, "", question_once=True)
+    team = load_team("sequential")
+    every = shared_conversation(tiny.tokenizer, team, question, "")
+    once = shared_conversation(tiny.tokenizer, team, question, "", question_once=True)
     decoded = [tiny.tokenizer.decode(s) for s in once]
     assert "spiders" in decoded[0] and not any("spiders" in d for d in decoded[1:])
     assert once[0] == every[0] and all(len(o) < len(e) for o, e in zip(once[1:], every[1:]))
@@ -337,7 +337,7 @@ def test_text_mas_agents_read_what_they_should_of_each_other(tiny, monkeypatch, 
         return encode(tokenizer, messages, continuation)
 
     monkeypatch.setattr(text, "encode_chat", recording)
-    answer = TextMAS(tiny, SAMPLING, topology=topology).solve([QUESTIONS[0]])[0]
+    answer = TextMAS(tiny, SAMPLING, team=topology).solve([QUESTIONS[0]])[0]
     texts = [agent.text for agent in answer.agents]
     assert len(prompts) == len(texts) and all(texts)
     for index, prompt in enumerate(prompts):
@@ -415,7 +415,7 @@ def test_a_row_that_lacks_the_prefix_reads_its_whole_prompt(tiny):
     shared, whole = TransformersEngine(tiny), TransformersEngine(tiny, share_prefixes=False)
     with torch.inference_mode():
         memory = shared.new_memory(2)
-        shared.prefill(memory, prompts, prefix)
+        shared.prefill(memory, prompts, Reading(prefix))
         hidden = shared.last_hidden(memory)
         assert memory.real_lengths().tolist() == [len(p) for p in prompts]
         for row, prompt in enumerate(prompts):

@@ -46,6 +46,8 @@ def candidates(name: str, info) -> list:
         return [0, 5, "auto", "auto:7", -1, "lots", 2000]
     if name == "handoff":
         return ["latent", "reentry:thoughts_from=0.25", "telepathy", "reentry:thoughts_from=2"]
+    if name == "team":
+        return ["sequential", "hierarchical", "nonsense"]
     if args and typing.get_origin(args[0]) is typing.Literal:
         return [*typing.get_args(args[0]), "nonsense"]
     base = args[0] if args else kind
@@ -132,7 +134,7 @@ def test_the_command_line_and_the_spec_agree(command_line, name, value):
     assert command_line(name, value) == accepted_by_spec(name, value)
 
 
-SERVED = [(n, v) for n, v in CASES if n in (*REQUEST_FIELDS, *flat_option_fields(), *SERVER_NAMES)]
+SERVED = [(n, v) for n, v in CASES if n in (*REQUEST_FIELDS, "team", *flat_option_fields(), *SERVER_NAMES)]
 
 
 @pytest.mark.parametrize(("name", "value"), SERVED, ids=[f"{n}={v!r}" for n, v in SERVED])

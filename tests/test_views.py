@@ -16,8 +16,8 @@ from latentmas.engines.rollout import EntropyGuard, rollout
 from latentmas.engines.views import MemoryView
 from latentmas.errors import LatentMASError
 from latentmas.handoffs import LatentConfig, ReentryConfig, ViewConfig, build
-from latentmas.roles import encode_chat
 from latentmas.spec import RunSpec
+from latentmas.teams import encode_chat
 from latentmas.tiny import tiny_loaded
 
 from .conftest import QUESTIONS
@@ -64,10 +64,10 @@ def test_a_vanishing_thought_weight_is_the_team_without_thoughts(tiny, monkeypat
     hidden = answers(tiny, QUESTIONS, latent_steps=steps, view=MemoryView(thought_weight=1e-30))
     begin = SharedMemory.begin_agent
 
-    def leave_a_gap(memory):
+    def leave_a_gap(memory, reads=None):
         if memory.agent >= 0:
             memory.next_position = memory.next_position + steps
-        begin(memory)
+        begin(memory, reads)
 
     monkeypatch.setattr(SharedMemory, "begin_agent", leave_a_gap)
     assert answers(tiny, QUESTIONS, latent_steps=0) == hidden

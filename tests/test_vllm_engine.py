@@ -12,13 +12,12 @@ import types
 import pytest
 import torch
 
-from latentmas import LatentMAS, Sampling, SingleAgent, TextMAS
+from latentmas import LatentMAS, RunSpec, Sampling, SingleAgent, TextMAS, build_solver
 from latentmas.engines import Decoding, TransformersEngine, forward
 from latentmas.engines import transformers as hf
 from latentmas.engines.cache import SharedMemory
 from latentmas.engines.vllm import VLLMEngine, vllm_input
 from latentmas.errors import LatentMASError
-from latentmas.spec import RunSpec, build_solver
 
 from .conftest import NOT_APPLICABLE, QUESTIONS
 

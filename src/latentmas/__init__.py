@@ -8,6 +8,7 @@ print(answer.final_text, answer.output_tokens)
 
 from importlib.metadata import version
 
+from .build import build_solver
 from .engines import LatentSteps, Sampling
 from .errors import LatentMASError
 from .evaluation.evaluate import QuestionResult, Summary, evaluate
@@ -15,7 +16,7 @@ from .evaluation.tasks import get_task
 from .handoffs import HandoffConfig, register
 from .methods import AgentStep, Answer, LatentMAS, SingleAgent, TextMAS
 from .models import LoadedModel, load_model
-from .spec import RunSpec, build_solver
+from .spec import RunSpec
 
 __all__ = [
     "AgentStep",

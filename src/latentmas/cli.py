@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from .build import build_solver, load_for
 from .display import print_answer, summary_table, verbatim, with_progress
 from .errors import LatentMASError
 from .evaluation import sandbox
@@ -27,7 +28,7 @@ from .inspection.trace import read_traces
 from .inspection.view import print_trace, trace_html
 from .methods import Method
 from .options import spec_options
-from .spec import RunSpec, build_solver, load_for, parse_method_list
+from .spec import RunSpec, parse_method_list
 
 app = typer.Typer(
     add_completion=False,

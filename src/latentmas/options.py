@@ -19,11 +19,11 @@ import typer
 from pydantic.fields import FieldInfo
 
 from .errors import LatentMASError, OptionError
-from .spec import LEGACY_FLAGS, RunSpec, flat_option_fields
+from .spec import LEGACY, RunSpec, flat_option_fields
 
 _SHORT_FLAGS = {"model": ["-m"]}
-_METAVARS = {"latent_steps": "N|auto[:MAX]", "handoff": "NAME[:key=value,...]"}
-_AS_TEXT = ("latent_steps", "handoff")  # parsed by RunSpec from their text
+_METAVARS = {"latent_steps": "N|auto[:MAX]", "handoff": "NAME[:key=value,...]", "team": "NAME|FILE.yaml"}
+_AS_TEXT = ("latent_steps", "handoff", "team")  # parsed by RunSpec from their text
 
 
 def _plain(annotation: Any) -> Any:
@@ -65,16 +65,15 @@ def spec_fields(
         return fields
     for name, info in flat_option_fields().items():
         fields[name] = _option(name, info, None)
-    for name in LEGACY_FLAGS:
-        flag = typer.Option(f"--{name.replace('_', '-')}", help="Chooses --handoff reentry (the older flag).")
-        fields[name] = (Annotated[bool, flag], False)
+    for name, (kind, default, help_text) in LEGACY.items():
+        fields[name] = _option(name, FieldInfo(annotation=kind, description=help_text), default)
     return fields
 
 
 def spec_from_options(values: dict[str, Any]) -> RunSpec:
     """The command line's values (Enums, None for unset) as one validated RunSpec."""
     values = {k: v.value if isinstance(v, Enum) else v for k, v in values.items()}
-    unset = set(flat_option_fields()) | {"handoff"}
+    unset = set(flat_option_fields()) | {"handoff", "topology"}
     try:
         return RunSpec(**{k: v for k, v in values.items() if not (k in unset and v is None)})
     except OptionError as exc:  # named as the flag the user typed

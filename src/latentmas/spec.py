@@ -15,7 +15,6 @@ flat fields, and mapped onto a handoff config in one place: `handoff_from_option
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -38,10 +37,10 @@ from .engines.vllm import VLLMSettings
 from .errors import LatentMASError, OptionError
 from .handoffs import HandoffConfig, LatentConfig, TextConfig, handoff_class, option_fields, parse_handoff
 from .handoffs.base import NAMED, option_error
-from .methods import METHODS, LatentMAS, Method, SingleAgent, TextMAS
+from .methods import METHODS
 from .methods.loop import MEMORY_MODES
-from .models import DTYPES, LoadedModel, gguf_for, load_model
-from .roles import TOPOLOGIES, topology_roles
+from .models import DTYPES
+from .teams import PACKAGED, TOPOLOGIES, Team, load_team, team_record
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +91,36 @@ Handoff = Annotated[
     ),
 ]
 
-# Flat options of the handoffs, for the command line and the server; `thoughts_enter` is the
-# flag that once chose re-entry (`--handoff reentry` now).
-LEGACY_FLAGS = ("thoughts_enter",)
+
+def _team(value: Any) -> Team:
+    try:
+        return load_team(value)
+    except LatentMASError as exc:
+        raise ValueError(str(exc)) from None
+
+
+TeamField = Annotated[
+    Team,
+    BeforeValidator(_team),
+    PlainSerializer(team_record),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "description": f"a packaged team: {', '.join(PACKAGED)}"},
+                {"type": "object", "properties": {"agents": {"type": "array"}}, "required": ["agents"]},
+            ]
+        }
+    ),
+]
+
+# Options from before they had their present names, still taken (and mapped in one place,
+# `legacy_options`): `thoughts_enter` chose re-entry (`--handoff reentry` now); `topology`
+# named one of the two packaged teams (`--team` now).
+LEGACY: dict[str, tuple[Any, Any, str]] = {
+    "thoughts_enter": (bool, False, "Chooses --handoff reentry (the older flag)."),
+    "topology": (Literal[TOPOLOGIES], None, "The older name of --team sequential|hierarchical."),  # type: ignore[valid-type]
+}
+LEGACY_FLAGS = tuple(LEGACY)
 
 
 class RunSpec(BaseModel):
@@ -107,8 +133,12 @@ class RunSpec(BaseModel):
         None, description="Hub id, local folder or .gguf file; default: the embedded SmolLM2-135M-Instruct."
     )
     method: Literal[METHODS] = Field("latent_mas", description="How the agents collaborate.")  # type: ignore[valid-type]
-    topology: Literal[TOPOLOGIES] = Field(  # type: ignore[valid-type]
-        "sequential", description="Agent roles: planner->critic->refiner->solver, or experts->summarizer."
+    team: TeamField = Field(
+        "sequential",
+        validate_default=True,
+        description="Who the agents are and what each reads: a packaged team (sequential: "
+        "planner->critic->refiner->solver; hierarchical: three experts working alone -> summarizer; "
+        "hierarchical_chain: the experts reading those before them) or a YAML team file.",
     )
     latent_steps: Steps = Field(
         10,
@@ -179,14 +209,24 @@ class RunSpec(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _name_the_handoff(cls, data: Any) -> Any:
-        """Flat handoff options become the handoff's config (the one place they map)."""
+    def _legacy_options(cls, data: Any) -> Any:
+        """Flat handoff options become the handoff's config, a topology a team (the one place
+        options from before handoffs and teams had names map onto them)."""
         if not isinstance(data, dict):
             return data
-        flat = {k: data[k] for k in (*flat_option_fields(), *LEGACY_FLAGS) if k in data}
+        flat = {k: data[k] for k in (*flat_option_fields(), "thoughts_enter") if k in data}
         rest = {k: v for k, v in data.items() if k not in flat}
         method = rest.get("method", "latent_mas")
         rest["handoff"] = handoff_from_options(method, rest.get("handoff"), flat)
+        topology = rest.pop("topology", None)
+        if topology is not None:
+            if "team" in rest:
+                raise OptionError("topology", "give --team or --topology, not both")
+            if topology not in TOPOLOGIES:
+                raise OptionError("topology", f"Input should be {' or '.join(map(repr, TOPOLOGIES))}")
+            thinks = method == "latent_mas" and handoff_class(rest["handoff"].name).shares_memory
+            # The hierarchy in one shared memory always let each expert read those before it.
+            rest["team"] = "hierarchical_chain" if topology == "hierarchical" and thinks else topology
         return rest
 
     @model_validator(mode="after")
@@ -216,7 +256,7 @@ class RunSpec(BaseModel):
         own dump, less the options its method ignores and those that only size resources."""
         ignored = {"trace", "vllm_gpu_share", "vllm_cpu_kv_gib", "vllm_tensor_parallel"}
         if self.method == "single":
-            ignored |= {"topology", "handoff"}
+            ignored |= {"team", "handoff"}
         if not self.thinks:
             ignored |= {"latent_steps", "memory", "question_once"}
         return {"schema": RECORD_SCHEMA, **self.model_dump(mode="json", exclude=ignored)}
@@ -306,6 +346,13 @@ def check_combinations(spec: RunSpec) -> None:
                 )
     if spec.memory == "latent_only":
         require(spec.engine, "latent_only")
+    team = spec.team
+    if spec.thinks and not team.chain:
+        require(spec.engine, "partial_reads")
+    if spec.question_once and any(0 not in team.reads(i) for i in range(1, len(team.agents))):
+        raise LatentMASError(
+            "--question-once states the question to the first agent only: every agent must read it"
+        )
     if spec.agent_models:
         require(spec.engine, "agent_models")
         plain = LatentConfig(realign=handoff.realign) if isinstance(handoff, LatentConfig) else TextConfig()
@@ -317,6 +364,8 @@ def check_combinations(spec: RunSpec) -> None:
             raise LatentMASError(
                 "--trace records one model's thoughts; it does not combine with --agent-models"
             )
+        if not team.chain:
+            raise LatentMASError("--agent-models runs a team in which each agent reads every one before it")
         if spec.memory != "full" or spec.question_once:
             raise LatentMASError(
                 "heterogeneous agents keep the whole shared cache, question included: use --memory full"
@@ -341,69 +390,3 @@ def parse_method_list(text: str) -> list[str]:
             f"unknown method {', '.join(unknown) or text!r}; choose from {', '.join(METHODS)} or all"
         )
     return names
-
-
-def load_for(spec: RunSpec) -> LoadedModel:
-    """The model a spec names, on its device, in its dtype."""
-    return load_model(spec.model, device=spec.device, dtype=spec.dtype, chat_template=spec.chat_template)
-
-
-def build_solver(spec: RunSpec, lm: LoadedModel | None = None) -> Method:
-    """The method a spec describes, on `lm` (loaded from the spec when not given).
-
-    The only place that decides which class runs: heterogeneous agents, or one of the
-    three methods on the transformers, llama.cpp or vLLM engine.
-    """
-    if lm is None:
-        lm = load_for(spec)
-    if spec.agent_models:
-        return _heterogeneous(spec, lm)
-    engine: Any = lm
-    if spec.engine == "vllm":
-        from .engines.vllm import VLLMEngine
-
-        engine = VLLMEngine(lm, spec.vllm)
-    elif spec.engine == "llamacpp":
-        from .engines.llamacpp import LlamaCppEngine
-
-        engine = LlamaCppEngine(lm, _gguf_file(lm))
-    if spec.method == "single":
-        return SingleAgent(engine, spec.sampling)
-    if spec.method == "text_mas":
-        return TextMAS(engine, spec.sampling, spec.topology, spec.handoff.message_tokens)
-    method = LatentMAS(
-        engine, spec.sampling, spec.topology, spec.latent_steps, spec.memory, spec.handoff, spec.question_once
-    )
-    if spec.trace:
-        from .inspection.trace import Tracing
-
-        method.watch(Tracing(lm))
-    return method
-
-
-def _gguf_file(lm: LoadedModel) -> Path:
-    """The GGUF file the loaded model was converted from (the model at hand, whatever
-    `spec.model` says): the one lookup `models` does for every engine."""
-    path = gguf_for(lm.gguf_name) if lm.gguf_name else None
-    if path is None:
-        raise LatentMASError("--engine llamacpp needs a GGUF model (a .gguf file or a built-in model)")
-    return path
-
-
-def _heterogeneous(spec: RunSpec, lm: LoadedModel) -> Method:
-    """HeteroMAS for --agent-models: latent handoff for latent_mas, text handoff for text_mas."""
-    from .methods.hetero import HeteroMAS, parse_agent_models
-
-    roles = [r.name for r in topology_roles(spec.topology)]
-    names = parse_agent_models(spec.agent_models or "", roles)
-    loaded = {lm.name: lm}
-    models = {}
-    for role in roles:
-        name = names.get(role)
-        if name is not None and name not in loaded:
-            other = load_model(
-                name, device=str(lm.device.type), dtype=lm.model.dtype, chat_template=spec.chat_template
-            )
-            loaded[name] = loaded.setdefault(other.name, other)
-        models[role] = loaded[name] if name is not None else lm
-    return HeteroMAS(models, spec.sampling, spec.topology, spec.latent_steps, spec.handoff)

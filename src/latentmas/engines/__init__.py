@@ -10,7 +10,7 @@ sampling.py   the one sampler every engine chooses tokens with
 transformers.py, llamacpp.py, vllm.py   the engines (llama.cpp and vLLM are optional)
 """
 
-from .protocol import CAPABILITIES, ENGINES, Decoding, Engine, StateCallback, TokenCallback, require
+from .protocol import CAPABILITIES, ENGINES, Decoding, Engine, Reading, StateCallback, TokenCallback, require
 from .rollout import LatentSteps
 from .sampling import Sampling
 from .transformers import TransformersEngine
@@ -21,6 +21,7 @@ __all__ = [
     "Decoding",
     "ENGINES",
     "Engine",
+    "Reading",
     "LatentSteps",
     "MemoryView",
     "Sampling",

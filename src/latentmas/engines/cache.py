@@ -145,6 +145,7 @@ class SharedMemory:
     entry_norm: torch.Tensor | None = None  # [batch] stream norm where thoughts re-enter (views)
     relayed: torch.Tensor | None = None  # [layers, batch] where the reader sees earlier agents (None: all)
     hidden: torch.Tensor | None = None  # [batch, hidden] each row's newest last-layer state (None: empty)
+    reads: frozenset[int] | None = None  # the earlier writers the current one sees (None: all)
     window: int | None = None  # the model's sliding window, read once (None: no sliding layers)
     sliding: tuple[bool, ...] = ()  # which layers slide
 
@@ -189,10 +190,24 @@ class SharedMemory:
     def owner(self) -> torch.Tensor:
         return self._owner[: self._length]
 
-    def begin_agent(self) -> None:
-        """The next columns are a new agent's (who, until a relay chooses, sees all layers)."""
+    def begin_agent(self, reads: frozenset[int] | None = None) -> None:
+        """The next columns are a new agent's, who sees the writers `reads` (None: all) and,
+        until a relay chooses, in all layers. Its positions continue from what it sees: an
+        agent that reads only the head sits where it would in a fresh memory, and agents
+        that read none of one another start at the same place, as parallel branches."""
         self.agent += 1
         self.relayed = None
+        self.reads = reads
+        if reads is not None:
+            self.next_position = (self.attention_mask.bool() & self.visible()[None]).sum(dim=1)
+
+    def visible(self) -> torch.Tensor | None:
+        """[length] True for the columns the current agent sees (its own and its reads'); None:
+        all of them."""
+        if self.reads is None:
+            return None
+        seen = torch.tensor(sorted(self.reads | {self.agent}), dtype=self.owner.dtype, device=self.device)
+        return torch.isin(self.owner, seen)
 
     @property
     def batch_size(self) -> int:

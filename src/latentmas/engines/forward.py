@@ -60,7 +60,7 @@ def append(
     memory.extend(segment_mask, positions.expand_as(segment_mask), latent)
     body = decoder(model)
     extra: dict[str, Any] = {cache_keyword(type(body)): memory.cache}
-    if memory.window is None and memory.view is None:
+    if memory.window is None and memory.view is None and memory.reads is None:
         mask = memory.attention_mask
     else:
         mask = additive_masks(memory, segment_mask.shape[1], model.dtype)
@@ -99,10 +99,13 @@ def additive_masks(
     than `window` real positions back, so padding never takes room in a row's window and a
     row sees what it would see alone. Padding queries see themselves (never an empty row,
     which would turn into NaN). Models with both kinds of layer take a dict by layer kind.
-    Used for sliding windows and memory views; other models get the 2-D mask.
+    Used for sliding windows, memory views and agents that read only some writers (their
+    other columns are hidden as padding is); otherwise the model gets the 2-D mask.
     """
     window, sliding = memory.window, list(memory.sliding)
     real = memory.attention_mask.bool()  # [batch, length]
+    if (visible := memory.visible()) is not None:
+        real = real & visible[None]
     keys = memory.positions  # [batch, length]
     queries = keys[:, -width:]  # [batch, width]
     length = keys.shape[1]

@@ -28,6 +28,20 @@ StateCallback = Callable[[list[int], torch.Tensor], None]
 
 
 @dataclass(frozen=True)
+class Reading:
+    """How one agent reads its prompts: `shared_prefix`, tokens the method's prompts begin with
+    whatever the question (a hint: an engine may reuse their KV across rows and batches), and
+    `reads`, the earlier writers of the memory (by the order they wrote) it is shown, until
+    the next prefill (None: all; needs `partial_reads`)."""
+
+    shared_prefix: Sequence[int] = ()
+    reads: frozenset[int] | None = None
+
+
+ALL = Reading()
+
+
+@dataclass(frozen=True)
 class Decoding:
     """How one agent decodes a batch: its sampling, each row's seed (None: the sampling's seed
     for every row), and who watches: `on_token(row, token)` streams tokens (returning False
@@ -66,12 +80,15 @@ class Capabilities:
     views: bool = False  # show the memory through a view (thought weight, hidden layers, relays, re-entry)
     latent_only: bool = False  # forget every column but the thoughts (`--memory latent_only`)
     decode_states: bool = False  # hand out the states decoding chose its tokens from (`--handoff states`)
-    agent_models: bool = False  # one engine per role (`--agent-models`)
+    agent_models: bool = False  # one engine per agent (`--agent-models`)
+    partial_reads: bool = False  # an agent shown only some earlier agents' part of the shared memory
     realign: tuple[str, ...] = ("ridge", "norm", "none", "soft")
 
 
 CAPABILITIES: dict[str, Capabilities] = {
-    "transformers": Capabilities(views=True, latent_only=True, decode_states=True, agent_models=True),
+    "transformers": Capabilities(
+        views=True, latent_only=True, decode_states=True, agent_models=True, partial_reads=True
+    ),
     "llamacpp": Capabilities(methods=("latent_mas",), realign=("ridge", "norm", "none")),
     "vllm": Capabilities(),
 }
@@ -82,6 +99,7 @@ _NEEDS = {
     "latent_only": "--memory latent_only",
     "decode_states": "--handoff states",
     "agent_models": "--agent-models",
+    "partial_reads": "a team whose agents read only some earlier agents, in one shared memory",
 }
 _WHY = {
     ("vllm", "latent_only"): "it rebuilds the shared cache from what entered it: use --memory full",
@@ -118,9 +136,8 @@ class Engine(Protocol):
     def new_memory(self, batch_size: int, view: MemoryView | None = None) -> Any:
         """An empty memory; `view` decides what each layer sees of its thoughts (needs `views`)."""
 
-    def prefill(self, memory: Any, prompts: list[list[int]], shared_prefix: Sequence[int] = ()) -> None:
-        """Read one prompt per row. `shared_prefix`: tokens the method's prompts begin with
-        whatever the question (a hint; an engine may reuse their KV across rows and batches)."""
+    def prefill(self, memory: Any, prompts: list[list[int]], reading: Reading = ALL) -> None:
+        """Read one prompt per row, as the memory's next writer (see `Reading`)."""
 
     def last_hidden(self, memory: Any) -> torch.Tensor:
         """Each row's newest last-layer hidden state [batch, hidden]: where thinking starts.

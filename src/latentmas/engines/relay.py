@@ -124,6 +124,8 @@ def hand_over(
     ids, mask = left_pad(prompts, pad_id, memory.device)
     real = memory.attention_mask.bool()
     earlier = real & (memory.owner < memory.agent)[None]
+    if (visible := memory.visible()) is not None:
+        earlier &= visible[None]
     if view.relay_keep < 1.0:
         embeds = model.get_input_embeddings()(ids).float()
         query = (embeds * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)

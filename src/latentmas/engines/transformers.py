@@ -8,7 +8,7 @@ The loop is gpt-fast's, over a cache all agents share:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 from transformers import PreTrainedModel
@@ -16,7 +16,7 @@ from transformers import PreTrainedModel
 from ..models import LoadedModel, stop_token_ids
 from .cache import SharedMemory
 from .forward import PrefixStore, append, lm_logits, prefill
-from .protocol import Decoding, ModelEngine, StateCallback, TokenCallback, require
+from .protocol import ALL, Decoding, ModelEngine, Reading, StateCallback, TokenCallback, require
 from .realign import Realigner, realigner_for
 from .relay import hand_over
 from .sampling import Sampling, generators, next_tokens
@@ -95,12 +95,10 @@ class TransformersEngine(ModelEngine):
     def new_memory(self, batch_size: int, view: MemoryView | None = None) -> SharedMemory:
         return SharedMemory.empty(self.model, batch_size, view=view)
 
-    def prefill(
-        self, memory: SharedMemory, prompts: list[list[int]], shared_prefix: Sequence[int] = ()
-    ) -> None:
-        memory.begin_agent()
+    def prefill(self, memory: SharedMemory, prompts: list[list[int]], reading: Reading = ALL) -> None:
+        memory.begin_agent(reading.reads)
         if self.prefixes is not None and memory.length == 0:
-            prompts = self.prefixes.start(memory, prompts, shared_prefix)
+            prompts = self.prefixes.start(memory, prompts, reading.shared_prefix)
         hand_over(self.model, memory, prompts, self.pad_id, self.lm.attention)
         prefill(self.model, memory, prompts, self.pad_id)
 

@@ -16,14 +16,13 @@ model, dtype and memory setting, so a server's many solvers share it.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from ..errors import LatentMASError
 from ..models import LoadedModel, dtype_name
-from .protocol import Decoding, ModelEngine, require
+from .protocol import ALL, Decoding, ModelEngine, Reading, require
 from .sampling import is_greedy
 from .transformers import TransformersEngine
 from .views import MemoryView
@@ -50,7 +49,7 @@ class LoggedMemory:
     memory the thoughts are computed in (opened at the first agent that thinks)."""
 
     segments: list[list[Segment]]
-    pending: list[tuple[list[list[int]], Sequence[int]]] = field(default_factory=list)
+    pending: list[tuple[list[list[int]], Reading]] = field(default_factory=list)
     thinking: object | None = None  # the transformers engine's SharedMemory
 
     @property
@@ -173,20 +172,20 @@ class VLLMEngine(ModelEngine):
             require(self.name, "views")
         return LoggedMemory([[] for _ in range(batch_size)])
 
-    def prefill(
-        self, memory: LoggedMemory, prompts: list[list[int]], shared_prefix: Sequence[int] = ()
-    ) -> None:
+    def prefill(self, memory: LoggedMemory, prompts: list[list[int]], reading: Reading = ALL) -> None:
         """Log the prompts; transformers reads them only if an agent thinks (`last_hidden`)."""
+        if reading.reads is not None:
+            require(self.name, "partial_reads")
         for row, prompt in enumerate(prompts):
             memory.segments[row].append(list(prompt))
-        memory.pending.append((prompts, shared_prefix))
+        memory.pending.append((prompts, reading))
 
     def last_hidden(self, memory: LoggedMemory) -> torch.Tensor:
         """Read the pending prompts into the transformers memory; -> its last state."""
         if memory.thinking is None:
             memory.thinking = self.thinker.new_memory(memory.batch_size)
-        for pending, prefix in memory.pending:
-            self.thinker.prefill(memory.thinking, pending, prefix)
+        for pending, reading in memory.pending:
+            self.thinker.prefill(memory.thinking, pending, reading)
         memory.pending.clear()
         return self.thinker.last_hidden(memory.thinking)
 

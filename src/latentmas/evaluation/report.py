@@ -51,12 +51,17 @@ def _order(run: Run) -> tuple:
     return (run.summary.task, METHOD_ORDER.index(method) if method in METHOD_ORDER else 99, method)
 
 
-_PAIRED_SETTINGS = ("topology", "max_new_tokens", "temperature", "top_p", "seed")
+_PAIRED_SETTINGS = ("max_new_tokens", "temperature", "top_p", "seed")
 
 
 def _pair_key(summary: Summary) -> tuple:
-    """What a latent_mas run and its text_mas baseline must share to be compared."""
-    return (summary.task, summary.model, *(summary.settings.get(k) for k in _PAIRED_SETTINGS))
+    """What a latent_mas run and its text_mas baseline must share to be compared: the task,
+    model, sampling, and the team (recorded as `topology` before teams; a hierarchy of
+    experts pairs with its text counterpart whether its experts read one another or not)."""
+    settings = summary.settings
+    team = settings.get("team", settings.get("topology"))
+    team = "hierarchical" if team == "hierarchical_chain" else team
+    return (summary.task, summary.model, json.dumps(team), *(settings.get(k) for k in _PAIRED_SETTINGS))
 
 
 def comparison(runs: list[Run]) -> list[dict]:

@@ -27,7 +27,7 @@ from ..engines.realign import REALIGN_MODES
 from ..engines.rollout import DriftGuard, EntropyGuard, LatentCallback, rollout
 from ..engines.sampling import MAX_NEW_TOKENS
 from ..errors import LatentMASError, OptionError
-from ..roles import Role
+from ..teams import Agent
 
 
 class HandoffConfig(BaseModel):
@@ -52,7 +52,7 @@ class Turn:
 
     engine: Engine
     memory: Any
-    role: Role
+    role: Agent
     final: bool
     questions: list[str]
     answer_format: str

@@ -20,10 +20,10 @@ import torch
 from pydantic import Field
 from transformers import PreTrainedModel
 
-from ..engines import Decoding, Sampling, require
+from ..engines import Decoding, Reading, Sampling, require
 from ..engines.realign import input_embedding_matrix
 from ..engines.sampling import MAX_NEW_TOKENS
-from ..roles import PROBES, chat_messages, common_prefix, encode_chat, text_context
+from ..teams import PROBES, chat_messages, common_prefix, encode_chat, text_context
 from .base import Message, Messages, MessagesConfig, Turn, register
 
 STATE_MESSAGE_TOKENS = 64  # StateBridge's message cap, and the most states a message hands over
@@ -115,7 +115,7 @@ class States(Messages):
         probes = [
             encode_chat(tokenizer, chat_messages(turn.role, p, turn.answer_format), False) for p in PROBES
         ]
-        engine.prefill(turn.memory, [p[0] for p in pieces], common_prefix(probes))
+        engine.prefill(turn.memory, [p[0] for p in pieces], Reading(common_prefix(probes)))
         for index in range(1, len(pieces[0])):
             message = [heard[index - 1].vectors for heard in turn.heard]
             if any(block.shape[0] for block in message):  # every row's message may be empty

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from ..roles import PROBES, chat_messages, common_prefix, encode_chat, text_context
+from ..engines import Reading
+from ..teams import PROBES, chat_messages, common_prefix, encode_chat, text_context
 from .base import Messages, MessagesConfig, Turn, register
 
 
@@ -18,7 +19,7 @@ def read_chats(turn: Turn, chats: list[list[dict]], probes: list[list[dict]]) ->
     tokenizer = turn.engine.lm.tokenizer
     prompts = [encode_chat(tokenizer, chat, False) for chat in chats]
     prefix = common_prefix([encode_chat(tokenizer, chat, False) for chat in probes])
-    turn.engine.prefill(turn.memory, prompts, prefix)
+    turn.engine.prefill(turn.memory, prompts, Reading(prefix))
     return prompts
 
 

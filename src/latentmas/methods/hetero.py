@@ -27,7 +27,7 @@ from ..errors import LatentMASError
 from ..handoffs import HandoffConfig, LatentConfig, TextConfig, build
 from ..models import LoadedModel
 from ..paths import cache_dir
-from ..roles import topology_roles
+from ..teams import Team, load_team, team_record
 from .loop import Method, as_engine
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ def fit_cross_map(a: LoadedModel, b: LoadedModel, lam: float = 1e-3, holdout: fl
 
 
 def parse_agent_models(text: str, roles: list[str]) -> dict[str, str]:
-    """'planner=A,solver=B' -> {role: model}; every name must be a role of the topology."""
+    """'planner=A,solver=B' -> {agent: model}; every name must be an agent of the team."""
     mapping = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         role, sep, model = item.partition("=")
@@ -143,7 +143,7 @@ class HeteroMAS(Method):
         self,
         models: dict[str, LoadedModel],
         sampling: Sampling | None = None,
-        topology: str = "sequential",
+        team: str | dict | Team = "sequential",
         latent_steps: int | str | LatentSteps = 10,
         handoff: HandoffConfig | None = None,
     ) -> None:
@@ -152,7 +152,10 @@ class HeteroMAS(Method):
         handoff = handoff or LatentConfig()
         if not isinstance(handoff, LatentConfig | TextConfig):
             raise LatentMASError("--agent-models hands over latent thoughts or text, not another handoff")
-        roles = topology_roles(topology)
+        team = load_team(team)
+        if not team.chain:
+            raise LatentMASError("--agent-models runs a team in which each agent reads every one before it")
+        roles = team.agents
         missing = [r.name for r in roles if r.name not in models]
         if missing:
             raise LatentMASError(f"no model for role(s) {', '.join(missing)}")
@@ -173,7 +176,7 @@ class HeteroMAS(Method):
                             cross.describe(),
                         )
                         handoff = TextConfig()
-        super().__init__(engines, roles, sampling, build(handoff), topology)
+        super().__init__(engines, team, sampling, build(handoff))
         self.latent_steps = LatentSteps.parse(latent_steps)
         self.watch(self.start_thought_log)
         self.thoughts = ThoughtLog(0)
@@ -184,7 +187,7 @@ class HeteroMAS(Method):
         thinks = self.handoff.shares_memory
         described = {
             "method": "latent_mas" if thinks else "text_mas",
-            "topology": self.topology,
+            "team": team_record(self.team),
             "agent_models": ",".join(f"{r.name}={self.models[r.name].name}" for r in self.roles),
             "handoff": self.handoff.config.model_dump(),
         }

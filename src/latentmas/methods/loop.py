@@ -2,7 +2,7 @@
 
 Per agent: read its prompt, then either think latently in the shared memory (a `Thoughts`
 handoff), or write a message later agents read (a `Messages` handoff); the last agent
-decodes the answer. What differs between methods is data: the roles, the handoff, the
+decodes the answer. What differs between methods is data: the team, the handoff, the
 number of thoughts, the memory mode, and which engine each role runs on. Tracing and
 embedding logs are observers: they watch the loop and never drive it.
 """
@@ -18,12 +18,21 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
 
-from ..engines import Decoding, Engine, LatentSteps, Sampling, TokenCallback, TransformersEngine, require
+from ..engines import (
+    Decoding,
+    Engine,
+    LatentSteps,
+    Reading,
+    Sampling,
+    TokenCallback,
+    TransformersEngine,
+    require,
+)
 from ..engines.sampling import row_seed
 from ..errors import LatentMASError
 from ..handoffs import Handoff, Message, TextConfig, Turn, build
 from ..models import LoadedModel
-from ..roles import PROBES, Role, common_prefix, shared_conversation
+from ..teams import PROBES, Agent, Team, common_prefix, shared_conversation
 
 if TYPE_CHECKING:
     from ..inspection.trace import Trace
@@ -116,8 +125,16 @@ class Conversation:
 
     engine: Engine | None = None
     memory: Any = None
-    first: int = 0  # index of the first role on this engine
-    prompts: list[list[list[int]]] = field(default_factory=list)  # per row, per role from `first`
+    first: int = 0  # index of the first agent on this engine
+    prompts: list[list[list[int]]] = field(default_factory=list)  # per row, per agent from `first`
+    head: bool = False  # the memory opens with the team's head, read by all (a team that is no chain)
+
+    def reads(self, team: Team, index: int) -> frozenset[int] | None:
+        """The memory's writers agent `index` reads (writer 0 is the head, agent i is i + 1);
+        None in a chain: everything."""
+        if not self.head:
+            return None
+        return frozenset({0, *(j + 1 for j in team.reads(index))})
 
 
 class Method:
@@ -128,14 +145,13 @@ class Method:
     def __init__(
         self,
         engines: Engine | Mapping[str, Engine],
-        roles: list[Role],
+        team: Team,
         sampling: Sampling | None = None,
         handoff: Handoff | None = None,
-        topology: str = "sequential",
     ) -> None:
-        self.roles, self.topology = roles, topology
+        self.team = team
         if not isinstance(engines, Mapping):
-            engines = {role.name: engines for role in roles}
+            engines = {agent.name: engines for agent in team.agents}
         self.engines: dict[str, Engine] = dict(engines)
         self.sampling = sampling or Sampling()
         if self.sampling.max_new_tokens < 1:
@@ -143,10 +159,17 @@ class Method:
         self.handoff = handoff if handoff is not None else build(TextConfig())
         for engine in self.engines.values():
             self.handoff.check(engine.name)
+            if self.handoff.shares_memory and not team.chain:
+                require(engine.name, "partial_reads")
         self.latent_steps = LatentSteps(0)
         self.memory = "full"
         self.question_once = False
         self.observers: list[ObserverFactory] = []
+
+    @property
+    def roles(self) -> tuple[Agent, ...]:
+        """The team's agents, in the order they run."""
+        return self.team.agents
 
     @property
     def engine(self) -> Engine:
@@ -226,7 +249,7 @@ class Method:
                     )
                     for watcher in watchers:
                         watcher.begin_agent(role.name, prompts)
-                    engine.prefill(memory, prompts, prefix)
+                    engine.prefill(memory, prompts, Reading(prefix, conversation.reads(self.team, index)))
                 if not final and self.latent_steps.count > 0:
                     with clock.phase("latent"):
                         taken = self.handoff.think(engine, memory, self.latent_steps, _fan_out(watchers))
@@ -234,7 +257,8 @@ class Method:
                     engine.keep_latent_only(memory)
             else:
                 memory = engine.new_memory(batch)
-                heard = [list(m) if final or self.topology == "sequential" else [] for m in messages]
+                reads = {self.roles[j].name for j in self.team.reads(index)}
+                heard = [[m for m in row if m.role in reads] for row in messages]
                 turn = Turn(engine, memory, role, final, questions, answer_format, heard, seeds)
                 with clock.phase("prefill"):
                     prompts = self.handoff.read(turn)
@@ -279,18 +303,26 @@ class Method:
         agent on an engine) the prompt head every row shares."""
         prefix: list[int] = []
         if engine is not conversation.engine:
-            roles = []
-            for role in self.roles[index:]:
-                if self.engines[role.name] is not engine:
-                    break
-                roles.append(role)
+            team = self.team
+            if index or any(self.engines[a.name] is not engine for a in team.agents):  # the agents on it
+                agents = []
+                for agent in team.agents[index:]:
+                    if self.engines[agent.name] is not engine:
+                        break
+                    agents.append(agent.model_copy(update={"reads": None}))  # a chain (hetero teams are)
+                team = Team(name=team.name, agents=tuple(agents))
             tokenizer, once = engine.tokenizer, self.question_once
-            prompts = [shared_conversation(tokenizer, roles, q, answer_format, once) for q in questions]
-            probes = [shared_conversation(tokenizer, roles, q, answer_format, once)[0] for q in PROBES]
+            prompts = [shared_conversation(tokenizer, team, q, answer_format, once) for q in questions]
+            probes = [shared_conversation(tokenizer, team, q, answer_format, once)[0] for q in PROBES]
             prefix = common_prefix(probes)
             memory, firsts = self.enter_engine(engine, conversation.engine, [p[0] for p in prompts])
             conversation.prompts = [[f, *p[1:]] for f, p in zip(firsts, prompts)]
             conversation.engine, conversation.memory, conversation.first = engine, memory, index
+            conversation.head = not team.chain
+            if conversation.head:  # the head first, on its own: every agent reads it
+                engine.prefill(memory, [p[0] for p in conversation.prompts], Reading(prefix))
+                conversation.prompts = [p[1:] for p in conversation.prompts]
+                prefix = []
         prompts = [p[index - conversation.first] for p in conversation.prompts]
         return conversation.memory, prompts, prefix
 

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from ..build import build_solver
 from ..methods import Answer, Method, SolveCancelled
 from ..models import LoadedModel
-from ..spec import RunSpec, build_solver
+from ..spec import RunSpec
 
 
 class Cancelled(Exception):

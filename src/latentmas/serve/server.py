@@ -1,6 +1,6 @@
 """An OpenAI-compatible HTTP API over the library, with dynamic batching.
 
-    POST /v1/chat/completions   (extra fields: method, topology, latent_steps, handoff, ...)
+    POST /v1/chat/completions   (extra fields: method, team, latent_steps, handoff, ...)
     GET  /v1/models, /health, /metrics (Prometheus)
 
 This module is the thin HTTP layer (routes, schemas, streaming); `scheduler.Batcher`
@@ -31,14 +31,14 @@ from ..engines.vllm import VLLMSettings, start_vllm
 from ..errors import LatentMASError
 from ..methods import Answer
 from ..models import LoadedModel
-from ..roles import chat_messages, encode_chat, shared_conversation, single_role, topology_roles
-from ..spec import LEGACY_FLAGS, RunSpec, bounds, flat_option_fields
+from ..spec import LEGACY, RunSpec, bounds, flat_option_fields
+from ..teams import PACKAGED, chat_messages, encode_chat, shared_conversation, single_team
 from .scheduler import Batcher, Cancelled, Job, Metrics
 
 # What a request may choose of its run: RunSpec's own fields (types, bounds, choices and
 # defaults copied from it), and each handoff option as a flat field. The rest of the spec is
 # the server's (model, dtype, engine) or OpenAI's (max_tokens, temperature, top_p, seed).
-REQUEST_FIELDS = ("method", "topology", "latent_steps", "memory", "question_once", "handoff")
+REQUEST_FIELDS = ("method", "latent_steps", "memory", "question_once", "handoff")
 SEED_MAX = bounds("seed")[1]
 
 
@@ -77,8 +77,17 @@ def _request_model() -> type[OpenAIChat]:
         name: (info.annotation | None, Field(None, description=info.description))
         for name, info in flat_option_fields().items()
     }
-    legacy = {name: (bool, Field(False, description="Chooses --handoff reentry.")) for name in LEGACY_FLAGS}
-    model = create_model("ChatRequest", __base__=OpenAIChat, **sampling, **spec_fields, **flat, **legacy)
+    legacy = {
+        name: (kind, Field(default, description=text)) for name, (kind, default, text) in LEGACY.items()
+    }
+    # A team by a packaged name or inline, never a path: a request must not read the server's files.
+    team = (
+        Literal[PACKAGED] | dict,
+        Field("sequential", description=RunSpec.model_fields["team"].description),
+    )  # type: ignore[valid-type]
+    model = create_model(
+        "ChatRequest", __base__=OpenAIChat, **sampling, **spec_fields, team=team, **flat, **legacy
+    )
     model.__doc__ = "The OpenAI chat-completions body, plus LatentMAS's own fields."
     return model
 
@@ -89,11 +98,12 @@ ChatRequest = _request_model()
 def request_spec(body: Any, state: Served) -> RunSpec:
     """The run a request asks for, on the served model: RunSpec validates it (one line)."""
     options = {name: getattr(body, name) for name in REQUEST_FIELDS}
+    options |= {"team": body.team} if body.topology is None else {"topology": body.topology}
     flat = {
         name: getattr(body, name, None) for name in flat_option_fields()
     }  # a handoff added later has none
     options |= {name: value for name, value in flat.items() if value is not None}
-    options |= {name: True for name in LEGACY_FLAGS if getattr(body, name)}
+    options |= {"thoughts_enter": True} if body.thoughts_enter else {}
     return RunSpec(
         model=state.lm.name,
         dtype=state.lm.dtype,
@@ -229,15 +239,15 @@ def context_needed(lm: LoadedModel, spec: RunSpec, question: str) -> int:
     """The longest cache this request can build (positions the model must support)."""
     max_tokens = spec.max_new_tokens
     if spec.method == "single":
-        (role,) = single_role()
-        return len(encode_chat(lm.tokenizer, chat_messages(role, question, ""), False)) + max_tokens
-    roles = topology_roles(spec.topology)
+        (agent,) = single_team().agents
+        return len(encode_chat(lm.tokenizer, chat_messages(agent, question, ""), False)) + max_tokens
+    agents = spec.team.agents
     if spec.thinks:
-        segments = shared_conversation(lm.tokenizer, roles, question, "")
-        return sum(map(len, segments)) + spec.latent_steps.count * (len(roles) - 1) + max_tokens
-    # TextMAS: the last agent reads every earlier agent's text (at most max_tokens each).
-    last = encode_chat(lm.tokenizer, chat_messages(roles[-1], question, ""), False)
-    return len(last) + len(roles) * max_tokens
+        segments = shared_conversation(lm.tokenizer, spec.team, question, "")
+        return sum(map(len, segments)) + spec.latent_steps.count * (len(agents) - 1) + max_tokens
+    # TextMAS: the last agent reads at most every earlier agent's text (max_tokens each).
+    last = encode_chat(lm.tokenizer, chat_messages(agents[-1], question, ""), False)
+    return len(last) + len(agents) * max_tokens
 
 
 @router.post("/v1/chat/completions", response_model=None)

@@ -1,31 +1,21 @@
-"""Agent roles and topologies, read from `prompts/roles.yaml`, and their chat prompts."""
+"""The chat prompts agents read, assembled from `prompts.yaml` (templates are data), and the
+shared conversation a team's agents append to one memory."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Literal
 
 import yaml
 from transformers import PreTrainedTokenizerBase
 
-from .errors import LatentMASError
-
-TOPOLOGIES: tuple[str, ...] = ("sequential", "hierarchical")
-ContextKind = Literal["none", "text", "latent"]
-
-
-@dataclass(frozen=True)
-class Role:
-    name: str
-    instruction: str
+from .team import Agent, Team
 
 
 @cache
 def _prompts() -> dict:
-    text = resources.files("latentmas").joinpath("prompts/roles.yaml").read_text()
+    text = resources.files("latentmas.teams").joinpath("prompts.yaml").read_text()
     return yaml.safe_load(text)
 
 
@@ -34,14 +24,10 @@ def _fill(template: str, **values: str) -> str:
     return re.sub(r"\{(\w+)\}", lambda m: values.get(m.group(1), m.group(0)), template)
 
 
-def single_role() -> list[Role]:
-    return [Role(r["role"], r["instruction"]) for r in _prompts()["single"]]
-
-
-def topology_roles(topology: str) -> list[Role]:
-    if topology not in TOPOLOGIES:
-        raise LatentMASError(f"unknown topology {topology!r}; choose one of {', '.join(TOPOLOGIES)}")
-    return [Role(r["role"], r["instruction"]) for r in _prompts()["topologies"][topology]]
+def single_team() -> Team:
+    """The single-agent baseline as a team of one."""
+    (agent,) = _prompts()["single"]
+    return Team(name="single", agents=(Agent(name=agent["role"], instruction=agent["instruction"]),))
 
 
 def text_context(messages: list[tuple[str, str]]) -> str:
@@ -54,7 +40,7 @@ def text_context(messages: list[tuple[str, str]]) -> str:
 
 
 def user_message(
-    role: Role, question: str, answer_format: str, context: str = "", restate: bool = True
+    role: Agent, question: str, answer_format: str, context: str = "", restate: bool = True
 ) -> dict:
     """An agent's user turn; `restate=False` leaves the question out (it is in the memory)."""
     spec = _prompts()
@@ -64,7 +50,7 @@ def user_message(
     return {"role": "user", "content": user.rstrip()}
 
 
-def chat_messages(role: Role, question: str, answer_format: str, context: str = "") -> list[dict]:
+def chat_messages(role: Agent, question: str, answer_format: str, context: str = "") -> list[dict]:
     """A standalone chat: the team's system prompt and this agent's user turn."""
     system = {"role": "system", "content": _prompts()["system"]}
     return [system, user_message(role, question, answer_format, context)]
@@ -72,36 +58,54 @@ def chat_messages(role: Role, question: str, answer_format: str, context: str = 
 
 def shared_conversation(
     tokenizer: PreTrainedTokenizerBase,
-    roles: list[Role],
+    team: Team,
     question: str,
     answer_format: str,
     question_once: bool = False,
 ) -> list[list[int]]:
-    """Token ids each agent appends to the shared cache, one list per agent.
+    """Token ids each agent appends to the shared cache, one list per agent (and, first, the
+    conversation's head, when the team is not a chain).
 
-    The agents' turns form one conversation: agent k's user turn follows agent k-1's
-    assistant turn, whose content is its latent thoughts (rendered as an empty message).
-    Each segment is the difference between successive renderings of the chat template,
-    so any model's turn markers are used. Templates that rewrite earlier turns (so that
+    The agents' turns form one conversation: agent k's user turn follows the assistant turns
+    of the agents it reads, whose content is their latent thoughts (rendered as an empty
+    message). Each segment is the difference between successive renderings of the chat
+    template, so any model's turn markers are used. In a chain (every agent reads all before
+    it) that is one growing conversation. When an agent reads only some agents, its segment
+    continues *their* conversation, and the head (the system turn, which every agent reads)
+    is a segment of its own: an agent that reads no one reads the head and its own turn,
+    exactly the chat a fresh memory would hold. Templates that rewrite earlier turns (so that
     one rendering is not a prefix of the next) fall back to standalone chats per agent.
-    `question_once`: only the first agent's turn states the question; later agents read
-    it from the shared memory (fewer tokens to prefill).
+    `question_once`: only the first agent's turn states the question; later agents read it
+    from the shared memory (fewer tokens to prefill).
     """
-    messages = [{"role": "system", "content": _prompts()["system"]}]
-    segments, previous = [], ""
-    for index, role in enumerate(roles):
-        if index:
-            messages.append({"role": "assistant", "content": ""})
-        messages.append(user_message(role, question, answer_format, restate=not (question_once and index)))
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        if not text.startswith(previous):
+    system = {"role": "system", "content": _prompts()["system"]}
+
+    def turns(indices: list[int]) -> list[dict]:
+        messages = [system]
+        for position, index in enumerate(indices):
+            if position:
+                messages.append({"role": "assistant", "content": ""})
+            restate = not (question_once and index)
+            messages.append(user_message(team.agents[index], question, answer_format, restate=restate))
+        return messages
+
+    def render(messages: list[dict], prompt: bool = True) -> str:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
+
+    chain = team.chain
+    head = "" if chain else render([system], prompt=False)
+    texts = [] if chain else [head]
+    for index in range(len(team.agents)):
+        earlier = list(team.reads(index))
+        before = render(turns(earlier)) if earlier else head
+        text = render(turns([*earlier, index]))
+        if not text.startswith(before):
             return [
-                encode_chat(tokenizer, chat_messages(r, question, answer_format), i > 0)
-                for i, r in enumerate(roles)
+                encode_chat(tokenizer, chat_messages(a, question, answer_format), i > 0)
+                for i, a in enumerate(team.agents)
             ]
-        segments.append(tokenizer(text[len(previous) :], add_special_tokens=False).input_ids)
-        previous = text
-    return segments
+        texts.append(text[len(before) :])
+    return [tokenizer(text, add_special_tokens=False).input_ids for text in texts]
 
 
 def encode_chat(tokenizer: PreTrainedTokenizerBase, messages: list[dict], continuation: bool) -> list[int]:
