@@ -205,12 +205,16 @@ class Row:
 
 
 def folder_name(config: str, seed: int, sampled: bool) -> str:
-    safe = config.replace("[", "-").replace("]", "").replace("=", "")
+    """'latent_mas[from=0.5,enter=true]' -> 'latent_mas-from0.5+entertrue' (no commas: a folder
+    name goes into shell commands and comma lists; folders named before with commas are
+    renamed, and `config_from_folder` still reads them)."""
+    safe = config.replace("[", "-").replace("]", "").replace("=", "").replace(",", "+")
     return f"{safe}-seed{seed}" if sampled else safe
 
 
 def config_from_folder(name: str) -> tuple[str, int | None]:
-    """Undo `folder_name`: 'latent_mas-from0.5,entertrue-seed1' -> ('latent_mas[from=0.5,enter=true]', 1).
+    """Undo `folder_name`: 'latent_mas-from0.5+entertrue-seed1' -> ('latent_mas[from=0.5,enter=true]', 1)
+    (a comma, as folders were named before, separates options too).
 
     Keys are matched longest first, so 'msg64' is msg=64 and 'm10' is m=10.
     """
@@ -224,7 +228,7 @@ def config_from_folder(name: str) -> tuple[str, int | None]:
         return method, seed
     keys = sorted(SHORT.values(), key=len, reverse=True)
     items = []
-    for item in changes.split(","):
+    for item in changes.replace("+", ",").split(","):
         key = next((k for k in keys if item.startswith(k) and len(item) > len(k)), None)
         if key is None:
             raise LatentMASError(f"folder {name!r}: {item!r} is no config option")

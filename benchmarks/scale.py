@@ -26,12 +26,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import declared  # noqa: E402
 import quality  # noqa: E402
 from quality import folder_name, split_configs  # noqa: E402
 
 from latentmas.errors import LatentMASError, run_script  # noqa: E402
 from latentmas.evaluation.evaluate import read_results  # noqa: E402
-from latentmas.evaluation.stats import compare_paired, holm_adjust, wilson_interval  # noqa: E402
+from latentmas.evaluation.records import read_environments  # noqa: E402
+from latentmas.evaluation.stats import compare_paired, wilson_interval  # noqa: E402
 from latentmas.evaluation.tasks import get_task  # noqa: E402
 
 DEFAULT_CONFIGS = "single,text_mas,latent_mas,latent_mas[m=0],latent_mas[m=1],latent_mas[realign=none]"
@@ -63,10 +65,54 @@ def _keep_first(rows: dict, ids: list[str] | None) -> dict:
     return rows if ids is None else {i: rows[i] for i in ids if i in rows}
 
 
+def declared_name(folder: Path) -> str:
+    """How declared.yaml names a results folder: its path from the repository's root."""
+    try:
+        return str(folder.resolve().relative_to(declared.ROOT))
+    except ValueError:
+        return str(folder)
+
+
+def versus(
+    comparisons: list, folder: Path, task: str, config: str, base: str, mine: dict, theirs: dict
+) -> dict | None:
+    """A config against a baseline: the declared comparison where there is one (Holm within
+    its family, its verdict), else the same numbers labelled exploratory (no Holm, no verdict)."""
+    if not mine or not theirs or config == base:
+        return None
+    test = compare_paired(mine, theirs)
+    found = declared.find(comparisons, declared_name(folder), task, config, base)
+    return {
+        "n": test.n,
+        "difference": test.difference,
+        "interval": list(test.interval),
+        "only_config": test.only_a,
+        "only_baseline": test.only_b,
+        "p": test.p_value,
+        "p_holm": None if found is None else found.p_holm,
+        "verdict": "exploratory" if found is None else found.verdict,
+        "family": None if found is None else found.family,
+    }
+
+
+def provenance(folder: Path, task: str, config: str) -> tuple[str, str]:
+    """(the CPUs, the batch sizes) a run's answers were computed on, from its folder."""
+    run = folder / task / folder_name(config, 0, False)
+    cpus = sorted({e.get("cpu", "?") for e in read_environments(run)}) or ["not logged"]
+    summary = run / "summary.json"
+    batch = str(json.loads(summary.read_text()).get("batch_size", "?")) if summary.is_file() else "?"
+    return " / ".join(short_cpu(c) for c in cpus), batch
+
+
+def short_cpu(name: str) -> str:
+    return name.replace("(R)", "").replace("(TM)", "").replace(" Processor", "").split(" @")[0].strip()
+
+
 def scale_table(
     models: dict[str, Path], task: str, configs: list[str], limit: int
 ) -> tuple[str, list[dict], list[dict]]:
     rows, twins = [], []
+    comparisons = declared.all_comparisons()
     for model, folder in models.items():
         answers = {c: load(folder, task, c) for c in configs}
         order = _first_ids(answers, limit)
@@ -74,20 +120,20 @@ def scale_table(
         for config in (c for c in configs if c in TEXT_TWINS):
             twin = TEXT_TWINS[config]
             twin_answers = answers[twin] if twin in answers else _keep_first(load(folder, task, twin), order)
-            twins += _twin_comparison(model, config, answers[config], twin, twin_answers, len(order))
+            pair = _twin_comparison(model, config, answers[config], twin, twin_answers, len(order))
+            for t in pair:
+                found = declared.find(comparisons, declared_name(folder), task, config, twin)
+                t["verdict"] = "exploratory" if found is None else found.verdict
+                t["p_holm"] = None if found is None else found.p_holm
+            twins += pair
         correct = {c: {i: r.correct for i, r in a.items()} for c, a in answers.items()}
-        versus = {}
-        for base in BASELINES:
-            others = [c for c in configs if c != base and correct.get(c) and correct.get(base)]
-            tests = {c: compare_paired(correct[c], correct[base]) for c in others}
-            adjusted = dict(zip(others, holm_adjust([t.p_value for t in tests.values()])))
-            versus[base] = {c: (tests[c], adjusted[c]) for c in others}
         for config in configs:
             a = answers[config]
             if not a:
                 continue
             n, k = len(a), sum(r.correct for r in a.values())
             low, high = wilson_interval(k, n)
+            cpu, batch = provenance(folder, task, config)
             row = {
                 "model": model,
                 "config": config,
@@ -97,20 +143,12 @@ def scale_table(
                 "ci": [low, high],
                 "tokens": sum(r.output_tokens for r in a.values()) / n,
                 "seconds": sum(r.seconds for r in a.values()) / n,
+                "cpu": cpu,
+                "batch": batch,
             }
             for base in BASELINES:
-                test = versus[base].get(config)
-                row[f"vs {base}"] = (
-                    None
-                    if test is None
-                    else {
-                        "n": test[0].n,
-                        "difference": test[0].difference,
-                        "only_config": test[0].only_a,
-                        "only_baseline": test[0].only_b,
-                        "p": test[0].p_value,
-                        "p_holm": test[1],
-                    }
+                row[f"vs {base}"] = versus(
+                    comparisons, folder, task, config, base, correct.get(config), correct.get(base)
                 )
             rows.append(row)
         text_mas = next((r for r in rows if r["model"] == model and r["config"] == "text_mas"), None)
@@ -124,18 +162,21 @@ def scale_table(
     def cell(v) -> str:
         if v is None:
             return "—"
+        low, high = v["interval"]
+        holm = "" if v["p_holm"] is None else f", Holm {_p(v['p_holm'])}"
         return (
-            f"{100 * v['difference']:+.1f} ({v['only_config']}/{v['only_baseline']}; "
-            f"p {_p(v['p'])}, Holm {_p(v['p_holm'])})"
+            f"{100 * v['difference']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] ({v['only_config']}/"
+            f"{v['only_baseline']}; p {_p(v['p'])}{holm}) {v['verdict']}"
         )
 
     lines = [
-        f"### {task}: accuracy at each size (first {limit} questions; vs = points, discordant config/baseline, "
-        "exact McNemar p, Holm-adjusted across the configurations)",
+        f"### {task}: accuracy at each size (first {limit} questions; vs = points [95% CI of the paired "
+        "difference], discordant config/baseline, exact McNemar p; a declared comparison (benchmarks/declared.yaml) "
+        "adds Holm within its family and its verdict, any other is exploratory)",
         "",
         "| model | config | n | accuracy % [95% CI] | vs single | vs m = 0 | vs TextMAS | decoded tokens/q "
-        "| tokens vs TextMAS | ≥ single, ≥ TextMAS − 2, ≤ ½ its tokens | s/q |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| tokens vs TextMAS | ≥ single, ≥ TextMAS − 2, ≤ ½ its tokens | s/q | CPU | batch |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         share = "—" if r["tokens vs text_mas"] is None else f"{100 * r['tokens vs text_mas']:+.0f}%"
@@ -145,23 +186,25 @@ def scale_table(
             f"| {100 * r['accuracy']:.1f} "
             f"[{100 * r['ci'][0]:.1f}, {100 * r['ci'][1]:.1f}] | {cell(r['vs single'])} | "
             f"{cell(r['vs latent_mas[m=0]'])} | {cell(r['vs text_mas'])} | {r['tokens']:.0f} | {share} | "
-            f"{target} | {r['seconds']:.1f} |"
+            f"{target} | {r['seconds']:.1f} | {r['cpu']} | {r['batch']} |"
         )
     if twins:
         lines += [
             "",
-            f"### {task}: each handoff against the same messages passed as plain text (one declared comparison "
-            "per model, exact McNemar)",
+            f"### {task}: each handoff against the same messages passed as plain text (exact McNemar; "
+            "declared once per model and task in benchmarks/declared.yaml)",
             "",
-            "| model | handoff | text twin | n | handoff % | text twin % | difference (only handoff/only twin; p) "
-            "| decoded tokens/q, handoff / twin |",
-            "|---|---|---|---|---|---|---|---|",
+            "| model | handoff | text twin | n | handoff % | text twin % | difference [95% CI] (only handoff/only twin; p) "
+            "| verdict | decoded tokens/q, handoff / twin |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for t in twins:
+            low, high = t["interval"]
             lines.append(
                 f"| {t['model']} | {t['config']} | {t['twin']} | {t['n']}{'' if t['complete'] else ' (running)'} | "
                 f"{100 * t['accuracy']:.1f} | {100 * t['twin_accuracy']:.1f} | {100 * t['difference']:+.1f} "
-                f"({t['only_config']}/{t['only_twin']}; p {_p(t['p'])}) | {t['tokens']:.0f} / {t['twin_tokens']:.0f} |"
+                f"[{100 * low:+.1f}, {100 * high:+.1f}] ({t['only_config']}/{t['only_twin']}; p {_p(t['p'])}) | "
+                f"{t['verdict']} | {t['tokens']:.0f} / {t['twin_tokens']:.0f} |"
             )
     return "\n".join(lines), rows, twins
 
@@ -186,6 +229,7 @@ def _twin_comparison(
             "accuracy": test.accuracy_a,
             "twin_accuracy": test.accuracy_b,
             "difference": test.difference,
+            "interval": list(test.interval),
             "only_config": test.only_a,
             "only_twin": test.only_b,
             "p": test.p_value,

@@ -213,9 +213,8 @@ def _sync(file) -> None:
     os.fsync(file.fileno())
 
 
-def summarize(
-    results: list[QuestionResult], method: Method, task: Task, batch_size: int, record: dict
-) -> Summary:
+def summarize(results: list[QuestionResult], method: str, record: dict, batch_size: int) -> Summary:
+    """A run's summary from its answers and its record (run.json)."""
     n = len(results)
 
     def mean(values: list[float]) -> float:
@@ -227,9 +226,9 @@ def summarize(
             groups.setdefault(r.group, []).append(r.correct)
     by_group = {g: {"n": len(v), "accuracy": sum(v) / len(v)} for g, v in sorted(groups.items())}
     return Summary(
-        method=method.name,
-        model=method.lm.name,
-        task=task.name,
+        method=method,
+        model=record["model"],
+        task=record["task"],
         n=n,
         accuracy=mean([float(r.correct) for r in results]),
         output_tokens_mean=mean([r.output_tokens for r in results]),
@@ -348,6 +347,6 @@ def evaluate(
             if on_batch:
                 on_batch(finished)
     wanted = [done[e.id] for e in examples if e.id in done]
-    summary = summarize(wanted, method, task, batch_size, record)
+    summary = summarize(wanted, method.name, record, batch_size)
     (out_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")
     return summary

@@ -1,8 +1,10 @@
-"""Honest accuracy comparisons: a confidence interval per method and a paired test between two.
+"""Honest accuracy comparisons: a confidence interval per method, and between two methods on
+the same questions a paired test and an interval on the difference.
 
 Methods are compared on the same questions, so the right test is paired: McNemar's exact
-test looks only at the questions where exactly one of the two methods is right. Both
-formulas are closed-form, so no statistics package is needed.
+test looks only at the questions where exactly one of the two methods is right, and the
+difference's interval (Newcombe's method 10) accounts for the pairing. All are closed-form,
+so no statistics package is needed.
 """
 
 from __future__ import annotations
@@ -36,6 +38,30 @@ def mcnemar_exact(only_a: int, only_b: int) -> float:
     return min(1.0, 2 * tail)
 
 
+def paired_difference_interval(both: int, only_a: int, only_b: int, neither: int) -> tuple[float, float]:
+    """95% interval for accuracy(A) - accuracy(B) on paired answers: Newcombe's method 10
+    (Stat. Med. 17:2635, 1998; the worked form in Altman et al., *Statistics with
+    Confidence*, 2000, ch. 6): the two accuracies' Wilson intervals, combined with the
+    correlation between the paired answers (continuity-corrected toward 0). At 30-50
+    discordant questions out of 200 it is about +-7 to 10 points wide: a p above 0.05 there
+    is no evidence of a tie."""
+    n = both + only_a + only_b + neither
+    if n == 0:
+        return -1.0, 1.0
+    p1, p2 = (both + only_a) / n, (both + only_b) / n
+    l1, u1 = wilson_interval(both + only_a, n)
+    l2, u2 = wilson_interval(both + only_b, n)
+    margins = (both + only_a) * (only_b + neither) * (both + only_b) * (only_a + neither)
+    phi = 0.0
+    if margins > 0:
+        cross = both * neither - only_a * only_b
+        corrected = cross - n / 2 if cross > n / 2 else (cross if cross < 0 else 0.0)
+        phi = corrected / math.sqrt(margins)
+    below = math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
+    above = math.sqrt(max(0.0, (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2))
+    return max(-1.0, p1 - p2 - below), min(1.0, p1 - p2 + above)
+
+
 @dataclass
 class PairedComparison:
     """A against B on the questions both answered."""
@@ -46,10 +72,33 @@ class PairedComparison:
     only_a: int  # right in A, wrong in B
     only_b: int
     p_value: float
+    both: int | None = None  # right in both (None: pooled over seeds, where it is no count)
 
     @property
     def difference(self) -> float:
         return self.accuracy_a - self.accuracy_b
+
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        """95% interval on `difference` (Newcombe's method 10); None for pooled seeds."""
+        if self.both is None:
+            return None
+        neither = self.n - self.both - self.only_a - self.only_b
+        return paired_difference_interval(self.both, self.only_a, self.only_b, neither)
+
+
+def verdict(
+    difference: float, interval: tuple[float, float] | None, p_adjusted: float, margin: float | None
+) -> str:
+    """The one word a declared difference earns, the same in every table: *better* or *worse*
+    only when its adjusted p is below 0.05; *equivalent within +-margin* only when its 95%
+    interval lies inside the declared margin; otherwise *inconclusive* (a p above 0.05 with
+    a wide interval is no evidence of a tie)."""
+    if p_adjusted < 0.05:
+        return "better" if difference > 0 else "worse"
+    if margin is not None and interval is not None and -margin < interval[0] and interval[1] < margin:
+        return f"equivalent within ±{100 * margin:g} pts"
+    return "inconclusive"
 
 
 def compare_paired(a: dict[str, bool], b: dict[str, bool]) -> PairedComparison:
@@ -60,7 +109,8 @@ def compare_paired(a: dict[str, bool], b: dict[str, bool]) -> PairedComparison:
     only_b = sum(b[i] and not a[i] for i in ids)
     acc_a = sum(a[i] for i in ids) / n if n else 0.0
     acc_b = sum(b[i] for i in ids) / n if n else 0.0
-    return PairedComparison(n, acc_a, acc_b, only_a, only_b, mcnemar_exact(only_a, only_b))
+    both = sum(a[i] and b[i] for i in ids)
+    return PairedComparison(n, acc_a, acc_b, only_a, only_b, mcnemar_exact(only_a, only_b), both)
 
 
 def compare_over_seeds(a: list[dict[str, bool]], b: list[dict[str, bool]]) -> PairedComparison:
