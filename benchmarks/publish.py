@@ -121,7 +121,7 @@ def readme_results(comparisons: list) -> str:
             for c in chosen:
                 m0 = declared.find(comparisons, results, task, c.config, "latent_mas[m=0]")
                 lines.append(
-                    f"| {model}, {task_name} | {LABELS[c.config]} | {100 * c.accuracy:.1f}% | "
+                    f"| {model}, {task_name} | {LABELS.get(c.config, c.config)} | {100 * c.accuracy:.1f}% | "
                     f"{declared.described(c)} | {'—' if m0 is None else declared.described(m0)} |"
                 )
     lines += [

@@ -58,6 +58,7 @@ SHORT = {
     "memory": "memory",
     "topology": "topology",
     "team": "team",
+    "adapter": "adapter",
     "question_once": "once",
     "thought_weight": "beta",
     "thoughts_from": "from",
@@ -208,7 +209,7 @@ def folder_name(config: str, seed: int, sampled: bool) -> str:
     """'latent_mas[from=0.5,enter=true]' -> 'latent_mas-from0.5+entertrue' (no commas: a folder
     name goes into shell commands and comma lists; folders named before with commas are
     renamed, and `config_from_folder` still reads them)."""
-    safe = config.replace("[", "-").replace("]", "").replace("=", "").replace(",", "+")
+    safe = config.replace("[", "-").replace("]", "").replace("=", "").replace(",", "+").replace("/", "~")
     return f"{safe}-seed{seed}" if sampled else safe
 
 
@@ -228,7 +229,7 @@ def config_from_folder(name: str) -> tuple[str, int | None]:
         return method, seed
     keys = sorted(SHORT.values(), key=len, reverse=True)
     items = []
-    for item in changes.replace("+", ",").split(","):
+    for item in changes.replace("~", "/").replace("+", ",").split(","):
         key = next((k for k in keys if item.startswith(k) and len(item) > len(k)), None)
         if key is None:
             raise LatentMASError(f"folder {name!r}: {item!r} is no config option")

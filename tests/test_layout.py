@@ -26,6 +26,7 @@ LAYERS = [
     {"spec"},
     {"build"},
     {"evaluation"},
+    {"training"},
     {"serve"},
 ]
 EDGE = {"cli", "options", "display", "__init__", "__main__"}

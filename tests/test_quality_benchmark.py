@@ -267,7 +267,9 @@ def test_scale_table_pairs_each_model_against_its_own_baselines(tmp_path, capsys
     rows = json.loads((out / "scale.json").read_text())["gsm8k"]
     small_latent = next(r for r in rows if r["model"] == "small" and r["config"] == "latent_mas")
     assert small_latent["vs single"]["only_baseline"] == 10 and small_latent["vs single"]["p"] < 0.01
-    assert small_latent["vs single"]["p_holm"] is None and small_latent["vs single"]["verdict"] == "exploratory"
+    assert (
+        small_latent["vs single"]["p_holm"] is None and small_latent["vs single"]["verdict"] == "exploratory"
+    )
     low, high = small_latent["vs single"]["interval"]
     assert low < -0.5 < high < 0
     large_latent = next(r for r in rows if r["model"] == "large" and r["config"] == "latent_mas")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
@@ -92,6 +93,19 @@ def test_a_team_file_runs_from_the_command_line_and_a_bad_one_is_one_line(
         out = capsys.readouterr()
         assert exit_info.value.code == code, out.err
     assert "agents.0.reads: 'planner' is no agent of this team" in out.err and "Traceback" not in out.err
+    out_dir = tmp_path / "eval"
+    for method in ("text_mas", "latent_mas"):  # the older flag still works on its own
+        argv = ["latentmas", "eval", "--model", str(lm_dir), "--limit", "1", "--max-new-tokens", "2"]
+        argv += ["--method", method, "--topology", "hierarchical", "--out", str(out_dir / method)]
+        monkeypatch.setattr(sys, "argv", argv)
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+            raise SystemExit(0)
+        assert exit_info.value.code == 0, capsys.readouterr().err
+    records = {
+        m: json.loads((out_dir / m / "run.json").read_text())["team"] for m in ("text_mas", "latent_mas")
+    }
+    assert records == {"text_mas": "hierarchical", "latent_mas": "hierarchical_chain"}
 
 
 def test_an_agent_that_reads_no_one_answers_as_it_would_from_a_fresh_memory(tiny):

@@ -225,6 +225,10 @@ def serve(
     queue_size: Annotated[
         int, typer.Option("--queue-size", min=1, max=100_000, help="Requests in flight before 503.")
     ] = 64,
+    adapter: Annotated[
+        Path | None,
+        typer.Option(help="The trained handoff's adapter: requests asking for `trained` get this one."),
+    ] = None,
     *,
     spec: RunSpec,
 ) -> None:
@@ -245,9 +249,61 @@ def serve(
             queue_size=queue_size,
             engine=spec.engine,
             vllm=spec.vllm,
+            adapter=None if adapter is None else str(adapter),
         )
     console.print(f"serving {lm.name} on http://{host}:{port}/v1 (Ctrl-C to stop)", markup=False)
     uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+
+@app.command("train-handoff")
+@spec_options(only=("model", "device", "dtype", "chat_template"))
+def train_handoff_command(
+    transcripts: Annotated[
+        Path, typer.Option(help="A text_mas results.jsonl of training questions (what each agent wrote).")
+    ],
+    out: Annotated[Path, typer.Option(help="Checkpoints, loss curve and adapter; a rerun resumes.")] = Path(
+        "runs/adapter"
+    ),
+    task: Annotated[str, typer.Option(help="The task the transcripts answer (its answer format).")] = "gsm8k",
+    rank: Annotated[int, typer.Option(help="The adapter's rank.")] = 64,
+    epochs: Annotated[int, typer.Option()] = 2,
+    lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate.")] = 1e-3,
+    latent_steps: Annotated[int, typer.Option("--latent-steps", help="Thoughts per sender.")] = 10,
+    target_tokens: Annotated[
+        int, typer.Option("--target-tokens", help="Tokens of each text the loss reads.")
+    ] = 32,
+    seed: Annotated[int, typer.Option()] = 0,
+    *,
+    spec: RunSpec,
+) -> None:
+    """Train the `trained` handoff's adapter with the model frozen; then `--handoff trained
+    --adapter OUT/adapter.safetensors` on run, eval, serve and quality.py."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .evaluation.tasks import get_task
+    from .training import TrainSettings, train_handoff
+
+    settings = TrainSettings(
+        rank=rank, epochs=epochs, lr=lr, latent_steps=latent_steps, target_tokens=target_tokens, seed=seed
+    )
+    answer_format = get_task(task).answer_format
+    with console.status("loading model"):
+        lm = load_for(spec)
+    columns = (
+        TextColumn("training"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}  {task.fields[rate]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+        bar = progress.add_task("train", total=None, loss="-", rate="")
+
+        def show(done: int, total: int, loss: float, rate: float) -> None:
+            progress.update(bar, completed=done, total=total, loss=f"{loss:.3f}", rate=f"{rate:.2f} q/s")
+
+        path = train_handoff(lm, transcripts, out, answer_format, settings, show)
+    console.print(f"adapter written to {path}; loss curve in {out / 'loss.png'}", markup=False)
 
 
 def _fail(err: Console, message: str) -> None:

@@ -57,7 +57,7 @@ def spec_fields(
             continue
         if only is not None and name not in only:
             continue
-        default = None if name == "handoff" else info.default
+        default = None if name in ("handoff", "team") else info.default  # unset: the spec's own default
         if name == "latent_steps":
             default = "10"
         fields[name] = _option(name, info, default)
@@ -73,7 +73,7 @@ def spec_fields(
 def spec_from_options(values: dict[str, Any]) -> RunSpec:
     """The command line's values (Enums, None for unset) as one validated RunSpec."""
     values = {k: v.value if isinstance(v, Enum) else v for k, v in values.items()}
-    unset = set(flat_option_fields()) | {"handoff", "topology"}
+    unset = set(flat_option_fields()) | {"handoff", "team", "topology"}
     try:
         return RunSpec(**{k: v for k, v in values.items() if not (k in unset and v is None)})
     except OptionError as exc:  # named as the flag the user typed

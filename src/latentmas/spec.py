@@ -296,6 +296,8 @@ def handoff_from_options(method: str, handoff: Any, flat: dict[str, Any]) -> Any
         return None
     elif method == "text_mas":
         name = "text"
+    elif "adapter" in given:
+        name = "trained"
     elif enter:
         name = "reentry"
         options["realign"] = "ridge"  # what --thoughts-enter meant before `reentry` had a name

@@ -4,13 +4,14 @@
     view      the same thoughts seen only in part (thought weight, hidden low layers, relays)
     reentry   thoughts that re-enter the stream at a layer above the embeddings
     states    short decoded messages handed over as text-anchored states (StateBridge)
+    trained   the paper's thoughts through an adapter learned with the model frozen
     text      decoded messages read as text (TextMAS; the single agent hears none)
 
 A new handoff is one file: subclass `Thoughts` or `Messages`, give it a `Config`, decorate
 it with `@register` (docs/architecture.md, "Add a handoff").
 """
 
-from . import latent, reentry, states, text, view  # noqa: F401  (they register themselves)
+from . import latent, reentry, states, text, trained, view  # noqa: F401  (they register themselves)
 from .base import (
     Handoff,
     HandoffConfig,
@@ -31,6 +32,7 @@ from .latent import LatentConfig
 from .reentry import ReentryConfig
 from .states import StatesConfig
 from .text import TextConfig
+from .trained import TrainedConfig
 from .view import ViewConfig
 
 __all__ = [
@@ -45,6 +47,7 @@ __all__ = [
     "TextConfig",
     "Thoughts",
     "ThoughtsConfig",
+    "TrainedConfig",
     "Turn",
     "ViewConfig",
     "build",

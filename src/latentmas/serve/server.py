@@ -73,6 +73,12 @@ def _request_model() -> type[OpenAIChat]:
     spec_fields = {
         name: (RunSpec.model_fields[name].annotation, RunSpec.model_fields[name]) for name in REQUEST_FIELDS
     }
+    # The handoff as written (a name, name:options or an object): RunSpec parses it once the
+    # server has put in what only it may choose (the trained handoff's adapter).
+    spec_fields["handoff"] = (
+        str | dict | None,
+        Field(None, description=RunSpec.model_fields["handoff"].description),
+    )
     flat = {
         name: (info.annotation | None, Field(None, description=info.description))
         for name, info in flat_option_fields().items()
@@ -95,13 +101,35 @@ def _request_model() -> type[OpenAIChat]:
 ChatRequest = _request_model()
 
 
+def served_handoff(handoff: str | dict | None, state: Served, adapter: str | None) -> str | dict | None:
+    """A request's handoff with the server's adapter in it where it asks for the trained one;
+    a request that names an adapter file is refused."""
+    refused = "adapter: a request cannot name a file; the server uses the adapter it was started with"
+    if adapter is not None:
+        raise LatentMASError(refused)
+    if handoff is None:
+        return None
+    name, _, options = handoff.partition(":") if isinstance(handoff, str) else (handoff.get("name"), "", "")
+    if name != "trained":
+        return handoff
+    if "adapter=" in options or isinstance(handoff, dict) and "adapter" in handoff:
+        raise LatentMASError(refused)
+    if state.adapter is None:
+        raise LatentMASError(
+            "handoff: this server was started without --adapter, so it has no trained handoff"
+        )
+    if isinstance(handoff, dict):
+        return handoff | {"adapter": state.adapter}
+    return f"{handoff},adapter={state.adapter}" if options else f"trained:adapter={state.adapter}"
+
+
 def request_spec(body: Any, state: Served) -> RunSpec:
     """The run a request asks for, on the served model: RunSpec validates it (one line)."""
     options = {name: getattr(body, name) for name in REQUEST_FIELDS}
+    options["handoff"] = served_handoff(body.handoff, state, getattr(body, "adapter", None))
     options |= {"team": body.team} if body.topology is None else {"topology": body.topology}
-    flat = {
-        name: getattr(body, name, None) for name in flat_option_fields()
-    }  # a handoff added later has none
+    # A handoff registered after the request model was built has no field in it.
+    flat = {name: getattr(body, name, None) for name in flat_option_fields() if name != "adapter"}
     options |= {name: value for name, value in flat.items() if value is not None}
     options |= {"thoughts_enter": True} if body.thoughts_enter else {}
     return RunSpec(
@@ -151,6 +179,7 @@ class Served:
     context_limit: int | None
     engine: str = "transformers"
     vllm: VLLMSettings = VLLMSettings()
+    adapter: str | None = None  # the trained handoff's adapter (`serve --adapter`)
 
 
 router = APIRouter()
@@ -165,9 +194,11 @@ def create_app(
     default_max_tokens: int = 256,
     engine: str = "transformers",
     vllm: VLLMSettings | None = None,
+    adapter: str | None = None,
 ) -> FastAPI:
     """The FastAPI app serving `lm` on `engine` (transformers, or vllm: every decode in
-    vLLM). `max_batch=1` turns dynamic batching off."""
+    vLLM). `max_batch=1` turns dynamic batching off. `adapter`: the one a request asking for
+    the trained handoff gets (a request never names a file of the server's)."""
     vllm = vllm or VLLMSettings()
     if engine == "vllm":
         start_vllm(lm, vllm)  # now, so a missing vLLM is an error at start, not at a request
@@ -183,7 +214,7 @@ def create_app(
 
     app = FastAPI(title="latentmas", version="0.1.0", lifespan=lifespan)
     app.state.batcher = batcher
-    app.state.served = Served(lm, batcher, metrics, default_max_tokens, context_limit, engine, vllm)
+    app.state.served = Served(lm, batcher, metrics, default_max_tokens, context_limit, engine, vllm, adapter)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.include_router(router)
