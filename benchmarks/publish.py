@@ -35,7 +35,7 @@ from latentmas.evaluation.tasks import get_task  # noqa: E402
 
 ROOT = declared.ROOT
 MODELS = {"0.5B": "benchmarks/results/quality-0.5b-bf16", "1.5B": "benchmarks/results/quality-1.5b"}
-TASKS = {"gsm8k": ("GSM8K", "gsm8k_reported"), "humaneval_plus": ("HumanEval", "humaneval_all")}
+TASKS = {"gsm8k": ("GSM8K", "gsm8k_reported"), "humaneval": ("HumanEval", "humaneval_all")}
 LABELS = {
     "single": "single agent",
     "text_mas": "TextMAS",
@@ -154,7 +154,7 @@ def budget_table() -> str:
     ]
     for config in BUDGET:
         for budget, results in BUDGETS.items():
-            rows = answers(results, "humaneval_plus", config, split)
+            rows = answers(results, "humaneval", config, split)
             if not rows:
                 lines.append(f"| {config} | {budget} | 0 | not run yet | — | — |")
                 continue
@@ -174,7 +174,7 @@ def quality_blocks(comparisons: list) -> dict[str, str]:
     configs = scale.split_configs(SCALE_CONFIGS)
     models = {name: ROOT / folder for name, folder in MODELS.items()}
     blocks = {"declared": declared.table(comparisons), "token-budget": budget_table()}
-    for task, limit in (("gsm8k", 200), ("humaneval_plus", 164)):
+    for task, limit in (("gsm8k", 200), ("humaneval", 164)):
         text, _, _ = scale.scale_table(models, task, configs, limit)
         blocks[f"scale-{task}"] = text.replace(str(ROOT) + "/", "")
     for name, (fp32, bf16) in BFLOAT16.items():

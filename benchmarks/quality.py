@@ -509,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
         help="what the model computes in (float32: the dtype of every committed 0.5B run; a folder "
         "refuses to resume a run of another dtype)",
     )
-    parser.add_argument("--tasks", default="gsm8k", help="gsm8k, humaneval_plus, or both (comma list)")
+    parser.add_argument("--tasks", default="gsm8k", help="gsm8k, humaneval, or both (comma list)")
     parser.add_argument("--limit", type=int, default=100, help="first N questions of each task")
     parser.add_argument(
         "--offset",

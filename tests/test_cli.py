@@ -190,7 +190,7 @@ def test_matrix_eval_then_report(monkeypatch, capsys, model_dir, tmp_path):
         "--model",
         model_dir,
         "--task",
-        "gsm8k,humaneval_plus",
+        "gsm8k,humaneval",
         "--method",
         "all",
         "--limit",
@@ -204,7 +204,7 @@ def test_matrix_eval_then_report(monkeypatch, capsys, model_dir, tmp_path):
     ]
     code, stdout, _ = cli(monkeypatch, capsys, *args)
     assert code == 0, stdout
-    for task in ("gsm8k", "humaneval_plus"):
+    for task in ("gsm8k", "humaneval"):
         for method in ("single", "text_mas", "latent_mas"):
             rows = (out / task / method / "results.jsonl").read_text().splitlines()
             assert len(rows) == 2
@@ -212,7 +212,7 @@ def test_matrix_eval_then_report(monkeypatch, capsys, model_dir, tmp_path):
     code, stdout, _ = cli(monkeypatch, capsys, "report", out)
     assert code == 0
     report = (out / "report.md").read_text()
-    assert "speedup_vs_text_mas" in report and "humaneval_plus" in report and '"seed": 0' in report
+    assert "speedup_vs_text_mas" in report and "humaneval" in report and '"seed": 0' in report
     for png in ("accuracy_vs_tokens.png", "time_per_method.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
 
@@ -412,17 +412,15 @@ def test_code_grading_refuses_before_loading_a_model_where_code_cannot_be_confin
 
     monkeypatch.setattr(sandbox, "landlock_abi", lambda: 0)
     monkeypatch.delenv(sandbox.UNSAFE_ENV, raising=False)
-    code, out, err = cli(
-        monkeypatch, capsys, "eval", "--task", "humaneval_plus", "--model", "./no/such/model"
-    )
+    code, out, err = cli(monkeypatch, capsys, "eval", "--task", "humaneval", "--model", "./no/such/model")
     assert code == 2 and "needs Landlock" in err and "--unsafe-exec" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in out + err
 
 
-def test_tasks_lists_twelve_benchmarks(monkeypatch, capsys):
+def test_tasks_lists_thirteen_benchmarks(monkeypatch, capsys):
     code, out, _ = cli(monkeypatch, capsys, "tasks")
     assert code == 0
-    for name in (*PAPER_TASKS, "aqua", "hellaswag", "bbh"):
+    for name in (*PAPER_TASKS, "aqua", "hellaswag", "bbh", "humaneval"):
         assert name in out
 
 

@@ -74,7 +74,7 @@ def test_the_declared_comparisons_are_computed_from_the_stored_results(benchmark
     exploratory = declared.find(
         comparisons,
         "benchmarks/results/quality-1.5b",
-        "humaneval_plus",
+        "humaneval",
         "latent_mas[from=0.5,enter=true,realign=none]",
         "text_mas",
     )

@@ -252,7 +252,7 @@ def test_answers_scored_by_an_earlier_grading_rule_are_graded_again_once(tmp_pat
     from latentmas.evaluation.evaluate import regrade
     from latentmas.evaluation.tasks import Example
 
-    task = get_task("humaneval_plus")
+    task = get_task("humaneval")
     tests = "def check(f):\n    assert f(2, 3) == 5\n"
     examples = [Example(id="t", question="", gold="", tests=tests, entry_point="add")]
     path = tmp_path / "results.jsonl"
@@ -268,7 +268,7 @@ def test_answers_scored_by_an_earlier_grading_rule_are_graded_again_once(tmp_pat
 def test_a_resumed_run_summarizes_its_answers_as_graded_again(tiny, tmp_path):
     from latentmas.evaluation.tasks import Example
 
-    task = get_task("humaneval_plus")
+    task = get_task("humaneval")
     tests = "def check(f):\n    assert f(2, 3) == 5\n"
     examples = [Example(id="t", question="", gold="", tests=tests, entry_point="add")]
     (tmp_path / "results.jsonl").write_text(_code_row())  # wrong under the first rule
@@ -283,7 +283,7 @@ def test_a_results_file_has_one_writer(tiny, tmp_path):
     from latentmas.evaluation.evaluate import regrade
     from latentmas.evaluation.tasks import Example
 
-    task = get_task("humaneval_plus")
+    task = get_task("humaneval")
     examples = [Example(id="t", question="", gold="", tests="def check(f):\n    pass\n", entry_point="add")]
     path = tmp_path / "results.jsonl"
     path.write_text(_code_row())

@@ -143,7 +143,7 @@ def test_code_grader(answer, expected):
     from latentmas.evaluation.tasks import Example, get_task
 
     example = Example(id="t", question="", gold=PROMPT, tests=ADD_TESTS, entry_point="add")
-    assert get_task("humaneval_plus").grade(answer, example).correct is expected
+    assert get_task("humaneval").grade(answer, example).correct is expected
 
 
 def test_mbpp_names_the_function_its_test_calls_not_a_builtin_around_it():

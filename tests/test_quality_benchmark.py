@@ -399,11 +399,11 @@ def test_a_report_grades_again_what_an_earlier_rule_scored(tmp_path, benchmark_s
     row |= dict(
         input_tokens=1, output_tokens=384, latent_steps=0, seconds=1.0
     )  # no "grading": the first rule
-    folder = tmp_path / "out" / "humaneval_plus" / "single"
+    folder = tmp_path / "out" / "humaneval" / "single"
     folder.mkdir(parents=True)
     (folder / "results.jsonl").write_text(json.dumps(row) + "\n")
     quality = benchmark_script("quality")
-    argv = ["--report-only", "--tasks", "humaneval_plus", "--limit", "1", "--configs", "single"]
+    argv = ["--report-only", "--tasks", "humaneval", "--limit", "1", "--configs", "single"]
     assert quality.main([*argv, "--out", str(tmp_path / "out")]) == 0
-    [single] = json.loads((tmp_path / "out" / "humaneval_plus" / "quality.json").read_text())["rows"]
+    [single] = json.loads((tmp_path / "out" / "humaneval" / "quality.json").read_text())["rows"]
     assert single["accuracy"] == 1.0

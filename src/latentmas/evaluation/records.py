@@ -72,6 +72,8 @@ def migrate(before: dict, now: dict) -> dict:
     taken_now = {k: now[k] for k in _UNRECORDED_BEFORE if k in now and k not in before}
     old = {**recorded_later, **taken_now, **before}
     identity = {k: old.pop(k) for k in ("task", "data", "model_digest") if k in old}
+    if identity.get("task") == "humaneval_plus" and identity.get("data", "default") == "default":
+        identity["task"] = "humaneval"  # what ran: HumanEval's own tests (EvalPlus's need a file)
     if old.get("method") == "hetero_mas":  # then its own name; now the method it ran
         agents = old.pop("agents", {})
         old.pop("maps", None)

