@@ -107,16 +107,20 @@ def one_run(job: dict) -> dict:
     """One (shape, n, method, batch) run, in this process: its row of the table."""
     lm = load_model(job["model"], dtype=job["dtype"])
     task = get_task("gsm8k")
-    examples = task.load(job["data"])[: job["questions"]]
-    team = (chain if job["shape"] == "chain" else hierarchy)(job["n"])
+    examples = task.load(job["data"])[: job["questions"]]  # data None: the 20-problem sample
+    shape = chain if job["shape"] == "chain" else hierarchy
     sampling = Sampling(max_new_tokens=job["max_new_tokens"])
     engine = MeasuredEngine(lm)
-    if job["method"] == "text_mas":
-        method = TextMAS(engine, sampling, team, message_tokens=job["message_tokens"])
-    else:
+
+    def method_for(team: Team):
+        if job["method"] == "text_mas":
+            return TextMAS(engine, sampling, team, message_tokens=job["message_tokens"])
         memory = "latent_only" if job["method"].endswith("[latent_only]") else "full"
-        method = LatentMAS(engine, sampling, team, latent_steps=job["latent_steps"], memory=memory)
-    method.solve([examples[0].question], task.answer_format)  # warm-up, not timed
+        return LatentMAS(engine, sampling, team, latent_steps=job["latent_steps"], memory=memory)
+
+    # Warm-up, not timed: the same method on a team of two, at the run's batch size.
+    method_for(shape(2)).solve([e.question for e in examples[: job["batch"]]], task.answer_format)
+    method = method_for(shape(job["n"]))
     MeasuredEngine.longest = 0
     answers, start = [], time.perf_counter()
     for i in range(0, len(examples), job["batch"]):
@@ -195,11 +199,9 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    batches = sorted({r["batch"] for r in rows})
-    fig, axes = plt.subplots(
-        1, len(batches) * len(SHAPES), figsize=(5 * len(batches) * len(SHAPES), 4), squeeze=False
-    )
-    for ax, (shape, batch) in zip(axes[0], [(s, b) for b in batches for s in SHAPES]):
+    panels = sorted({(r["batch"], r["shape"]) for r in rows})
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, (batch, shape) in zip(axes[0], panels):
         for method in METHODS:
             mine = sorted(
                 (r["n"], r["seconds_per_question"])
@@ -224,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="qwen2.5-coder-0.5b")
     p.add_argument("--dtype", default="bfloat16")
-    p.add_argument("--data", type=Path, default=GSM8K_FILE)
+    p.add_argument("--data", type=Path, default=GSM8K_FILE if GSM8K_FILE.is_file() else None)
     p.add_argument("--sizes", default="2,4,8,16,32")
     p.add_argument("--shapes", default=",".join(SHAPES))
     p.add_argument("--methods", default=",".join(METHODS))
@@ -253,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     base = {
         "model": args.model,
         "dtype": args.dtype,
-        "data": str(args.data),
+        "data": None if args.data is None else str(args.data),
         "questions": args.questions,
         "latent_steps": args.latent_steps,
         "message_tokens": args.message_tokens,
