@@ -196,6 +196,7 @@ SCRIPTS = {  # outputs that are no run folder: the script that writes each (by n
     "relay_layers": "benchmarks/experiments/relay_layers.py",
     "scale": "benchmarks/scale.py",
     "team_size": "benchmarks/team_size.py",
+    "same-answers": "benchmarks/same_answers.py",
     "experiment-answer-before-end": "benchmarks/experiments/answer_before_end_of_turn.py",
 }
 
