@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import declared  # noqa: E402
 import scale  # noqa: E402
+import team_size  # noqa: E402
 from quality import config_from_folder, folder_name  # noqa: E402
 
 from latentmas.errors import LatentMASError, run_script  # noqa: E402
@@ -324,10 +325,45 @@ def rebuild_summaries() -> list[Path]:
     return rewritten
 
 
+def team_size_blocks() -> tuple[str, str]:
+    """README's one line on what a growing team costs, and docs/efficiency.md's tables, from
+    benchmarks/team_size.py's stored rows."""
+    path = RESULTS / "team_size" / "team_size.json"
+    if not path.is_file():
+        return "Not measured yet (`python benchmarks/team_size.py`).", "Not measured yet."
+    stored_runs = json.loads(path.read_text())
+    rows, settings = stored_runs["rows"], stored_runs["settings"]
+
+    def chain(method: str) -> dict[int, float]:
+        return {
+            r["n"]: r["seconds_per_question"]
+            for r in rows
+            if (r["shape"], r["method"], r["batch"]) == ("chain", method, 8)
+        }
+
+    def growth(times: dict[int, float]) -> str:
+        return f"n^{team_size.exponent([(n, t) for n, t in times.items() if n >= 4]):.2f}"
+
+    latent, text = chain("latent_mas"), chain("text_mas")
+    if 16 not in latent or 16 not in text:
+        return "Not measured yet at batch 8 and n = 16.", team_size.tables(rows, 4)
+    line = (
+        f"**What a team costs as it grows** (a chain of n reviewers, {settings['model']} in "
+        f"{settings['dtype']}, batch 8, {settings['questions']} GSM8K questions): from 4 to 32 agents "
+        f"latent_mas's time per question grows as {growth(latent)}, "
+        f"TextMAS's as {growth(text)}; at 16 agents latent_mas is "
+        f"{text[16] / latent[16]:.1f}x faster ([plot](benchmarks/results/team_size/team_size.png), "
+        "[tables](docs/efficiency.md#teams-as-they-grow))."
+    )
+    return line, team_size.tables(rows, 4)
+
+
 def generated(comparisons: list) -> dict[Path, dict[str, str]]:
+    line, tables = team_size_blocks()
     return {
-        ROOT / "README.md": {"results": readme_results(comparisons)},
+        ROOT / "README.md": {"results": readme_results(comparisons), "team-size": line},
         ROOT / "docs" / "quality.md": quality_blocks(comparisons),
+        ROOT / "docs" / "efficiency.md": {"team-size": tables},
     }
 
 

@@ -7,11 +7,14 @@ methods on the same GSM8K questions: text_mas (every message capped at the same
 memory, and latent_mas keeping only the thoughts (`--memory latent_only`). Batch 1 and 8.
 
 Per run: seconds per question split by phase, decoded tokens, the shared memory's peak
-length (columns) and its key/value size, the process's peak resident memory (every run in
-a process of its own, so one run's peak is not another's), and accuracy (small on a few
+length (columns) and its key/value size, the peak resident memory while the timed run ran
+(Linux's peak is reset after loading and warm-up, in a process of its own per run) and how
+far it rose above the memory held when the run began, and accuracy (small on a few
 questions: it is there so that a fast broken team is not taken for a fast team). Per shape,
 method and batch: the exponent of seconds per question against n, fitted on log-log from
-n = 4 to 32. Prints markdown, writes team_size.json, team_size.md and team_size.png.
+n = 4 to 32, and how many times faster than TextMAS it is at each n. Prints markdown, writes
+team_size.json, team_size.md and team_size.png; `--before RUNS.jsonl` draws an earlier
+commit's runs dashed in the same plot (the curve before a fix).
 
     python benchmarks/team_size.py --quick      # n = 2, 4, 8; 4 questions; a few minutes
     python benchmarks/team_size.py              # the grid: 0.5B in bfloat16, 8 questions (hours)
@@ -22,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
 import subprocess
 import sys
 import time
@@ -103,6 +105,25 @@ def kv_mib(lm, columns: int, batch: int) -> float:
     return 2 * config.num_hidden_layers * heads * head_dim * element * columns * batch / 2**20
 
 
+def resident_mib(field: str) -> float | None:
+    """VmRSS (now) or VmHWM (peak since the last reset) of this process, from Linux's /proc."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak() -> None:
+    """Start Linux's peak-RSS count afresh, so that loading the model does not set the peak."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
 def one_run(job: dict) -> dict:
     """One (shape, n, method, batch) run, in this process: its row of the table."""
     lm = load_model(job["model"], dtype=job["dtype"])
@@ -122,10 +143,13 @@ def one_run(job: dict) -> dict:
     method_for(shape(2)).solve([e.question for e in examples[: job["batch"]]], task.answer_format)
     method = method_for(shape(job["n"]))
     MeasuredEngine.longest = 0
+    reset_peak()
+    held = resident_mib("VmRSS")
     answers, start = [], time.perf_counter()
     for i in range(0, len(examples), job["batch"]):
         answers += method.solve([e.question for e in examples[i : i + job["batch"]]], task.answer_format)
     wall = time.perf_counter() - start
+    peak = resident_mib("VmHWM")
     n = len(examples)
     phases = {
         phase: sum(getattr(s, f"{phase}_seconds") for a in answers for s in a.agents) / n
@@ -137,7 +161,8 @@ def one_run(job: dict) -> dict:
         "decoded_tokens": sum(a.output_tokens for a in answers) / n,
         "memory_columns": MeasuredEngine.longest,
         "memory_kv_mib": kv_mib(lm, MeasuredEngine.longest, job["batch"]),
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": peak,
+        "peak_added_mib": None if peak is None or held is None else peak - held,
         "accuracy": sum(task.grade(a.final_text, e).correct for a, e in zip(answers, examples)) / n,
     }
 
@@ -152,21 +177,28 @@ def exponent(points: list[tuple[int, float]]) -> float | None:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
 
 
+def mib(row: dict) -> str:
+    """Peak RSS and its rise during the run; rows written before that was measured show "—"."""
+    if row.get("peak_added_mib") is None:
+        return "—"
+    return f"{row['peak_rss_mib']:.0f} (+{row['peak_added_mib']:.0f})"
+
+
 def tables(rows: list[dict], fit_from: int) -> str:
     lines = [
         "| shape | method | batch | n | s/question | prefill / latent / decode s | decoded tokens/q "
-        "| memory columns | memory KV MiB | peak RSS MiB | accuracy |",
+        "| memory columns | memory KV MiB | peak RSS MiB (added) | accuracy |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['shape']} | {r['method']} | {r['batch']} | {r['n']} | {r['seconds_per_question']:.2f} | "
             f"{r['prefill_s']:.2f} / {r['latent_s']:.2f} / {r['decode_s']:.2f} | {r['decoded_tokens']:.0f} | "
-            f"{r['memory_columns']} | {r['memory_kv_mib']:.1f} | {r['peak_rss_mib']:.0f} | {100 * r['accuracy']:.0f}% |"
+            f"{r['memory_columns']} | {r['memory_kv_mib']:.1f} | {mib(r)} | {100 * r['accuracy']:.0f}% |"
         )
     lines += ["", f"Growth of seconds per question with n (fitted exponent, n >= {fit_from}):", ""]
     lines += [
-        "| shape | method | batch | exponent | largest n against TextMAS (s/q ratio) |",
+        "| shape | method | batch | exponent | times faster than TextMAS at n = 2, 4, ... |",
         "|---|---|---|---|---|",
     ]
     for shape, method, batch in sorted({(r["shape"], r["method"], r["batch"]) for r in rows}):
@@ -181,19 +213,15 @@ def tables(rows: list[dict], fit_from: int) -> str:
             for r in rows
             if (r["shape"], r["method"], r["batch"]) == (shape, "text_mas", batch)
         }
-        largest = max(n for n, _ in mine)
-        ratio = (
-            "—"
-            if method == "text_mas" or largest not in text
-            else f"{text[largest] / dict(mine)[largest]:.1f}x faster at n = {largest}"
-        )
+        ratios = [f"{text[n] / seconds:.1f}x" if n in text else "—" for n, seconds in mine]
+        ratio = "—" if method == "text_mas" else ", ".join(ratios)
         lines.append(
             f"| {shape} | {method} | {batch} | {'—' if slope is None else f'{slope:.2f}'} | {ratio} |"
         )
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path, before: list[dict] = ()) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -202,14 +230,15 @@ def plot(rows: list[dict], path: Path) -> None:
     panels = sorted({(r["batch"], r["shape"]) for r in rows})
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
     for ax, (batch, shape) in zip(axes[0], panels):
-        for method in METHODS:
-            mine = sorted(
-                (r["n"], r["seconds_per_question"])
-                for r in rows
-                if (r["shape"], r["method"], r["batch"]) == (shape, method, batch)
-            )
-            if mine:
-                ax.plot(*zip(*mine), marker="o", label=method)
+        for color, method in enumerate(METHODS):
+            for runs, style, label in ((rows, "-", method), (before, "--", f"{method}, before")):
+                mine = sorted(
+                    (r["n"], r["seconds_per_question"])
+                    for r in runs
+                    if (r["shape"], r["method"], r["batch"]) == (shape, method, batch)
+                )
+                if mine:
+                    ax.plot(*zip(*mine), style, marker="o", color=f"C{color}", label=label)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("agents in the team (n)")
@@ -238,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fit-from", type=int, default=4)
     p.add_argument("--quick", action="store_true", help="n = 2, 4, 8; 4 questions; batch 4")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/team_size"))
+    p.add_argument("--before", type=Path, help="an earlier commit's runs.jsonl, drawn dashed")
     p.add_argument("--one", help=argparse.SUPPRESS)  # a job to run in this process (JSON)
     args = p.parse_args(argv)
     if args.one:
@@ -247,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         args.sizes, args.questions, args.batch_sizes = "2,4,8", 4, "4"
     sizes = [int(n) for n in args.sizes.split(",")]
     unknown = set(args.methods.split(",")) - set(METHODS) | set(args.shapes.split(",")) - set(SHAPES)
+    if args.before and not args.before.is_file():
+        raise LatentMASError(f"--before {args.before}: no such runs file")
     if unknown or min(sizes) < 1:
         raise LatentMASError(f"unknown method or shape {sorted(unknown)}, or a size below 1")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -289,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     (args.out / "team_size.md").write_text(text + "\n")
     (args.out / "team_size.json").write_text(json.dumps({"settings": base, "rows": rows}, indent=1) + "\n")
-    plot(rows, args.out / "team_size.png")
+    before = [json.loads(line) for line in args.before.read_text().splitlines()] if args.before else []
+    plot(rows, args.out / "team_size.png", before)
     print(f"\nwrote team_size.md, team_size.json and team_size.png in {args.out}")
     return 0
 

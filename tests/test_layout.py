@@ -16,7 +16,7 @@ METHOD_CLASSES = {"SingleAgent", "TextMAS", "LatentMAS", "HeteroMAS"}
 # results). The top-level modules not listed are the edge (cli, options, display, __init__).
 LAYERS = [
     {"errors", "paths"},
-    {"weights"},
+    {"weights", "attention"},
     {"models", "tiny"},
     {"engines"},
     {"inspection"},

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import pytest
 
+from latentmas.errors import LatentMASError
 from latentmas.tiny import tiny_loaded
 
 
@@ -48,6 +50,8 @@ def test_a_small_grid_runs_resumes_and_writes_its_table(benchmark_script, tmp_pa
     for row in rows:
         assert row["seconds_per_question"] > 0 and 0 <= row["accuracy"] <= 1
         assert math.isclose(row["memory_kv_mib"], team_size.kv_mib(lm, row["memory_columns"], 2))
+        if sys.platform == "linux":
+            assert row["peak_rss_mib"] >= row["peak_added_mib"] >= 0
     assert by[3, "latent_mas"]["memory_columns"] > by[2, "latent_mas"]["memory_columns"]
     assert by[3, "latent_mas[latent_only]"]["memory_columns"] < by[3, "latent_mas"]["memory_columns"]
     assert by[3, "text_mas"]["decoded_tokens"] > by[2, "text_mas"]["decoded_tokens"]
@@ -59,3 +63,17 @@ def test_a_small_grid_runs_resumes_and_writes_its_table(benchmark_script, tmp_pa
 
     monkeypatch.setattr(team_size.subprocess, "run", no_new_runs)
     assert team_size.main(argv) == 0  # every run is in runs.jsonl
+    assert team_size.main([*argv, "--before", str(out / "runs.jsonl")]) == 0
+    with pytest.raises(LatentMASError, match="no such runs file"):
+        team_size.main([*argv, "--before", str(tmp_path / "missing.jsonl")])
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the peak is read from Linux's /proc")
+def test_the_peak_is_the_runs_own_not_the_processs(benchmark_script):
+    team_size = benchmark_script("team_size")
+    block = bytearray(400 * 2**20)
+    block[::4096] = b"x" * len(block[::4096])  # touch every page, so it is resident
+    assert team_size.resident_mib("VmHWM") > team_size.resident_mib("VmRSS") - 1 >= 400
+    del block
+    team_size.reset_peak()
+    assert team_size.resident_mib("VmHWM") < team_size.resident_mib("VmRSS") + 50

@@ -33,6 +33,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from .attention import GROUPED_SDPA
 from .errors import LatentMASError
 from .paths import cache_dir
 from .weights import (  # noqa: F401  (re-exported: the built-in models' names)
@@ -48,7 +49,7 @@ from .weights import (  # noqa: F401  (re-exported: the built-in models' names)
 )
 
 log = logging.getLogger(__name__)
-ATTENTION = "sdpa"  # what transformers picks by default where it can; named, so it can be restored
+ATTENTION = GROUPED_SDPA  # transformers' SDPA without per-head key/value copies (attention.py)
 
 
 @dataclass
@@ -62,7 +63,7 @@ class LoadedModel:
     gguf_name: str | None = None  # how `gguf_for` finds the GGUF it was converted from, if any
     # The attention implementation the model was loaded with (the relay's probe switches to
     # eager attention and back to this one; transformers has no public getter for it).
-    attention: str = "sdpa"
+    attention: str = ATTENTION
 
     @property
     def device(self) -> torch.device:
