@@ -1,6 +1,7 @@
-"""Write the numbers the README and docs/quality.md print, from the stored results.
+"""Write the numbers the README and the docs print, from the stored results.
 
-Every table of results in README.md and docs/quality.md sits between the markers
+Every table of results in README.md, docs/quality.md, docs/trained.md and docs/efficiency.md
+(its team-size section) sits between the markers
 `<!-- generated: NAME -->` and `<!-- end generated: NAME -->`; this script rewrites what is
 between them, from benchmarks/results and benchmarks/declared.yaml, so no figure is typed by
 hand and none goes stale. `--check` rewrites nothing: it says which block differs from what
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import math
 import re
 import subprocess
 import sys
@@ -198,6 +200,7 @@ SCRIPTS = {  # outputs that are no run folder: the script that writes each (by n
     "scale": "benchmarks/scale.py",
     "team_size": "benchmarks/team_size.py",
     "same-answers": "benchmarks/same_answers.py",
+    "trained-lens": "benchmarks/experiments/trained_lens.py",
     "experiment-answer-before-end": "benchmarks/experiments/answer_before_end_of_turn.py",
 }
 
@@ -325,37 +328,130 @@ def rebuild_summaries() -> list[Path]:
     return rewritten
 
 
-def team_size_blocks() -> tuple[str, str]:
-    """README's one line on what a growing team costs, and docs/efficiency.md's tables, from
-    benchmarks/team_size.py's stored rows."""
-    path = RESULTS / "team_size" / "team_size.json"
-    if not path.is_file():
-        return "Not measured yet (`python benchmarks/team_size.py`).", "Not measured yet."
-    stored_runs = json.loads(path.read_text())
-    rows, settings = stored_runs["rows"], stored_runs["settings"]
+ADAPTERS = RESULTS / "adapters"
 
-    def chain(method: str) -> dict[int, float]:
+
+def training_seconds(logs: list[Path]) -> float:
+    """Seconds of training that count, from `latentmas train-handoff`'s progress logs in order:
+    each process up to the step the next one resumed from (its last checkpoint), the last whole."""
+    steps = []
+    for log in logs:
+        lines = re.findall(r"^(\d+)/\d+ loss \S+ \S+ q/s elapsed (\d+)s", log.read_text(), re.M)
+        steps.append([(int(step), int(seconds)) for step, seconds in lines])
+    total = 0.0
+    for segment, following in zip(steps, [*steps[1:], None]):
+        resumed_from = following[0][0] - 1 if following else segment[-1][0]
+        total += max(seconds for step, seconds in segment if step <= resumed_from)
+    return total
+
+
+def trained_block() -> str:
+    """What each trained adapter is and what it cost: from its file, loss log and progress logs."""
+    from safetensors import safe_open
+
+    lines = [
+        "| adapter | parameters | rank | questions seen | transcripts | training time | mean loss per epoch |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for file in sorted(ADAPTERS.glob("*/adapter.safetensors")):
+        with safe_open(str(file), "pt") as f:
+            meta = f.metadata()
+            parameters = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+        settings = json.loads(meta["settings"])
+        losses = [
+            json.loads(line)["loss"] for line in (file.parent / "losses.jsonl").read_text().splitlines()
+        ]
+        per_epoch = len(losses) // settings["epochs"]
+        means = [sum(losses[i : i + per_epoch]) / per_epoch for i in range(0, len(losses), per_epoch)]
+        logs = sorted(file.parent.glob("train-*.log"))
+        took = f"{training_seconds(logs) / 60:.0f} min" if logs else "not logged"
+        lines.append(
+            f"| {file.relative_to(ROOT)} | {parameters:,} | {settings['rank']} | {meta['questions_seen']} "
+            f"({settings['epochs']} epochs) | {json.loads(meta['transcripts'])} | {took} | "
+            f"{' → '.join(f'{m:.3f}' for m in means)} |"
+        )
+    return "\n".join(lines)
+
+
+def stored_table(name: str) -> str:
+    """A table a benchmark script wrote under benchmarks/results, as it wrote it."""
+    path = RESULTS / name
+    return path.read_text().rstrip("\n") if path.is_file() else f"Not measured yet ({name})."
+
+
+def team_size_blocks() -> tuple[str, str]:
+    """README's one line on what a growing team costs, and docs/efficiency.md's tables with
+    issue 42's targets checked and the curve before the attention fix, from
+    benchmarks/team_size.py's stored rows."""
+    folder = RESULTS / "team_size"
+    if not (folder / "team_size.json").is_file():
+        return "Not measured yet (`python benchmarks/team_size.py`).", "Not measured yet."
+    stored_runs = json.loads((folder / "team_size.json").read_text())
+    rows, settings = stored_runs["rows"], stored_runs["settings"]
+    before_path = folder / "before-grouped-attention.jsonl"
+    before = (
+        [json.loads(line) for line in before_path.read_text().splitlines()] if before_path.is_file() else []
+    )
+
+    def chain(method: str, field: str = "seconds_per_question", runs: list = rows) -> dict[int, float]:
         return {
-            r["n"]: r["seconds_per_question"]
-            for r in rows
-            if (r["shape"], r["method"], r["batch"]) == ("chain", method, 8)
+            r["n"]: r[field] for r in runs if (r["shape"], r["method"], r["batch"]) == ("chain", method, 8)
         }
 
-    def growth(times: dict[int, float]) -> str:
-        return f"n^{team_size.exponent([(n, t) for n, t in times.items() if n >= 4]):.2f}"
+    def slope(times: dict[int, float]) -> float:
+        return team_size.exponent([(n, t) for n, t in times.items() if n >= 4])
 
-    latent, text = chain("latent_mas"), chain("text_mas")
-    if 16 not in latent or 16 not in text:
-        return "Not measured yet at batch 8 and n = 16.", team_size.tables(rows, 4)
+    latent, text, compact = (
+        chain("latent_mas"),
+        chain("text_mas"),
+        chain("latent_mas[latent_only]", "peak_rss_mib"),
+    )
+    if not {4, 16, 32} <= latent.keys() & text.keys() & compact.keys():
+        return "Not measured yet at batch 8 and n = 4, 16 and 32.", team_size.tables(rows, 4)
     line = (
         f"**What a team costs as it grows** (a chain of n reviewers, {settings['model']} in "
         f"{settings['dtype']}, batch 8, {settings['questions']} GSM8K questions): from 4 to 32 agents "
-        f"latent_mas's time per question grows as {growth(latent)}, "
-        f"TextMAS's as {growth(text)}; at 16 agents latent_mas is "
-        f"{text[16] / latent[16]:.1f}x faster ([plot](benchmarks/results/team_size/team_size.png), "
-        "[tables](docs/efficiency.md#teams-as-they-grow))."
+        f"latent_mas's time per question grows as n^{slope(latent):.2f}, TextMAS's as n^{slope(text):.2f}; "
+        f"at 16 agents latent_mas is {text[16] / latent[16]:.1f}x faster "
+        "([plot](benchmarks/results/team_size/team_size.png), [tables](docs/efficiency.md#teams-as-they-grow))."
     )
-    return line, team_size.tables(rows, 4)
+    checks = [
+        ("latent_mas's exponent from n = 4 to 32 at most 1.1", f"{slope(latent):.2f}", slope(latent) <= 1.1),
+        ("TextMAS's grows faster", f"{slope(text):.2f}", slope(text) > slope(latent)),
+        (
+            "latent_mas at least 5x faster than TextMAS at n = 16",
+            f"{text[16] / latent[16]:.1f}x",
+            text[16] >= 5 * latent[16],
+        ),
+        (
+            "latent_only's peak RSS at n = 32 within 1.5x of n = 4's",
+            f"{compact[32]:.0f} / {compact[4]:.0f} MiB = {compact[32] / compact[4]:.2f}x",
+            compact[32] <= 1.5 * compact[4],
+        ),
+    ]
+    lines = ["| issue 42's target (chain, batch 8) | measured | met |", "|---|---|---|"]
+    lines += [f"| {what} | {value} | {'yes' if ok else '**no**'} |" for what, value, ok in checks]
+    if before:
+        lines += [
+            "",
+            "latent_mas (chain, batch 8) before the attention fix (benchmarks/results/team_size/"
+            "before-grouped-attention.jsonl, commit 5af10cf) and after, seconds per question (prefill):",
+            "",
+            "| n | before | after |",
+            "|---|---|---|",
+        ]
+        old, old_prefill, prefill = (
+            chain("latent_mas", runs=before),
+            chain("latent_mas", "prefill_s", before),
+            chain("latent_mas", "prefill_s"),
+        )
+        lines += [
+            f"| {n} | {old[n]:.2f} ({old_prefill[n]:.2f}) | {latent[n]:.2f} ({prefill[n]:.2f}) |"
+            for n in sorted(latent)
+            if n in old
+        ]
+        lines.append(f"\nlatent_mas's exponent before: {slope(old):.2f}; after: {slope(latent):.2f}.")
+    return line, team_size.tables(rows, 4) + "\n\n" + "\n".join(lines)
 
 
 def generated(comparisons: list) -> dict[Path, dict[str, str]]:
@@ -363,6 +459,10 @@ def generated(comparisons: list) -> dict[Path, dict[str, str]]:
     return {
         ROOT / "README.md": {"results": readme_results(comparisons), "team-size": line},
         ROOT / "docs" / "quality.md": quality_blocks(comparisons),
+        ROOT / "docs" / "trained.md": {
+            "trained": trained_block(),
+            "trained-lens": stored_table("trained-lens-0.5b/trained-lens.md"),
+        },
         ROOT / "docs" / "efficiency.md": {"team-size": tables},
     }
 

@@ -14,7 +14,14 @@ from typer.testing import CliRunner
 
 from latentmas.engines import LatentSteps
 from latentmas.errors import LatentMASError
-from latentmas.handoffs import LatentConfig, ReentryConfig, StatesConfig, TextConfig, ViewConfig
+from latentmas.handoffs import (
+    LatentConfig,
+    ReentryConfig,
+    StatesConfig,
+    TextConfig,
+    TrainedConfig,
+    ViewConfig,
+)
 from latentmas.options import spec_options
 from latentmas.serve.server import REQUEST_FIELDS, ChatRequest, request_spec
 from latentmas.spec import RunSpec, flat_option_fields
@@ -178,6 +185,13 @@ def test_the_server_accepts_auto_latent_steps():
         ({"handoff": "states", "message_tokens": 16}, StatesConfig(message_tokens=16)),
         ({"handoff": "reentry"}, ReentryConfig()),
         ({"method": "text_mas", "message_tokens": 64}, TextConfig(message_tokens=64)),
+        ({"adapter": "a.safetensors"}, TrainedConfig(adapter="a.safetensors")),
+        # a name that needs an option given apart: `--handoff trained --adapter FILE`
+        ({"handoff": "trained", "adapter": "a.safetensors"}, TrainedConfig(adapter="a.safetensors")),
+        (
+            {"handoff": "reentry:thoughts_from=0.25", "realign": "ridge"},
+            ReentryConfig(thoughts_from=0.25, realign="ridge"),
+        ),
         ({"method": "single"}, None),
     ],
 )

@@ -36,7 +36,7 @@ from .engines.sampling import MAX_NEW_TOKENS
 from .engines.vllm import VLLMSettings
 from .errors import LatentMASError, OptionError
 from .handoffs import HandoffConfig, LatentConfig, TextConfig, handoff_class, option_fields, parse_handoff
-from .handoffs.base import NAMED, option_error
+from .handoffs.base import NAMED, handoff_fields, option_error
 from .methods import METHODS
 from .methods.loop import MEMORY_MODES
 from .models import DTYPES
@@ -285,9 +285,11 @@ def handoff_from_options(method: str, handoff: Any, flat: dict[str, Any]) -> Any
     if handoff is not None and not isinstance(handoff, str | dict | HandoffConfig):
         return handoff  # the field's validator refuses it
     options: dict[str, Any] = {}
-    if handoff is not None:
-        parsed = parse_handoff(handoff)
-        name, options = parsed.name, parsed.model_dump(exclude={"name"}, exclude_unset=True)
+    if isinstance(handoff, HandoffConfig):
+        name, options = handoff.name, handoff.model_dump(exclude={"name"}, exclude_unset=True)
+    elif handoff is not None:
+        options = dict(handoff_fields(handoff))
+        name = str(options.pop("name"))
         if enter and name != "reentry":
             raise LatentMASError(f"--thoughts-enter chooses the reentry handoff, not {name}")
     elif method == "single":

@@ -211,6 +211,13 @@ def parse_handoff(value: str | dict | HandoffConfig) -> HandoffConfig:
     or `name:key=value,key=value` (`reentry:thoughts_from=0.5`)."""
     if isinstance(value, HandoffConfig):
         return value
+    value = handoff_fields(value)
+    return validated(handoff_class(str(value["name"])).Config, value)
+
+
+def handoff_fields(value: str | dict) -> dict[str, Any]:
+    """`{"name": ..., options}` from what a user wrote, not yet validated (options given apart,
+    as `--handoff trained --adapter FILE`, may still join it)."""
     if isinstance(value, str):
         name, _, rest = value.partition(":")
         options: dict[str, Any] = {}
@@ -222,7 +229,7 @@ def parse_handoff(value: str | dict | HandoffConfig) -> HandoffConfig:
         value = {"name": name.strip(), **options}
     if not isinstance(value, dict) or "name" not in value:
         raise LatentMASError(f"a handoff is a name or an object with a name, not {value!r}")
-    return validated(handoff_class(str(value["name"])).Config, value)
+    return value
 
 
 def build(config: HandoffConfig) -> Handoff:
