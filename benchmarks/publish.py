@@ -147,17 +147,21 @@ BUDGET = ("single", "latent_mas[m=0]", "latent_mas[from=0.5,enter=true,realign=n
 BUDGETS = {384: "benchmarks/results/quality-1.5b", 1024: "benchmarks/results/quality-1.5b-1024"}
 
 
-def budget_table() -> str:
+def budget_table(comparisons: list) -> str:
     """1.5B HumanEval at 384 and 1024 new tokens: accuracy and how often the answering agent
-    ran out of tokens, per configuration (the declared comparisons are in their table)."""
+    ran out of tokens, per configuration; each configuration's answers at both budgets on the
+    same questions; and every comparison declared at 1024 beside the same pair at 384, so a
+    changed verdict shows in one row."""
     split = declared.load()["splits"]["humaneval_all"]
+    runs = {
+        config: {b: answers(r, "humaneval", config, split) for b, r in BUDGETS.items()} for config in BUDGET
+    }
     lines = [
         "| config | tokens | n | accuracy % [95% CI] | answering agent cut off % | decoded tokens/q |",
         "|---|---|---|---|---|---|",
     ]
     for config in BUDGET:
-        for budget, results in BUDGETS.items():
-            rows = answers(results, "humaneval", config, split)
+        for budget, rows in runs[config].items():
             if not rows:
                 lines.append(f"| {config} | {budget} | 0 | not run yet | — | — |")
                 continue
@@ -170,13 +174,55 @@ def budget_table() -> str:
                 f"| {config} | {budget} | {len(rows)}{running} | {accuracy_cell(rows)} | "
                 f"{100 * cut / len(rows):.0f} | {tokens:.0f} |"
             )
+    short, long = BUDGETS
+    lines += [
+        "",
+        f"Each configuration at {long} against {short} tokens, on the questions run at both "
+        f"(difference {long} − {short} in points [95% CI], right only at {long}/only at {short}; "
+        "no budget comparison was declared):",
+        "",
+        f"| config | n | {short} tokens % | {long} tokens % | difference | same final text |",
+        "|---|---|---|---|---|---|",
+    ]
+    for config in BUDGET:
+        before, after = runs[config][short], runs[config][long]
+        shared = [i for i in after if i in before]
+        if not shared:
+            lines.append(f"| {config} | 0 | — | — | not run yet | — |")
+            continue
+        same = sum(before[i].final_text == after[i].final_text for i in shared)
+        lines.append(
+            f"| {config} | {len(shared)} | {100 * sum(before[i].correct for i in shared) / len(shared):.1f} | "
+            f"{100 * sum(after[i].correct for i in shared) / len(shared):.1f} | "
+            f"{exploratory(after, before)} | {same}/{len(shared)} |"
+        )
+    lines += [
+        "",
+        f"The comparisons declared at {long} tokens, and the same pairs at {short} (declared there "
+        "or *exploratory*):",
+        "",
+        f"| config | baseline | at {short} tokens | at {long} tokens |",
+        "|---|---|---|---|",
+    ]
+    for family in declared.load()["families"]:
+        if family["results"] != BUDGETS[long]:
+            continue
+        for config in family["configs"]:
+            base = family["baseline"]
+            before = declared.find(comparisons, BUDGETS[short], "humaneval", config, base)
+            after = declared.find(comparisons, BUDGETS[long], "humaneval", config, base)
+            before_cell = (
+                declared.described(before) if before else exploratory(runs[config][short], runs[base][short])
+            )
+            after_cell = declared.described(after) if after else "not run yet"
+            lines.append(f"| {config} | {base} | {before_cell} | {after_cell} |")
     return "\n".join(lines)
 
 
 def quality_blocks(comparisons: list) -> dict[str, str]:
     configs = scale.split_configs(SCALE_CONFIGS)
     models = {name: ROOT / folder for name, folder in MODELS.items()}
-    blocks = {"declared": declared.table(comparisons), "token-budget": budget_table()}
+    blocks = {"declared": declared.table(comparisons), "token-budget": budget_table(comparisons)}
     for task, limit in (("gsm8k", 200), ("humaneval", 164)):
         text, _, _ = scale.scale_table(models, task, configs, limit)
         blocks[f"scale-{task}"] = text.replace(str(ROOT) + "/", "")
