@@ -425,32 +425,32 @@ def stored_table(name: str) -> str:
     return path.read_text().rstrip("\n") if path.is_file() else f"Not measured yet ({name})."
 
 
+TEAM_FIXES = {  # an earlier commit's runs (team_size folder) -> the shape and the fix they precede
+    "before-grouped-attention.jsonl": ("chain", "the attention fix", "5af10cf"),
+    "before-branches.jsonl": ("hierarchy", "experts working in branches", "17b98ae"),
+}
+
+
 def team_size_blocks() -> tuple[str, str]:
     """README's one line on what a growing team costs, and docs/efficiency.md's tables with
-    issue 42's targets checked and the curve before the attention fix, from
-    benchmarks/team_size.py's stored rows."""
+    issue 42's targets checked and each curve before its fix, from benchmarks/team_size.py's
+    stored rows."""
     folder = RESULTS / "team_size"
     if not (folder / "team_size.json").is_file():
         return "Not measured yet (`python benchmarks/team_size.py`).", "Not measured yet."
     stored_runs = json.loads((folder / "team_size.json").read_text())
     rows, settings = stored_runs["rows"], stored_runs["settings"]
-    before_path = folder / "before-grouped-attention.jsonl"
-    before = (
-        [json.loads(line) for line in before_path.read_text().splitlines()] if before_path.is_file() else []
-    )
 
-    def chain(method: str, field: str = "seconds_per_question", runs: list = rows) -> dict[int, float]:
-        return {
-            r["n"]: r[field] for r in runs if (r["shape"], r["method"], r["batch"]) == ("chain", method, 8)
-        }
+    def times(method: str, field: str = "seconds_per_question", runs: list = rows, shape: str = "chain"):
+        return {r["n"]: r[field] for r in runs if (r["shape"], r["method"], r["batch"]) == (shape, method, 8)}
 
     def slope(times: dict[int, float]) -> float:
         return team_size.exponent([(n, t) for n, t in times.items() if n >= 4])
 
     latent, text, compact = (
-        chain("latent_mas"),
-        chain("text_mas"),
-        chain("latent_mas[latent_only]", "peak_rss_mib"),
+        times("latent_mas"),
+        times("text_mas"),
+        times("latent_mas[latent_only]", "peak_rss_mib"),
     )
     if not {4, 16, 32} <= latent.keys() & text.keys() & compact.keys():
         return "Not measured yet at batch 8 and n = 4, 16 and 32.", team_size.tables(rows, 4)
@@ -477,27 +477,40 @@ def team_size_blocks() -> tuple[str, str]:
     ]
     lines = ["| issue 42's target (chain, batch 8) | measured | met |", "|---|---|---|"]
     lines += [f"| {what} | {value} | {'yes' if ok else '**no**'} |" for what, value, ok in checks]
-    if before:
+    for name, (shape, fix, commit) in TEAM_FIXES.items():
+        if not (folder / name).is_file():
+            continue
+        before = [json.loads(line) for line in (folder / name).read_text().splitlines()]
         lines += [
             "",
-            "latent_mas (chain, batch 8) before the attention fix (benchmarks/results/team_size/"
-            "before-grouped-attention.jsonl, commit 5af10cf) and after, seconds per question (prefill):",
+            f"latent_mas ({shape}, batch 8) before {fix} (benchmarks/results/team_size/{name}, commit "
+            f"{commit}) and after, seconds per question (prefill), and TextMAS's over latent_mas's:",
             "",
-            "| n | before | after |",
-            "|---|---|---|",
+            "| n | before | after | times faster than TextMAS, before | after |",
+            "|---|---|---|---|---|",
         ]
-        old, old_prefill, prefill = (
-            chain("latent_mas", runs=before),
-            chain("latent_mas", "prefill_s", before),
-            chain("latent_mas", "prefill_s"),
+        old, old_prefill, old_text = (
+            times("latent_mas", runs=before, shape=shape),
+            times("latent_mas", "prefill_s", before, shape),
+            times("text_mas", runs=before, shape=shape),
+        )
+        new, prefill, new_text = (
+            times("latent_mas", shape=shape),
+            times("latent_mas", "prefill_s", shape=shape),
+            times("text_mas", shape=shape),
         )
         lines += [
-            f"| {n} | {old[n]:.2f} ({old_prefill[n]:.2f}) | {latent[n]:.2f} ({prefill[n]:.2f}) |"
-            for n in sorted(latent)
+            f"| {n} | {old[n]:.2f} ({old_prefill[n]:.2f}) | {new[n]:.2f} ({prefill[n]:.2f}) | "
+            f"{ratio(old_text, old, n)} | {ratio(new_text, new, n)} |"
+            for n in sorted(new)
             if n in old
         ]
-        lines.append(f"\nlatent_mas's exponent before: {slope(old):.2f}; after: {slope(latent):.2f}.")
+        lines.append(f"\nlatent_mas's exponent ({shape}) before: {slope(old):.2f}; after: {slope(new):.2f}.")
     return line, team_size.tables(rows, 4) + "\n\n" + "\n".join(lines)
+
+
+def ratio(text: dict[int, float], latent: dict[int, float], n: int) -> str:
+    return f"{text[n] / latent[n]:.1f}x" if n in text and n in latent else "—"
 
 
 def generated(comparisons: list) -> dict[Path, dict[str, str]]:

@@ -25,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from latentmas.errors import run_script
+from latentmas.errors import LatentMASError, run_script
 
 GSM8K_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
 
@@ -36,6 +36,15 @@ CONFIGS: dict[str, list[str]] = {
     "text_mas[hierarchical]": ["--method", "text_mas", "--topology", "hierarchical"],
     "latent_mas": ["--method", "latent_mas"],
     "latent_mas[hierarchical]": ["--method", "latent_mas", "--topology", "hierarchical"],
+    "latent_mas[team=hierarchical]": ["--method", "latent_mas", "--team", "hierarchical"],
+    "latent_mas[team=hierarchical;latent_only]": [
+        "--method",
+        "latent_mas",
+        "--team",
+        "hierarchical",
+        "--memory",
+        "latent_only",
+    ],
     "latent_mas[m=auto]": ["--method", "latent_mas", "--latent-steps", "auto"],
     "latent_mas[latent_only]": ["--method", "latent_mas", "--memory", "latent_only"],
     "latent_mas[once]": ["--method", "latent_mas", "--question-once"],
@@ -104,10 +113,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compare", type=Path, nargs=2, metavar=("BEFORE", "AFTER"))
     args = p.parse_args(argv)
     if args.compare:
+        missing = [str(path) for path in args.compare if not path.is_file()]
+        if missing:
+            raise LatentMASError(f"--compare: no such file {', '.join(missing)}")
         before, after = (json.loads(path.read_text()) for path in args.compare)
         return compare(before, after)
     if args.out is None:
         p.error("--out or --compare is needed")
+    unknown = [name for name in args.configs.split(",") if name not in CONFIGS]
+    if unknown:
+        raise LatentMASError(f"--configs: unknown {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
     texts = {}
     with tempfile.TemporaryDirectory() as scratch:
         for name in args.configs.split(","):

@@ -125,13 +125,8 @@ def test_an_agent_that_reads_no_one_answers_as_it_would_from_a_fresh_memory(tiny
     assert texts == [a.final_text for a in TextMAS(tiny, SAMPLING, team=alone).solve(QUESTIONS)]
 
 
-def test_an_agent_is_given_exactly_the_agents_it_reads(tiny, monkeypatch):
-    """In latent_mas the reader's attention on an unread agent's columns is zero in every
-    layer; in text_mas it is shown only the messages of the agents it reads."""
-    team = Team(
-        name="pick",
-        agents=[PLAN, {"name": "critic", "instruction": "Check."}, {**SOLVE, "reads": ["critic"]}],
-    )
+def test_an_agent_is_given_exactly_the_agents_it_reads_in_text(tiny, monkeypatch):
+    """In text_mas the reader is shown only the messages of the agents it reads."""
     shown = []
     from latentmas.handoffs import text
 
@@ -142,46 +137,101 @@ def test_an_agent_is_given_exactly_the_agents_it_reads(tiny, monkeypatch):
         return chat(agent, question, answer_format, context)
 
     monkeypatch.setattr(text, "chat_messages", recording)
-    TextMAS(tiny, SAMPLING, team=team).solve(QUESTIONS[:1])
+    TextMAS(tiny, SAMPLING, team=PICK).solve(QUESTIONS[:1])
     solver = [context for name, context in shown if name == "solver"][0]
     assert "[critic]" in solver and "[planner]" not in solver
 
-    method = LatentMAS(tiny, SAMPLING, team=team, latent_steps=2)
+
+PICK = Team(
+    name="pick",
+    agents=[PLAN, {"name": "critic", "instruction": "Check."}, {**SOLVE, "reads": ["critic"]}],
+)
+
+
+def solver_attention(tiny, monkeypatch, handoff):
+    """The solver's memory at its first decoding step (owner of each column, what it sees)
+    and its attention weights there, layer by layer."""
+    method = LatentMAS(tiny, SAMPLING, team=PICK, latent_steps=2, handoff=handoff)
     eager = tiny.model.config._attn_implementation
     tiny.model.set_attn_implementation("eager")
+    weights, seen = [], []
+    hooks = [
+        layer.self_attn.register_forward_hook(lambda m, i, out: weights.append(out[1].detach().clone()))
+        for layer in tiny.model.model.layers
+    ]
+    from latentmas.engines import transformers as hf
+
+    decode = hf.decode
+
+    def watch(model, memory, *args):
+        visible = memory.visible()
+        seen.append((memory.owner.clone(), None if visible is None else visible.clone(), memory.agent))
+        weights.clear()
+        return decode(model, memory, *args)
+
+    monkeypatch.setattr(hf, "decode", watch)
     try:
-        weights = []
-        hooks = [
-            layer.self_attn.register_forward_hook(lambda m, i, out: weights.append(out[1].detach().clone()))
-            for layer in tiny.model.model.layers
-        ]
-        owners = []
-        from latentmas.engines import transformers as hf
-
-        decode = hf.decode
-
-        def watch(model, memory, *args):
-            owners.append((memory.owner.clone(), memory.visible().clone(), memory.agent))
-            weights.clear()
-            return decode(model, memory, *args)
-
-        monkeypatch.setattr(hf, "decode", watch)
         method.solve(QUESTIONS[:1])
     finally:
         for hook in hooks:
             hook.remove()
         tiny.model.set_attn_implementation(eager)
-    owner, visible, agent = owners[0]
-    assert (
-        agent == 3
-        and not visible[owner == 1].any()
-        and visible[owner == 2].all()
-        and visible[owner == 0].all()
-    )
-    first_step = weights[: len(tiny.model.model.layers)]  # the solver's first decoding step
-    for w in first_step:
+    owner, visible, agent = seen[0]
+    assert agent == 3
+    return owner, visible, weights[: len(tiny.model.model.layers)]
+
+
+def test_an_agent_reads_only_its_writers_in_a_memory_of_their_columns(tiny, monkeypatch):
+    """Without a view, the solver works in a branch of the memory that holds the head's and
+    the critic's columns and not the planner's (so its attention never spans them)."""
+    owner, visible, layers = solver_attention(tiny, monkeypatch, "latent")
+    assert visible is None and set(owner.tolist()) == {0, 2, 3}
+    for w in layers:
+        assert w[..., : len(owner)][..., owner == 2].sum() > 0
+
+
+def test_an_agent_reads_only_its_writers_through_a_mask_under_a_view(tiny, monkeypatch):
+    """With a view (thoughts weighted per layer) the solver stays in the whole memory: its
+    attention on the unread planner's columns is zero in every layer."""
+    owner, visible, layers = solver_attention(tiny, monkeypatch, "view:thought_weight=0.5")
+    assert not visible[owner == 1].any() and visible[owner == 2].all() and visible[owner == 0].all()
+    for w in layers:
         assert w[..., : len(owner)][..., owner == 1].abs().max() == 0
         assert w[..., : len(owner)][..., owner == 2].sum() > 0
+
+
+@pytest.mark.parametrize("memory", ["full", "latent_only"])
+def test_a_branch_joins_the_memory_as_the_mask_would_have_it(tiny, monkeypatch, memory):
+    """A hierarchy whose experts read no one: the summarizer's answers and the memory it
+    reads are those of the same team run with every expert masked in the whole memory."""
+    from latentmas.engines import cache
+
+    team = load_team("hierarchical")
+    questions = QUESTIONS[:2]
+    memories = []
+    joined = cache.SharedMemory.join_branch
+
+    def keep(memory):
+        joined(memory)
+        memories.append((memory.length, memory.positions.clone(), memory.owner.clone()))
+
+    monkeypatch.setattr(cache.SharedMemory, "join_branch", keep)
+    branch, branches = cache.SharedMemory._branch, []
+
+    def counted(memory, columns):
+        branches.append(len(columns))
+        branch(memory, columns)
+
+    monkeypatch.setattr(cache.SharedMemory, "_branch", counted)
+    method = LatentMAS(tiny, SAMPLING, team=team, latent_steps=3, memory=memory)
+    branched = [a.final_text for a in method.solve(questions)]
+    last_branched = memories[-1]
+    memories.clear()
+    monkeypatch.setattr(cache.SharedMemory, "_branch", lambda memory, columns: None)
+    masked = [a.final_text for a in method.solve(questions)]
+    assert len(branches) == 2 and branched == masked  # the 2nd and 3rd experts worked in branches
+    length, positions, owner = memories[-1]
+    assert length == last_branched[0] and owner.equal(last_branched[2]) and positions.equal(last_branched[1])
 
 
 def test_topology_keeps_working_and_means_what_it_meant():
@@ -207,3 +257,32 @@ def test_a_packaged_team_is_recorded_by_name_and_any_other_in_full():
     custom = Team(name="pair", agents=[PLAN, SOLVE])
     assert RunSpec(team="hierarchical").record()["team"] == "hierarchical"
     assert RunSpec(team=custom).record()["team"]["agents"][0]["name"] == "planner"
+
+
+@pytest.mark.parametrize("team, memory", [("pick", "full"), ("hierarchical", "latent_only")])
+def test_a_reader_sees_every_column_of_its_writers_from_its_first_token(tiny, monkeypatch, team, memory):
+    """The solver reading only the critic starts at the position its readable columns count
+    up to, below the critic's last positions (which came after the planner's); the 4-D mask
+    orders by column, so its first prompt token still sees all of the critic. (Ordered by
+    position it saw about half; the latent_only summarizer saw none of the thoughts.)"""
+    from latentmas.engines import forward
+
+    masks = forward.additive_masks
+    first_token = []
+
+    def record(memory, width, dtype):
+        made = masks(memory, width, dtype)
+        if memory.agent == len(chosen.agents):  # the last agent (writer 0 is the head)
+            allowed = made[:, 0, 0] == 0  # each row's first query
+            visible = memory.visible()
+            readable = memory.attention_mask.bool() & (memory.owner < memory.agent)
+            readable &= True if visible is None else visible[None]
+            first_token.append((int(readable.sum()), int((allowed & readable).sum())))
+        return made
+
+    monkeypatch.setattr(forward, "additive_masks", record)
+    chosen = PICK if team == "pick" else load_team(team)
+    view = "view:thought_weight=0.5"  # a view keeps every agent in the whole memory, masked
+    LatentMAS(tiny, SAMPLING, team=chosen, latent_steps=3, memory=memory, handoff=view).solve(QUESTIONS[:2])
+    readable, seen = first_token[0]
+    assert readable > 0 and seen == readable

@@ -8,7 +8,8 @@ result independent of the batch it runs in, the property the reference implement
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+from dataclasses import dataclass, replace
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
@@ -115,6 +116,9 @@ def new_cache(model: PreTrainedModel) -> DynamicCache:
     return cache
 
 
+BRANCHED = ("cache", "_mask", "_positions", "_latent", "_owner", "_length")  # a branch's own
+
+
 @dataclass
 class SharedMemory:
     """The batch's working memory: one KV cache that every agent appends to.
@@ -148,6 +152,7 @@ class SharedMemory:
     reads: frozenset[int] | None = None  # the earlier writers the current one sees (None: all)
     window: int | None = None  # the model's sliding window, read once (None: no sliding layers)
     sliding: tuple[bool, ...] = ()  # which layers slide
+    _parked: SharedMemory | None = None  # the whole memory while an agent works in a branch
 
     @classmethod
     def empty(
@@ -194,12 +199,58 @@ class SharedMemory:
         """The next columns are a new agent's, who sees the writers `reads` (None: all) and,
         until a relay chooses, in all layers. Its positions continue from what it sees: an
         agent that reads only the head sits where it would in a fresh memory, and agents
-        that read none of one another start at the same place, as parallel branches."""
+        that read none of one another start at the same place, as parallel branches.
+
+        Without a view, an agent that reads only some writers works in a branch: a memory of
+        just the columns it sees, so its attention never spans the others' (n experts of a
+        hierarchy would otherwise each attend over every earlier expert's masked columns,
+        quadratic in n); its columns join the whole memory when the next agent begins."""
+        self.join_branch()
         self.agent += 1
         self.relayed = None
         self.reads = reads
-        if reads is not None:
-            self.next_position = (self.attention_mask.bool() & self.visible()[None]).sum(dim=1)
+        if reads is None:
+            return
+        seen = self.visible()
+        self.next_position = (self.attention_mask.bool() & seen[None]).sum(dim=1)
+        if seen.all():
+            self.reads = None  # it reads every writer so far: no mask needed
+        elif self.view is None:
+            self._branch(seen.nonzero().squeeze(-1))
+
+    def _branch(self, columns: torch.Tensor) -> None:
+        """Park the whole memory and go on in a copy of its `columns` only."""
+        self._parked = replace(self, _parked=None)
+        self.cache = copy.copy(self.cache)
+        self.cache.layers = []
+        for layer in self._parked.cache.layers:
+            branch = GrowingLayer()
+            if layer.keys is not None and layer.keys.dim() == 4:
+                where = columns.to(layer.keys.device)  # each layer on its own GPU
+                branch.update(layer.keys.index_select(-2, where), layer.values.index_select(-2, where))
+            self.cache.layers.append(branch)
+        self._mask = self.attention_mask.index_select(1, columns)
+        self._positions = self.positions.index_select(1, columns)
+        self._latent = self.is_latent.index_select(0, columns)
+        self._owner = self.owner.index_select(0, columns)
+        self._length, self.reads = len(columns), None
+
+    def join_branch(self) -> None:
+        """Append the columns the agent wrote in its branch to the parked whole memory and
+        carry on in it, from the branch's newest state and position."""
+        whole = self._parked
+        if whole is None:
+            return
+        mine = (self.owner == self.agent).nonzero().squeeze(-1)
+        for into, layer in zip(whole.cache.layers, self.cache.layers):
+            if layer.keys is not None and layer.keys.dim() == 4:
+                where = mine.to(layer.keys.device)
+                into.update(layer.keys.index_select(-2, where), layer.values.index_select(-2, where))
+        next_position, hidden = self.next_position, self.hidden
+        whole.extend(self.attention_mask[:, mine], self.positions[:, mine], self.is_latent[mine])
+        for name in BRANCHED:
+            setattr(self, name, getattr(whole, name))
+        self._parked, self.next_position, self.hidden = None, next_position, hidden
 
     def visible(self) -> torch.Tensor | None:
         """[length] True for the columns the current agent sees (its own and its reads'); None:
@@ -222,8 +273,11 @@ class SharedMemory:
         """[batch] positions each row really holds (no padding)."""
         return self.attention_mask.sum(dim=1)
 
-    def extend(self, segment_mask: torch.Tensor, positions: torch.Tensor, latent: bool) -> None:
-        """Record a new segment's columns [batch, width] (the cache itself grows in the model)."""
+    def extend(
+        self, segment_mask: torch.Tensor, positions: torch.Tensor, latent: bool | torch.Tensor
+    ) -> None:
+        """Record a new segment's columns [batch, width] (the cache itself grows in the model);
+        `latent`: whether they are thoughts, for all or per column [width]."""
         needed = self._length + segment_mask.shape[1]
         if needed > self._mask.shape[1]:
             capacity = max(64, 2 * needed)
@@ -271,6 +325,8 @@ class SharedMemory:
 
     def keep_rows(self, rows: torch.Tensor) -> None:
         """Drop finished rows so they stop costing compute."""
+        if self._parked is not None:
+            self._parked.keep_rows(rows)
         self.cache.batch_select_indices(rows)
         self._mask = self._mask.index_select(0, rows)
         self._positions = self._positions.index_select(0, rows)

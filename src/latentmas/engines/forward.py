@@ -93,12 +93,13 @@ def append(
 def additive_masks(
     memory: SharedMemory, width: int, dtype: torch.dtype
 ) -> torch.Tensor | dict[str, torch.Tensor]:
-    """Additive 4-D masks [batch, 1, width, length] for the newest `width` columns, by real position.
+    """Additive 4-D masks [batch, 1, width, length] for the newest `width` columns.
 
-    A key is visible when it is real, not later than the query, and (sliding layers) fewer
-    than `window` real positions back, so padding never takes room in a row's window and a
-    row sees what it would see alone. Padding queries see themselves (never an empty row,
-    which would turn into NaN). Models with both kinds of layer take a dict by layer kind.
+    A key is visible when it is real, written no later than the query (by column, as the 2-D
+    mask has it: an agent reading a writer whose positions run past its own still sees all
+    of it), and (sliding layers) fewer than `window` real positions back, so padding never
+    takes room in a row's window and a row sees what it would see alone. Padding queries
+    see themselves (never an empty row, which would turn into NaN). Models with both kinds of layer take a dict by layer kind.
     Used for sliding windows, memory views and agents that read only some writers (their
     other columns are hidden as padding is); otherwise the model gets the 2-D mask.
     """
@@ -109,9 +110,10 @@ def additive_masks(
     keys = memory.positions  # [batch, length]
     queries = keys[:, -width:]  # [batch, width]
     length = keys.shape[1]
-    visible = real[:, None, :] & (keys[:, None, :] <= queries[:, :, None])  # [batch, width, length]
+    columns = torch.arange(length, device=keys.device)
+    visible = real[:, None, :] & (columns[None, :] <= columns[-width:, None])[None]  # [batch, width, length]
     itself = torch.zeros(width, length, dtype=torch.bool, device=keys.device)
-    itself[torch.arange(width), torch.arange(length - width, length)] = True
+    itself[torch.arange(width), columns[-width:]] = True
     low = torch.finfo(dtype).min
 
     def additive(allowed: torch.Tensor) -> torch.Tensor:

@@ -131,6 +131,7 @@ class TransformersEngine(ModelEngine):
 
     def keep_latent_only(self, memory: SharedMemory) -> None:
         require(self.name, "latent_only")
+        memory.join_branch()
         memory.keep_columns(memory.is_latent.nonzero().squeeze(-1))
 
     def realigner(self, mode: str) -> Callable[[torch.Tensor], torch.Tensor]:
