@@ -290,6 +290,18 @@ def summary_current(folder: Path) -> bool | None:
     return all(old.get(k, {} if k == "by_group" else None) == getattr(rebuilt, k) for k in figures)
 
 
+def invocation_range(folder: Path) -> list[int]:
+    """The widest range of questions a configuration of this invocation finished (they share
+    --limit and --offset): what a run still in progress was started on, since its own ids
+    so far come in batches of similar length, not in order."""
+    ranges = []
+    for sibling in folder.parent.iterdir():
+        indices = sorted(declared.split_index(r.id) for r in read_results(sibling / "results.jsonl"))
+        if indices and indices[-1] - indices[0] + 1 == len(indices):
+            ranges.append(indices)
+    return max(ranges, key=len, default=[])
+
+
 def how_run(folder: Path, record: dict, ids: list[str]) -> str:
     """The command that wrote a run folder: quality.py's for <out>/<task>/<config>, else
     `latentmas eval`'s (each resumes where it stopped)."""
@@ -307,11 +319,13 @@ def how_run(folder: Path, record: dict, ids: list[str]) -> str:
             f"--limit {len(ids)} --max-new-tokens {tokens} --out {folder.parent.relative_to(ROOT)}`"
         )
     indices = sorted(declared.split_index(i) for i in ids)
+    if indices and indices[-1] - indices[0] + 1 != len(indices):  # a run in progress
+        indices = invocation_range(folder) or indices
     offset = f" --offset {indices[0]}" if indices and indices[0] > 0 else ""
     source = f" --gsm8k-file{file}" if file else ""
     seeds = "" if seed is None else f" --seeds {seed} --temperature {record.get('temperature')}"
     return (
-        f"`quality.py --model {model} --dtype {dtype} --tasks {folder.parent.name} --limit {len(ids)}{offset} "
+        f"`quality.py --model {model} --dtype {dtype} --tasks {folder.parent.name} --limit {len(indices)}{offset} "
         f'--max-new-tokens {tokens}{seeds}{source} --configs "{config}" --out {folder.parent.parent.relative_to(ROOT)}`'
     )
 
