@@ -319,7 +319,7 @@ def how_run(folder: Path, record: dict, ids: list[str]) -> str:
             f"--limit {len(ids)} --max-new-tokens {tokens} --out {folder.parent.relative_to(ROOT)}`"
         )
     indices = sorted(declared.split_index(i) for i in ids)
-    if indices and indices[-1] - indices[0] + 1 != len(indices):  # a run in progress
+    if not indices or indices[-1] - indices[0] + 1 != len(indices):  # a run in progress
         indices = invocation_range(folder) or indices
     offset = f" --offset {indices[0]}" if indices and indices[0] > 0 else ""
     source = f" --gsm8k-file{file}" if file else ""
@@ -357,6 +357,7 @@ def results_index() -> str:
         except LatentMASError:
             current_rule = None
         rule = ", ".join(rules) + (" (current)" if rules == [current_rule] else " (regrade on resume)")
+        rule = rule if rules else "—"
         state = {True: "current", False: "**stale**", None: "—"}[summary_current(folder)]
         lines.append(
             f"| {folder.relative_to(RESULTS)} | {record.get('model', '—')} | {record.get('dtype', 'float32')} | "
