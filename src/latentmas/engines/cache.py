@@ -222,18 +222,9 @@ class SharedMemory:
         """Park the whole memory and go on in a copy of its `columns` only."""
         self._parked = replace(self, _parked=None)
         self.cache = copy.copy(self.cache)
-        self.cache.layers = []
-        for layer in self._parked.cache.layers:
-            branch = GrowingLayer()
-            if layer.keys is not None and layer.keys.dim() == 4:
-                where = columns.to(layer.keys.device)  # each layer on its own GPU
-                branch.update(layer.keys.index_select(-2, where), layer.values.index_select(-2, where))
-            self.cache.layers.append(branch)
-        self._mask = self.attention_mask.index_select(1, columns)
-        self._positions = self.positions.index_select(1, columns)
-        self._latent = self.is_latent.index_select(0, columns)
-        self._owner = self.owner.index_select(0, columns)
-        self._length, self.reads = len(columns), None
+        self.cache.layers = [copy.copy(layer) for layer in self.cache.layers]  # keys selected anew
+        self.keep_columns(columns)
+        self.reads = None
 
     def join_branch(self) -> None:
         """Append the columns the agent wrote in its branch to the parked whole memory and

@@ -99,9 +99,10 @@ def additive_masks(
     mask has it: an agent reading a writer whose positions run past its own still sees all
     of it), and (sliding layers) fewer than `window` real positions back, so padding never
     takes room in a row's window and a row sees what it would see alone. Padding queries
-    see themselves (never an empty row, which would turn into NaN). Models with both kinds of layer take a dict by layer kind.
-    Used for sliding windows, memory views and agents that read only some writers (their
-    other columns are hidden as padding is); otherwise the model gets the 2-D mask.
+    see themselves (never an empty row, which would turn into NaN). Models with both kinds
+    of layer take a dict by layer kind. Used for sliding windows, memory views and agents
+    that read only some writers (their other columns are hidden as padding is); otherwise
+    the model gets the 2-D mask.
     """
     window, sliding = memory.window, list(memory.sliding)
     real = memory.attention_mask.bool()  # [batch, length]
