@@ -204,6 +204,7 @@ def budget_table(comparisons: list) -> str:
         f"| config | baseline | at {short} tokens | at {long} tokens |",
         "|---|---|---|---|",
     ]
+    changes = []  # pairs declared at both budgets: (pair, verdict at short, verdict at long)
     for family in declared.load()["families"]:
         if family["results"] != BUDGETS[long]:
             continue
@@ -216,6 +217,14 @@ def budget_table(comparisons: list) -> str:
             )
             after_cell = declared.described(after) if after else "not run yet"
             lines.append(f"| {config} | {base} | {before_cell} | {after_cell} |")
+            if before and after and before.complete and after.complete:
+                changes.append((f"{config} vs {base}", before.verdict, after.verdict))
+    changed = [f"{pair} ({was} → {now})" for pair, was, now in changes if was != now]
+    lines += [
+        "",
+        f"Pairs declared at both budgets with every answer in: {len(changes)}; "
+        f"verdicts that change with the budget: {'; '.join(changed) if changed else 'none'}.",
+    ]
     return "\n".join(lines)
 
 
