@@ -145,13 +145,14 @@ BFLOAT16 = {  # the same configurations in float32 and in bfloat16 (exploratory)
 }
 BUDGET = ("single", "latent_mas[m=0]", "latent_mas[from=0.5,enter=true,realign=none]", "text_mas")
 BUDGETS = {384: "benchmarks/results/quality-1.5b", 1024: "benchmarks/results/quality-1.5b-1024"}
+SHORT_NAMES = dict(zip(BUDGET, ("single", "m = 0", "re-entry", "TextMAS")))
 
 
-def budget_table(comparisons: list) -> str:
+def budget_blocks(comparisons: list) -> tuple[str, str]:
     """1.5B HumanEval at 384 and 1024 new tokens: accuracy and how often the answering agent
     ran out of tokens, per configuration; each configuration's answers at both budgets on the
     same questions; and every comparison declared at 1024 beside the same pair at 384, so a
-    changed verdict shows in one row."""
+    changed verdict shows in one row. Returns README's line and docs/quality.md's tables."""
     split = declared.load()["splits"]["humaneval_all"]
     runs = {
         config: {b: answers(r, "humaneval", config, split) for b, r in BUDGETS.items()} for config in BUDGET
@@ -160,6 +161,7 @@ def budget_table(comparisons: list) -> str:
         "| config | tokens | n | accuracy % [95% CI] | answering agent cut off % | decoded tokens/q |",
         "|---|---|---|---|---|---|",
     ]
+    cut_off = {budget: {} for budget in BUDGETS}  # % of answers cut off, per budget and config
     for config in BUDGET:
         for budget, rows in runs[config].items():
             if not rows:
@@ -168,6 +170,7 @@ def budget_table(comparisons: list) -> str:
             cut = sum(
                 (r.agents[-1].output_tokens if r.agents else r.output_tokens) >= budget for r in rows.values()
             )
+            cut_off[budget][config] = f"{100 * cut / len(rows):.0f}%" if len(rows) == 164 else "running"
             tokens = sum(r.output_tokens for r in rows.values()) / len(rows)
             running = "" if len(rows) == 164 else " (running)"
             lines.append(
@@ -205,6 +208,7 @@ def budget_table(comparisons: list) -> str:
         "|---|---|---|---|",
     ]
     changes = []  # pairs declared at both budgets: (pair, verdict at short, verdict at long)
+    at_long = []  # each pair declared at the long budget, with its verdict there
     for family in declared.load()["families"]:
         if family["results"] != BUDGETS[long]:
             continue
@@ -217,21 +221,32 @@ def budget_table(comparisons: list) -> str:
             )
             after_cell = declared.described(after) if after else "not run yet"
             lines.append(f"| {config} | {base} | {before_cell} | {after_cell} |")
+            if after:
+                running = "" if after.complete else ", running"
+                at_long.append(f"{SHORT_NAMES[config]} vs {SHORT_NAMES[base]} {after.verdict}{running}")
             if before and after and before.complete and after.complete:
                 changes.append((f"{config} vs {base}", before.verdict, after.verdict))
     changed = [f"{pair} ({was} → {now})" for pair, was, now in changes if was != now]
-    lines += [
-        "",
-        f"Pairs declared at both budgets with every answer in: {len(changes)}; "
-        f"verdicts that change with the budget: {'; '.join(changed) if changed else 'none'}.",
-    ]
-    return "\n".join(lines)
+    verdicts = (
+        f"of the pairs declared at both budgets with every answer in ({len(changes)}), the verdict "
+        f"changes with the budget for {'; '.join(changed) if changed else 'none'}"
+    )
+    lines += ["", verdicts[0].upper() + verdicts[1:] + "."]
+    rates = {b: " / ".join(cut_off[b].get(c, "not run") for c in BUDGET) for b in BUDGETS}
+    readme = (
+        f"**The token budget** (1.5B HumanEval, 164 problems): the answering agent is cut off on "
+        f"{rates[short]} of answers at {short} new tokens and on {rates[long]} at {long} "
+        f"({' / '.join(SHORT_NAMES[c] for c in BUDGET)}). Declared at {long}: "
+        f"{'; '.join(at_long)}. {verdicts[0].upper() + verdicts[1:]} "
+        "([tables](docs/quality.md#the-token-budget))."
+    )
+    return readme, "\n".join(lines)
 
 
 def quality_blocks(comparisons: list) -> dict[str, str]:
     configs = scale.split_configs(SCALE_CONFIGS)
     models = {name: ROOT / folder for name, folder in MODELS.items()}
-    blocks = {"declared": declared.table(comparisons), "token-budget": budget_table(comparisons)}
+    blocks = {"declared": declared.table(comparisons)}
     for task, limit in (("gsm8k", 200), ("humaneval", 164)):
         text, _, _ = scale.scale_table(models, task, configs, limit)
         blocks[f"scale-{task}"] = text.replace(str(ROOT) + "/", "")
@@ -539,9 +554,14 @@ def ratio(text: dict[int, float], latent: dict[int, float], n: int) -> str:
 
 def generated(comparisons: list) -> dict[Path, dict[str, str]]:
     line, tables = team_size_blocks()
+    budget_line, budget_tables = budget_blocks(comparisons)
     return {
-        ROOT / "README.md": {"results": readme_results(comparisons), "team-size": line},
-        ROOT / "docs" / "quality.md": quality_blocks(comparisons),
+        ROOT / "README.md": {
+            "results": readme_results(comparisons),
+            "token-budget": budget_line,
+            "team-size": line,
+        },
+        ROOT / "docs" / "quality.md": {**quality_blocks(comparisons), "token-budget": budget_tables},
         ROOT / "docs" / "trained.md": {
             "trained": trained_block(),
             "trained-lens": stored_table("trained-lens-0.5b/trained-lens.md"),
