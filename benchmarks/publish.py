@@ -170,9 +170,10 @@ def budget_blocks(comparisons: list) -> tuple[str, str]:
             cut = sum(
                 (r.agents[-1].output_tokens if r.agents else r.output_tokens) >= budget for r in rows.values()
             )
-            cut_off[budget][config] = f"{100 * cut / len(rows):.0f}%" if len(rows) == 164 else "running"
+            complete = len(rows) == 164
+            cut_off[budget][config] = f"{100 * cut / len(rows):.0f}%" if complete else "running"
             tokens = sum(r.output_tokens for r in rows.values()) / len(rows)
-            running = "" if len(rows) == 164 else " (running)"
+            running = "" if complete else " (running)"
             lines.append(
                 f"| {config} | {budget} | {len(rows)}{running} | {accuracy_cell(rows)} | "
                 f"{100 * cut / len(rows):.0f} | {tokens:.0f} |"
@@ -228,16 +229,16 @@ def budget_blocks(comparisons: list) -> tuple[str, str]:
                 changes.append((f"{config} vs {base}", before.verdict, after.verdict))
     changed = [f"{pair} ({was} → {now})" for pair, was, now in changes if was != now]
     verdicts = (
-        f"of the pairs declared at both budgets with every answer in ({len(changes)}), the verdict "
+        f"Of the pairs declared at both budgets with every answer in ({len(changes)}), the verdict "
         f"changes with the budget for {'; '.join(changed) if changed else 'none'}"
     )
-    lines += ["", verdicts[0].upper() + verdicts[1:] + "."]
+    lines += ["", verdicts + "."]
     rates = {b: " / ".join(cut_off[b].get(c, "not run") for c in BUDGET) for b in BUDGETS}
     readme = (
         f"**The token budget** (1.5B HumanEval, 164 problems): the answering agent is cut off on "
         f"{rates[short]} of answers at {short} new tokens and on {rates[long]} at {long} "
         f"({' / '.join(SHORT_NAMES[c] for c in BUDGET)}). Declared at {long}: "
-        f"{'; '.join(at_long)}. {verdicts[0].upper() + verdicts[1:]} "
+        f"{'; '.join(at_long)}. {verdicts} "
         "([tables](docs/quality.md#the-token-budget))."
     )
     return readme, "\n".join(lines)
