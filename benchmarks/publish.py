@@ -148,6 +148,11 @@ BUDGETS = {384: "benchmarks/results/quality-1.5b", 1024: "benchmarks/results/qua
 SHORT_NAMES = dict(zip(BUDGET, ("single", "m = 0", "re-entry", "TextMAS")))
 
 
+def cut_off_at(row, budget: int) -> bool:
+    """Whether the answering agent (the last one) spent its whole token budget."""
+    return (row.agents[-1].output_tokens if row.agents else row.output_tokens) >= budget
+
+
 def budget_blocks(comparisons: list) -> tuple[str, str]:
     """1.5B HumanEval at 384 and 1024 new tokens: accuracy and how often the answering agent
     ran out of tokens, per configuration; each configuration's answers at both budgets on the
@@ -158,47 +163,53 @@ def budget_blocks(comparisons: list) -> tuple[str, str]:
         config: {b: answers(r, "humaneval", config, split) for b, r in BUDGETS.items()} for config in BUDGET
     }
     lines = [
-        "| config | tokens | n | accuracy % [95% CI] | answering agent cut off % | decoded tokens/q |",
-        "|---|---|---|---|---|---|",
+        "| config | tokens | n | accuracy % [95% CI] | answering agent cut off % "
+        "| any agent's message cut off % | decoded tokens/q |",
+        "|---|---|---|---|---|---|---|",
     ]
     cut_off = {budget: {} for budget in BUDGETS}  # % of answers cut off, per budget and config
+    any_cut_off = {budget: {} for budget in BUDGETS}  # % of questions with any message cut off
     for config in BUDGET:
         for budget, rows in runs[config].items():
             if not rows:
-                lines.append(f"| {config} | {budget} | 0 | not run yet | — | — |")
+                lines.append(f"| {config} | {budget} | 0 | not run yet | — | — | — |")
                 continue
-            cut = sum(
-                (r.agents[-1].output_tokens if r.agents else r.output_tokens) >= budget for r in rows.values()
-            )
+            cut = sum(cut_off_at(r, budget) for r in rows.values())
+            any_cut = sum(any(a.output_tokens >= budget for a in r.agents) for r in rows.values())
             complete = len(rows) == 164
             cut_off[budget][config] = f"{100 * cut / len(rows):.0f}%" if complete else "running"
+            any_cut_off[budget][config] = f"{100 * any_cut / len(rows):.0f}%" if complete else "running"
             tokens = sum(r.output_tokens for r in rows.values()) / len(rows)
             running = "" if complete else " (running)"
             lines.append(
                 f"| {config} | {budget} | {len(rows)}{running} | {accuracy_cell(rows)} | "
-                f"{100 * cut / len(rows):.0f} | {tokens:.0f} |"
+                f"{100 * cut / len(rows):.0f} | {100 * any_cut / len(rows):.0f} | {tokens:.0f} |"
             )
     short, long = BUDGETS
     lines += [
         "",
         f"Each configuration at {long} against {short} tokens, on the questions run at both "
         f"(difference {long} − {short} in points [95% CI], right only at {long}/only at {short}; "
-        "no budget comparison was declared):",
+        "no budget comparison was declared; the last column follows the answers cut off at "
+        f"{short}: how many, and how many of them were right at {short} and at {long}):",
         "",
-        f"| config | n | {short} tokens % | {long} tokens % | difference | same final text |",
-        "|---|---|---|---|---|---|",
+        f"| config | n | {short} tokens % | {long} tokens % | difference | same final text "
+        f"| cut off at {short}: right at {short} / at {long} |",
+        "|---|---|---|---|---|---|---|",
     ]
     for config in BUDGET:
         before, after = runs[config][short], runs[config][long]
         shared = [i for i in after if i in before]
         if not shared:
-            lines.append(f"| {config} | 0 | — | — | not run yet | — |")
+            lines.append(f"| {config} | 0 | — | — | not run yet | — | — |")
             continue
         same = sum(before[i].final_text == after[i].final_text for i in shared)
+        cut = [i for i in shared if cut_off_at(before[i], short)]
         lines.append(
             f"| {config} | {len(shared)} | {100 * sum(before[i].correct for i in shared) / len(shared):.1f} | "
             f"{100 * sum(after[i].correct for i in shared) / len(shared):.1f} | "
-            f"{exploratory(after, before)} | {same}/{len(shared)} |"
+            f"{exploratory(after, before)} | {same}/{len(shared)} | "
+            f"{len(cut)}: {sum(before[i].correct for i in cut)} / {sum(after[i].correct for i in cut)} |"
         )
     lines += [
         "",
@@ -234,10 +245,12 @@ def budget_blocks(comparisons: list) -> tuple[str, str]:
     )
     lines += ["", verdicts + "."]
     rates = {b: " / ".join(cut_off[b].get(c, "not run") for c in BUDGET) for b in BUDGETS}
+    any_rates = " / ".join(any_cut_off[short].get(c, "not run") for c in BUDGET)
     readme = (
         f"**The token budget** (1.5B HumanEval, 164 problems): the answering agent is cut off on "
         f"{rates[short]} of answers at {short} new tokens and on {rates[long]} at {long} "
-        f"({' / '.join(SHORT_NAMES[c] for c in BUDGET)}). Declared at {long}: "
+        f"({' / '.join(SHORT_NAMES[c] for c in BUDGET)}); counting every agent's message, "
+        f"on {any_rates} of questions at {short}. Declared at {long}: "
         f"{'; '.join(at_long)}. {verdicts} "
         "([tables](docs/quality.md#the-token-budget))."
     )

