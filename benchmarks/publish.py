@@ -155,8 +155,9 @@ def cut_off_at(row, budget: int) -> bool:
 
 def budget_blocks(comparisons: list) -> tuple[str, str]:
     """1.5B HumanEval at 384 and 1024 new tokens: accuracy and how often the answering agent
-    ran out of tokens, per configuration; each configuration's answers at both budgets on the
-    same questions; and every comparison declared at 1024 beside the same pair at 384, so a
+    (or any agent: TextMAS's handoff is its earlier messages) ran out of tokens, per
+    configuration; each configuration's answers at both budgets on the same questions, with
+    what became of those cut off; and every comparison declared at 1024 beside the same pair at 384, so a
     changed verdict shows in one row. Returns README's line and docs/quality.md's tables."""
     split = declared.load()["splits"]["humaneval_all"]
     runs = {
@@ -175,7 +176,10 @@ def budget_blocks(comparisons: list) -> tuple[str, str]:
                 lines.append(f"| {config} | {budget} | 0 | not run yet | — | — | — |")
                 continue
             cut = sum(cut_off_at(r, budget) for r in rows.values())
-            any_cut = sum(any(a.output_tokens >= budget for a in r.agents) for r in rows.values())
+            any_cut = sum(
+                cut_off_at(r, budget) or any(a.output_tokens >= budget for a in r.agents)
+                for r in rows.values()
+            )
             complete = len(rows) == 164
             cut_off[budget][config] = f"{100 * cut / len(rows):.0f}%" if complete else "running"
             any_cut_off[budget][config] = f"{100 * any_cut / len(rows):.0f}%" if complete else "running"
