@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import declared  # noqa: E402
 import scale  # noqa: E402
 import team_size  # noqa: E402
-from quality import config_from_folder, folder_name  # noqa: E402
+from quality import config_from_folder, folder_name, hit_limit  # noqa: E402
 
 from latentmas.errors import LatentMASError, run_script  # noqa: E402
 from latentmas.evaluation.evaluate import Summary, read_results, summarize  # noqa: E402
@@ -148,17 +148,18 @@ BUDGETS = {384: "benchmarks/results/quality-1.5b", 1024: "benchmarks/results/qua
 SHORT_NAMES = dict(zip(BUDGET, ("single", "m = 0", "re-entry", "TextMAS")))
 
 
-def cut_off_at(row, budget: int) -> bool:
-    """Whether the answering agent (the last one) spent its whole token budget."""
-    return (row.agents[-1].output_tokens if row.agents else row.output_tokens) >= budget
+def any_message_cut_off(row, budget: int) -> bool:
+    """Whether some agent, the answering one or one before it, spent its whole token budget:
+    TextMAS's handoff is its earlier agents' messages, so theirs running out counts too."""
+    return hit_limit(row, budget) or any(a.output_tokens >= budget for a in row.agents)
 
 
 def budget_blocks(comparisons: list) -> tuple[str, str]:
     """1.5B HumanEval at 384 and 1024 new tokens: accuracy and how often the answering agent
-    (or any agent: TextMAS's handoff is its earlier messages) ran out of tokens, per
-    configuration; each configuration's answers at both budgets on the same questions, with
-    what became of those cut off; and every comparison declared at 1024 beside the same pair at 384, so a
-    changed verdict shows in one row. Returns README's line and docs/quality.md's tables."""
+    (or any agent) ran out of tokens, per configuration; each configuration's answers at both
+    budgets on the same questions, with what became of those cut off; and every comparison
+    declared at 1024 beside the same pair at 384, so a changed verdict shows in one row.
+    Returns README's line and docs/quality.md's tables."""
     split = declared.load()["splits"]["humaneval_all"]
     runs = {
         config: {b: answers(r, "humaneval", config, split) for b, r in BUDGETS.items()} for config in BUDGET
@@ -168,26 +169,25 @@ def budget_blocks(comparisons: list) -> tuple[str, str]:
         "| any agent's message cut off % | decoded tokens/q |",
         "|---|---|---|---|---|---|---|",
     ]
-    cut_off = {budget: {} for budget in BUDGETS}  # % of answers cut off, per budget and config
-    any_cut_off = {budget: {} for budget in BUDGETS}  # % of questions with any message cut off
+    cut_off = {budget: {} for budget in BUDGETS}  # config -> % cut off: (answers, any message)
     for config in BUDGET:
         for budget, rows in runs[config].items():
             if not rows:
                 lines.append(f"| {config} | {budget} | 0 | not run yet | — | — | — |")
                 continue
-            cut = sum(cut_off_at(r, budget) for r in rows.values())
-            any_cut = sum(
-                cut_off_at(r, budget) or any(a.output_tokens >= budget for a in r.agents)
-                for r in rows.values()
+            answer_pct, any_pct = (
+                100 * sum(cut(r, budget) for r in rows.values()) / len(rows)
+                for cut in (hit_limit, any_message_cut_off)
             )
             complete = len(rows) == 164
-            cut_off[budget][config] = f"{100 * cut / len(rows):.0f}%" if complete else "running"
-            any_cut_off[budget][config] = f"{100 * any_cut / len(rows):.0f}%" if complete else "running"
+            cut_off[budget][config] = (
+                (f"{answer_pct:.0f}%", f"{any_pct:.0f}%") if complete else ("running",) * 2
+            )
             tokens = sum(r.output_tokens for r in rows.values()) / len(rows)
             running = "" if complete else " (running)"
             lines.append(
                 f"| {config} | {budget} | {len(rows)}{running} | {accuracy_cell(rows)} | "
-                f"{100 * cut / len(rows):.0f} | {100 * any_cut / len(rows):.0f} | {tokens:.0f} |"
+                f"{answer_pct:.0f} | {any_pct:.0f} | {tokens:.0f} |"
             )
     short, long = BUDGETS
     lines += [
@@ -208,7 +208,7 @@ def budget_blocks(comparisons: list) -> tuple[str, str]:
             lines.append(f"| {config} | 0 | — | — | not run yet | — | — |")
             continue
         same = sum(before[i].final_text == after[i].final_text for i in shared)
-        cut = [i for i in shared if cut_off_at(before[i], short)]
+        cut = [i for i in shared if hit_limit(before[i], short)]
         lines.append(
             f"| {config} | {len(shared)} | {100 * sum(before[i].correct for i in shared) / len(shared):.1f} | "
             f"{100 * sum(after[i].correct for i in shared) / len(shared):.1f} | "
@@ -248,8 +248,8 @@ def budget_blocks(comparisons: list) -> tuple[str, str]:
         f"changes with the budget for {'; '.join(changed) if changed else 'none'}"
     )
     lines += ["", verdicts + "."]
-    rates = {b: " / ".join(cut_off[b].get(c, "not run") for c in BUDGET) for b in BUDGETS}
-    any_rates = " / ".join(any_cut_off[short].get(c, "not run") for c in BUDGET)
+    rates = {b: " / ".join(cut_off[b].get(c, ("not run",))[0] for c in BUDGET) for b in BUDGETS}
+    any_rates = " / ".join(cut_off[short].get(c, ("not run",) * 2)[1] for c in BUDGET)
     readme = (
         f"**The token budget** (1.5B HumanEval, 164 problems): the answering agent is cut off on "
         f"{rates[short]} of answers at {short} new tokens and on {rates[long]} at {long} "

@@ -164,16 +164,19 @@ def gave_answer(kind: str, text: str) -> bool:
     return last_boxed(text) is not None
 
 
+def hit_limit(result, max_new_tokens: int) -> bool:
+    """Whether the final agent's decoding stopped at max_new_tokens; its own count decides,
+    since text_mas's output_tokens sums every agent's."""
+    return (result.agents[-1].output_tokens if result.agents else result.output_tokens) >= max_new_tokens
+
+
 def endings(results, max_new_tokens: int, kind: str = "math") -> Endings:
     def loops(text: str) -> bool:
         lines = [line.strip() for line in text.splitlines() if len(line.strip()) > 8]
         return any(lines.count(line) >= REPEATS for line in set(lines))
 
-    def final_tokens(r) -> int:  # text_mas's output_tokens sums every agent's
-        return r.agents[-1].output_tokens if r.agents else r.output_tokens
-
     answered = {r.id for r in results if gave_answer(kind, r.final_text)}
-    at_limit = {r.id for r in results if final_tokens(r) >= max_new_tokens}
+    at_limit = {r.id for r in results if hit_limit(r, max_new_tokens)}
     return Endings(
         answered=len(answered),
         correct_when_answered=sum(r.correct for r in results if r.id in answered),

@@ -58,13 +58,18 @@ def test_the_readmes_python_example_runs_as_written(tmp_path, monkeypatch):
 
 def test_a_message_counts_as_cut_off_only_when_it_spent_the_whole_budget(benchmark_script):
     """The token-budget table tells the answering agent from the agents before it: TextMAS's
-    planner running out of tokens is not its answer running out."""
+    planner running out of tokens is not its answer running out, but is a message cut off."""
     from types import SimpleNamespace as Row
 
     publish = benchmark_script("publish")
     planner_cut = Row(agents=[Row(output_tokens=384), Row(output_tokens=90)], output_tokens=474)
     answer_cut = Row(agents=[Row(output_tokens=12), Row(output_tokens=384)], output_tokens=396)
-    assert not publish.cut_off_at(planner_cut, 384)
-    assert publish.cut_off_at(answer_cut, 384)
-    assert not publish.cut_off_at(answer_cut, 1024)
-    assert publish.cut_off_at(Row(agents=[], output_tokens=384), 384)
+    none_cut = Row(agents=[Row(output_tokens=383), Row(output_tokens=383)], output_tokens=766)
+    assert not publish.hit_limit(planner_cut, 384)
+    assert publish.any_message_cut_off(planner_cut, 384)
+    assert publish.hit_limit(answer_cut, 384)
+    assert publish.any_message_cut_off(answer_cut, 384)
+    assert not publish.hit_limit(answer_cut, 1024)
+    assert not publish.any_message_cut_off(none_cut, 384)
+    assert publish.hit_limit(Row(agents=[], output_tokens=384), 384)
+    assert publish.any_message_cut_off(Row(agents=[], output_tokens=384), 384)
